@@ -1,0 +1,30 @@
+"""callax: JAX-native training callbacks for reinforcement learning, logging to TensorBoard."""
+
+from ._callback import (
+    AbstractCallback as AbstractCallback,
+    AbstractCallbackState as AbstractCallbackState,
+    AbstractCallbackStepState as AbstractCallbackStepState,
+    AbstractContinuingCallback as AbstractContinuingCallback,
+    AbstractStatelessCallback as AbstractStatelessCallback,
+    AbstractStepStatelessCallback as AbstractStepStatelessCallback,
+    AbstractTrainingPassthroughCallback as AbstractTrainingPassthroughCallback,
+    EmptyCallbackState as EmptyCallbackState,
+    EmptyCallbackStepState as EmptyCallbackStepState,
+    IterationContext as IterationContext,
+    ResetContext as ResetContext,
+    StepContext as StepContext,
+    TrainingContext as TrainingContext,
+)
+from ._list import (
+    CallbackList as CallbackList,
+    CallbackListState as CallbackListState,
+    CallbackListStepState as CallbackListStepState,
+)
+from ._summary_writer import JITSummaryWriter as JITSummaryWriter
+from ._writer._host import flush_all as flush_all
+from .callbacks import (
+    TensorBoardCallback as TensorBoardCallback,
+    TensorBoardCallbackStepState as TensorBoardCallbackStepState,
+)
+
+__version__ = "0.1.0"

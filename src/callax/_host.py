@@ -1,0 +1,141 @@
+"""The one module that crosses from device to host (``jax.debug.callback``, ``io_callback``).
+
+Everything a jitted program sends to TensorBoard goes through :func:`emit`: one host call
+carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for a static tuple
+of ``n`` tags. :func:`emit` is a :func:`jax.custom_batching.custom_vmap` function: under
+``jax.vmap`` (nested or not) it makes **one** host call for the whole batch and tags every
+batch element with its flat position, so each vmapped seed is written to its own run
+sub-directory ``seed_<i>``. The payload carries the run handle, the seed position and the
+steps, so the host never depends on call order or on which thread or device called it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import custom_batching
+from jax.experimental import io_callback
+
+from ._writer import _host as host
+
+__all__ = ["close", "emit", "flush", "is_traced", "open_run"]
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _under_trace() -> bool:
+    # Inside jit (and inside scan/cond bodies) a freshly made array is a tracer.
+    return is_traced(jnp.zeros((), jnp.int32))
+
+
+def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False) -> jax.Array:
+    """Register a run and return its handle as an ``int32`` scalar.
+
+    Called eagerly, the run is opened now. Called while tracing (inside ``jax.jit``), the run
+    is opened by a host callback each time the compiled function executes, so every execution
+    writes to a fresh run directory.
+    """
+    if not _under_trace():
+        return jnp.asarray(host.open_run(log_dir, avoid_existing=avoid_existing), jnp.int32)
+
+    def _open() -> np.ndarray:
+        return np.asarray(host.open_run(log_dir, avoid_existing=avoid_existing), np.int32)
+
+    return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
+
+
+def _host_write(tags: tuple[str, ...], handle, seed, steps, values, valid, pred) -> None:
+    # Arrays arrive with any number of leading batch dimensions; flatten them to one.
+    batch = np.shape(seed)
+    size = math.prod(batch)
+    k, n = np.shape(values)[-2:]
+    handle = np.broadcast_to(handle, batch).reshape(size)
+    seed = np.asarray(seed).reshape(size)
+    steps = np.array(np.broadcast_to(steps, (*batch, k)).reshape(size, k))
+    values = np.array(np.broadcast_to(values, (*batch, k, n)).reshape(size, k, n))
+    valid = np.broadcast_to(valid, (*batch, k, n)).reshape(size, k, n)
+    pred = np.broadcast_to(pred, batch).reshape(size)
+    valid = np.array(valid & pred[:, None, None])
+    for h in np.unique(handle).tolist():
+        rows = handle == h
+        host.write(h, tags, seed[rows], steps[rows], values[rows], valid[rows])
+
+
+@functools.cache
+def _emitter(tags: tuple[str, ...]):
+    write = functools.partial(_host_write, tags)
+
+    @custom_batching.custom_vmap
+    def emit_batched(handle, seed, steps, values, valid, pred):
+        def send():
+            jax.debug.callback(write, handle, seed, steps, values, valid, pred)
+
+        jax.lax.cond(jnp.any(pred), send, lambda: None)
+        return jnp.zeros((), jnp.int32)
+
+    @emit_batched.def_vmap
+    def _rule(axis_size, in_batched, handle, seed, steps, values, valid, pred):
+        def batched(x, is_batched):
+            return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+        seed_batched = in_batched[1]
+        if not seed_batched:
+            # Flat position of each element: outer index * (elements per outer index) + inner.
+            inner = math.prod(jnp.shape(seed))
+            positions = jnp.arange(axis_size, dtype=jnp.int32).reshape(
+                (axis_size,) + (1,) * jnp.ndim(seed)
+            )
+            seed = positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
+        args = [batched(x, b) for x, b in zip((handle, seed, steps, values, valid, pred),
+                                               (in_batched[0], True, *in_batched[2:]),
+                                               strict=True)]
+        emit_batched(*args)
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    return emit_batched
+
+
+def emit(tags: tuple[str, ...], handle, steps, values, valid, pred=True) -> None:
+    """Send ``steps[K]``, ``values[K, n]`` (where ``valid[K, n]`` and ``pred``) to the host.
+
+    A step of ``-1`` means "one more than the tag's last step".
+    """
+    _emitter(tags)(
+        jnp.asarray(handle, jnp.int32),
+        jnp.asarray(host.NO_SEED, jnp.int32),
+        jnp.asarray(steps, jnp.int32),
+        jax.lax.stop_gradient(jnp.asarray(values, jnp.float32)),
+        jnp.asarray(valid, jnp.bool_),
+        jnp.asarray(pred, jnp.bool_),
+    )
+
+
+def _each_handle(action: Callable[[int], None]) -> Callable[[np.ndarray], None]:
+    def run(handle: np.ndarray) -> None:
+        for h in np.unique(np.asarray(handle)).tolist():
+            action(h)
+
+    return run
+
+
+def flush(handle) -> None:
+    """Write everything handed over so far for this run and flush its files."""
+    if is_traced(handle):
+        jax.debug.callback(_each_handle(host.flush), handle)
+    else:
+        _each_handle(host.flush)(np.asarray(handle))
+
+
+def close(handle) -> None:
+    """Flush and close the run's event files."""
+    if is_traced(handle):
+        jax.debug.callback(_each_handle(host.close), handle)
+    else:
+        _each_handle(host.close)(np.asarray(handle))

@@ -1,0 +1,210 @@
+"""``JITSummaryWriter``: a TensorBoard writer usable eagerly and inside jit/scan/vmap/cond."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from . import _host
+from ._writer import _host as host
+
+__all__ = ["JITSummaryWriter", "check_tag", "scalar_value"]
+
+
+def default_log_dir() -> str:
+    """``runs/<date>_<time>_<host>``, like tensorboardX's default."""
+    stamp = datetime.datetime.now().strftime("%b%d_%H-%M-%S")
+    return os.path.join("runs", f"{stamp}_{socket.gethostname()}")
+
+
+def check_tag(tag: object) -> str:
+    """Validate a tag at trace time."""
+    if not isinstance(tag, str):
+        raise TypeError(f"TensorBoard tag must be a str, got {type(tag).__name__}: {tag!r}")
+    if not tag or tag.strip() != tag or tag.startswith("/") or tag.endswith("/"):
+        raise ValueError(
+            f"invalid TensorBoard tag {tag!r}: it must be non-empty, without leading or "
+            "trailing whitespace or '/'"
+        )
+    if any(ord(c) < 32 for c in tag) or "//" in tag:
+        raise ValueError(f"invalid TensorBoard tag {tag!r}: control character or empty part")
+    return tag
+
+
+def scalar_value(tag: str, value: object) -> jax.Array:
+    """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise."""
+    if isinstance(value, str | bytes) or value is None:
+        raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
+    try:
+        array = jnp.asarray(value)
+    except TypeError as error:
+        raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}") from error
+    if array.shape != ():
+        raise ValueError(
+            f"value for tag {tag!r} must be a scalar, got shape {array.shape}; reduce it "
+            "first (e.g. with .mean()) or log each element under its own tag"
+        )
+    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+        raise TypeError(f"value for tag {tag!r} has non-numeric dtype {array.dtype}")
+    if jnp.iscomplexobj(array):
+        raise TypeError(f"value for tag {tag!r} is complex; log its real and imaginary parts")
+    return array.astype(jnp.float32)
+
+
+def _step(global_step: ArrayLike | None) -> jax.Array:
+    if global_step is None:
+        return jnp.asarray(host.AUTO_STEP, jnp.int32)
+    step = jnp.asarray(global_step)
+    if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
+        if step.shape == () and not _host.is_traced(step) and float(step) == int(step):
+            return jnp.asarray(int(step), jnp.int32)
+        raise TypeError(f"global_step must be an integer scalar, got {global_step!r}")
+    return step.astype(jnp.int32)
+
+
+class JITSummaryWriter(eqx.Module):
+    """Writes scalars to a TensorBoard run from eager code or from inside ``jax.jit``.
+
+    The module holds only an ``int32`` handle; files, queues and threads live on the host in a
+    registry. Consequences:
+
+    - Two writers with the same configuration are the same pytree structure: passing a new one
+      to a jitted function does not recompile it.
+    - A writer created *inside* a jitted function opens a fresh run every time the function
+      executes (the directory gets a ``_1``, ``_2``, ... suffix if it was already used by
+      this process), so repeated executions never merge into one run.
+    - Under ``jax.vmap`` every batch element writes to ``<log_dir>/seed_<i>``, ``i`` being its
+      flat position in the batch, with one host call for the whole batch.
+
+    Every ``add_*`` call is one host call carrying all its scalars in one packed array. Values
+    are handed to a background thread which encodes and writes them and flushes the file
+    after each batch: once handed over, a point survives an exception in the training loop
+    or the process being killed. Inside a hot loop, prefer a callback that buffers on device
+    (such as [`callax.TensorBoardCallback`][]) over one ``add_scalar`` per step.
+
+    Steps are ``int32`` (at most 2**31 - 1). ``walltime`` must be a Python float (static).
+    """
+
+    handle: Int[Array, ""]
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, *, _handle=None):
+        """**Arguments:**
+
+        - `log_dir`: the run directory. Defaults to ``runs/<date>_<time>_<host>``.
+        """
+        if _handle is not None:
+            self.handle = jnp.asarray(_handle, jnp.int32)
+            return
+        if log_dir is None:
+            self.handle = _host.open_run(default_log_dir)
+        else:
+            if not isinstance(log_dir, str | os.PathLike):
+                raise TypeError(f"log_dir must be a path, got {log_dir!r}")
+            self.handle = _host.open_run(os.fspath(log_dir))
+
+    @classmethod
+    def _from_handle(cls, handle: Int[ArrayLike, ""]) -> JITSummaryWriter:
+        return cls(_handle=handle)
+
+    @property
+    def log_dir(self) -> str:
+        """The run directory (only available outside of tracing)."""
+        if _host.is_traced(self.handle):
+            raise RuntimeError("JITSummaryWriter.log_dir is not available while tracing")
+        handle = np.asarray(self.handle)
+        if handle.ndim:
+            raise RuntimeError("this writer is batched; each element has its own run")
+        return host.get_run(int(handle)).log_dir
+
+    def add_scalar(
+        self,
+        tag: str,
+        scalar_value: Float[ArrayLike, ""] | Int[ArrayLike, ""] | Bool[ArrayLike, ""],
+        global_step: Int[ArrayLike, ""] | None = None,
+        walltime: float | None = None,
+    ) -> None:
+        """Write one scalar. ``global_step=None`` continues from the tag's last step."""
+        self.add_dict("", {tag: scalar_value}, global_step=global_step, walltime=walltime)
+
+    def add_dict(
+        self,
+        prefix: str,
+        scalars: Mapping[str, Float[ArrayLike, ""] | Int[ArrayLike, ""] | Bool[ArrayLike, ""]],
+        *,
+        global_step: Int[ArrayLike, ""] | None = None,
+        walltime: float | None = None,
+    ) -> None:
+        """Write several scalars at one step in one host call, tagged ``<prefix>/<key>``.
+
+        An empty ``prefix`` writes the keys as they are. Nested mappings are flattened
+        (``{"a": {"b": x}}`` becomes ``<prefix>/a/b``).
+        """
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        if walltime is not None and not isinstance(walltime, int | float):
+            raise TypeError("walltime must be a Python float (seconds since the epoch) or None")
+        flat = flatten_scalars(prefix, scalars)
+        if not flat:
+            return
+        tags = tuple(flat)
+        values = jnp.stack(list(flat.values()))[None, :]
+        self.write_rows(tags, _step(global_step)[None], values)
+
+    def write_rows(
+        self,
+        tags: tuple[str, ...],
+        steps: Int[ArrayLike, " K"],
+        values: Float[ArrayLike, "K n"],
+        valid: Bool[ArrayLike, "K n"] | None = None,
+        when: Bool[ArrayLike, ""] = True,
+    ) -> None:
+        """Low-level: write ``K`` rows of ``n`` tags in one host call.
+
+        Row ``k`` writes ``values[k, j]`` under ``tags[j]`` at step ``steps[k]`` where
+        ``valid[k, j]``; nothing is sent unless ``when`` is true. This is what device-side
+        buffers call when they flush.
+        """
+        tags = tuple(check_tag(t) for t in tags)
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"duplicate tags in one write: {tags}")
+        values = jnp.asarray(values, jnp.float32)
+        if values.ndim != 2 or values.shape[1] != len(tags):
+            raise ValueError(f"values must have shape (K, {len(tags)}), got {values.shape}")
+        steps = jnp.asarray(steps)
+        if steps.shape != values.shape[:1]:
+            raise ValueError(f"steps must have shape ({values.shape[0]},), got {steps.shape}")
+        if valid is None:
+            valid = jnp.ones(values.shape, jnp.bool_)
+        _host.emit(tags, self.handle, steps, values, valid, when)
+
+    def flush(self) -> None:
+        """Make every point handed over so far readable on disk."""
+        _host.flush(self.handle)
+
+    def close(self) -> None:
+        """Flush and close the event files (writing again opens new files in the same run)."""
+        _host.close(self.handle)
+
+
+def flatten_scalars(prefix: str, scalars: Mapping) -> dict[str, jax.Array]:
+    """``{"a": x, "b": {"c": y}}`` under ``prefix`` → ``{"prefix/a": x, "prefix/b/c": y}``."""
+    if not isinstance(scalars, Mapping):
+        raise TypeError(f"expected a mapping of tag to scalar, got {type(scalars).__name__}")
+    out: dict[str, jax.Array] = {}
+    for key, value in scalars.items():
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be str, got {key!r} under prefix {prefix!r}")
+        tag = check_tag(f"{prefix}/{key}" if prefix else key)
+        if isinstance(value, Mapping):
+            out.update(flatten_scalars(tag, value))
+        else:
+            out[tag] = scalar_value(tag, value)
+    return out

@@ -1,0 +1,231 @@
+"""``TensorBoardCallback``: episode statistics, learning rate and the training log."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
+
+from .._callback import (
+    AbstractCallback,
+    AbstractCallbackStepState,
+    EmptyCallbackState,
+    IterationContext,
+    ResetContext,
+    StepContext,
+    TrainingContext,
+)
+from .._host import open_run
+from .._summary_writer import JITSummaryWriter, flatten_scalars
+
+__all__ = ["TensorBoardCallback", "TensorBoardCallbackStepState", "find_learning_rate"]
+
+
+class TensorBoardCallbackStepState(AbstractCallbackStepState):
+    """Per-environment episode statistics of [`callax.TensorBoardCallback`][].
+
+    **Attributes:**
+
+    - `step`: env steps taken by this env.
+    - `episode_return`, `episode_length`: of the episode in progress.
+    - `episode_done`: whether the last step ended an episode.
+    - `average_return`, `average_length`: exponential moving averages over *finished*
+      episodes, seeded by the first one (no bias toward 0). ``NaN`` until an episode ends:
+      such an env does not count in the logged mean.
+    """
+
+    step: Int[Array, ""]
+    episode_return: Float[Array, ""]
+    episode_length: Int[Array, ""]
+    episode_done: Bool[Array, ""]
+    average_return: Float[Array, ""]
+    average_length: Float[Array, ""]
+
+    def __init__(
+        self,
+        step: Int[ArrayLike, ""],
+        episode_return: Float[ArrayLike, ""],
+        episode_length: Int[ArrayLike, ""],
+        episode_done: Bool[ArrayLike, ""],
+        average_return: Float[ArrayLike, ""],
+        average_length: Float[ArrayLike, ""],
+    ):
+        self.step = jnp.asarray(step, jnp.int32)
+        self.episode_return = jnp.asarray(episode_return, jnp.float32)
+        self.episode_length = jnp.asarray(episode_length, jnp.int32)
+        self.episode_done = jnp.asarray(episode_done, jnp.bool_)
+        self.average_return = jnp.asarray(average_return, jnp.float32)
+        self.average_length = jnp.asarray(average_length, jnp.float32)
+
+    @classmethod
+    def initial(cls) -> TensorBoardCallbackStepState:
+        """No steps, no finished episode (averages are ``NaN``)."""
+        return cls(0, 0.0, 0, False, jnp.nan, jnp.nan)
+
+    def next(
+        self,
+        reward: Float[ArrayLike, ""],
+        done: Bool[ArrayLike, ""],
+        alpha: Float[ArrayLike, ""],
+    ) -> TensorBoardCallbackStepState:
+        """The state after one env step with raw ``reward``; ``done`` ends the episode.
+
+        The finishing step's reward and length are part of the episode. On the first finished
+        episode the averages become its return and length; after that
+        ``average = alpha * average + (1 - alpha) * episode``.
+        """
+        done = jnp.asarray(done, jnp.bool_)
+        episode_return = self.episode_return + jnp.asarray(reward, jnp.float32)
+        episode_length = self.episode_length + 1
+
+        def average(old, new):
+            new = jnp.asarray(new, jnp.float32)
+            updated = jnp.where(jnp.isnan(old), new, alpha * old + (1 - alpha) * new)
+            return jnp.where(done, updated, old)
+
+        return TensorBoardCallbackStepState(
+            step=self.step + 1,
+            episode_return=jnp.where(done, 0.0, episode_return),
+            episode_length=jnp.where(done, 0, episode_length),
+            episode_done=done,
+            average_return=average(self.average_return, episode_return),
+            average_length=average(self.average_length, episode_length),
+        )
+
+
+def find_learning_rate(opt_state: Any) -> jax.Array | None:
+    """The ``learning_rate`` of the first ``optax.inject_hyperparams`` state in ``opt_state``.
+
+    ``None`` (decided at trace time) when there is none.
+    """
+
+    def is_injected(x) -> bool:
+        return hasattr(x, "hyperparams") and isinstance(getattr(x, "hyperparams"), Mapping)
+
+    for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_injected):
+        if is_injected(node) and "learning_rate" in node.hyperparams:
+            return jnp.asarray(node.hyperparams["learning_rate"], jnp.float32)
+    return None
+
+
+def _name_part(obj: Any) -> str | None:
+    if obj is None:
+        return None
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str):
+        name = type(obj).__name__
+    return name.replace(os.sep, "-").replace(" ", "")
+
+
+class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallbackStepState]):
+    """Writes training statistics to TensorBoard once per iteration.
+
+    Tags, all at global step = total env steps so far (summed over envs):
+
+    - `episode/return`, `episode/length`: mean over envs of each env's moving average over
+      finished episodes (see [`callax.TensorBoardCallbackStepState`][]). Envs with no finished
+      episode do not count; nothing is written before the first episode ends.
+    - `train/learning_rate`: from an ``optax.inject_hyperparams`` optimizer state (not
+      written when the optimizer has none).
+    - `train/<key>`: every entry of the iteration's training log (nested mappings become
+      `train/<key>/<subkey>`).
+
+    Every iteration makes one host call carrying all its scalars in one packed array.
+    Training under ``jax.vmap`` over seeds writes one run per seed, ``<run>/seed_<i>``.
+    """
+
+    tb_writer: JITSummaryWriter
+    alpha: float
+
+    def __init__(
+        self,
+        name: str | None = None,
+        env: Any = None,
+        policy: Any = None,
+        alpha: float = 0.9,
+        log_dir: str | os.PathLike = "runs",
+    ):
+        """**Arguments:**
+
+        - `name`: the run's name, a directory under `log_dir`. Without it the name is
+          ``<date>_<time>[_<env name>][_<policy name>]``, made when the run opens (for a
+          callback built inside ``jax.jit``: each time the function executes).
+        - `env`, `policy`: used only to name the run.
+        - `alpha`: smoothing factor of the moving averages, in ``[0, 1)``.
+        - `log_dir`: the parent directory of runs.
+        """
+        if not 0.0 <= float(alpha) < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty str or None, got {name!r}")
+        log_dir = os.fspath(log_dir)
+        parts = [_name_part(env), _name_part(policy)]
+
+        def run_dir() -> str:
+            if name is not None:
+                return os.path.join(log_dir, name)
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            return os.path.join(log_dir, "_".join([stamp, *(p for p in parts if p)]))
+
+        self.tb_writer = JITSummaryWriter._from_handle(open_run(run_dir, avoid_existing=True))
+        self.alpha = float(alpha)
+
+    def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
+        return EmptyCallbackState()
+
+    def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
+                   ) -> TensorBoardCallbackStepState:
+        return TensorBoardCallbackStepState.initial()
+
+    def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
+        return ctx.state.next(ctx.reward, ctx.done, self.alpha)
+
+    def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
+        step_state: TensorBoardCallbackStepState = ctx.step_state
+        finished = ~jnp.isnan(step_state.average_return)
+        count = jnp.sum(finished)
+
+        def mean_finished(x):
+            return jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
+
+        tags = ["episode/return", "episode/length"]
+        values = [mean_finished(step_state.average_return),
+                  mean_finished(step_state.average_length)]
+        valid = [count > 0, count > 0]
+        learning_rate = find_learning_rate(ctx.opt_state)
+        if learning_rate is not None:
+            tags.append("train/learning_rate")
+            values.append(learning_rate)
+            valid.append(jnp.asarray(True))
+        for tag, value in flatten_scalars("train", ctx.training_log or {}).items():
+            if tag in tags:
+                continue
+            tags.append(tag)
+            values.append(value)
+            valid.append(jnp.asarray(True))
+        global_step = jnp.sum(step_state.step)
+        self.tb_writer.write_rows(
+            tuple(tags), global_step[None], jnp.stack(values)[None], jnp.stack(valid)[None]
+        )
+        return ctx.state
+
+    def on_training_start(self, ctx: TrainingContext, *, key: Key[Array, ""]
+                          ) -> EmptyCallbackState:
+        return ctx.state
+
+    def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
+                        ) -> EmptyCallbackState:
+        self.tb_writer.flush()
+        return ctx.state
+
+    def continue_training(self, ctx: IterationContext, *, key: Key[Array, ""]) -> Bool[Array, ""]:
+        return jnp.asarray(True)
+
+
+
+
