@@ -117,8 +117,8 @@ def emit(tags: tuple[str, ...], handle, steps, values, valid, pred=True) -> None
     )
 
 
-def _each_handle(action: Callable[[int], None]) -> Callable[[np.ndarray], None]:
-    def run(handle: np.ndarray) -> None:
+def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
+    def run(handle: object) -> None:
         for h in np.unique(np.asarray(handle)).tolist():
             action(h)
 

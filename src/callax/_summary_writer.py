@@ -6,6 +6,7 @@ import datetime
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -127,19 +128,22 @@ class JITSummaryWriter(eqx.Module):
     def add_scalar(
         self,
         tag: str,
-        scalar_value: Float[ArrayLike, ""] | Int[ArrayLike, ""] | Bool[ArrayLike, ""],
-        global_step: Int[ArrayLike, ""] | None = None,
+        scalar_value: ArrayLike,
+        global_step: ArrayLike | None = None,
         walltime: float | None = None,
     ) -> None:
-        """Write one scalar. ``global_step=None`` continues from the tag's last step."""
+        """Write one scalar (checked at trace time: a non-scalar fails naming the tag).
+
+        ``global_step=None`` continues from the tag's last step.
+        """
         self.add_dict("", {tag: scalar_value}, global_step=global_step, walltime=walltime)
 
     def add_dict(
         self,
         prefix: str,
-        scalars: Mapping[str, Float[ArrayLike, ""] | Int[ArrayLike, ""] | Bool[ArrayLike, ""]],
+        scalars: Mapping[str, Any],
         *,
-        global_step: Int[ArrayLike, ""] | None = None,
+        global_step: ArrayLike | None = None,
         walltime: float | None = None,
     ) -> None:
         """Write several scalars at one step in one host call, tagged ``<prefix>/<key>``.

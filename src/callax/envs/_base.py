@@ -31,8 +31,8 @@ class Discrete(eqx.Module):
         dtype: Integer dtype of samples.
     """
 
-    n: int = eqx.field(static=True)
-    dtype: Any = eqx.field(static=True, default=jnp.int32)
+    n: int = eqx.field(static=True, converter=int)
+    dtype: Any = eqx.field(static=True, default=jnp.int32, converter=jnp.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -102,7 +102,7 @@ class Box(eqx.Module):
         if shape is None:
             shape = jnp.broadcast_shapes(low.shape, high.shape)
         self.shape = tuple(int(d) for d in shape)
-        self.dtype = dtype
+        self.dtype = jnp.dtype(dtype)
         self.low = jnp.broadcast_to(low, self.shape)
         self.high = jnp.broadcast_to(high, self.shape)
 

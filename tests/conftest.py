@@ -1,0 +1,49 @@
+"""Shared test helpers: reading event files back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import callax
+
+
+def sync() -> None:
+    """Wait for every host callback, then for the writer thread, then flush files."""
+    jax.effects_barrier()
+    callax.flush_all()
+
+
+def read_run(directory: str) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of the event files directly in ``directory``."""
+    sync()
+    accumulator = EventAccumulator(directory, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def run_dirs(root: str) -> list[str]:
+    """Every directory under ``root`` holding an event file, relative to ``root``, sorted."""
+    sync()
+    found = []
+    for directory, _, files in os.walk(root):
+        if any(f.startswith("events.out.tfevents") for f in files):
+            found.append(os.path.relpath(directory, root))
+    return sorted(found)
+
+
+def assert_steps_increase(run: dict[str, list[tuple[int, float]]]) -> None:
+    for tag, points in run.items():
+        steps = [s for s, _ in points]
+        assert all(a < b for a, b in zip(steps, steps[1:])), (tag, steps)
+
+
+@pytest.fixture
+def logdir(tmp_path) -> str:
+    return str(tmp_path)

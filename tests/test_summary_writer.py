@@ -1,0 +1,249 @@
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_steps_increase, read_run, run_dirs, sync
+
+import callax
+from callax import JITSummaryWriter
+
+
+def test_eager_add_scalar_and_dict(logdir):
+    writer = JITSummaryWriter(os.path.join(logdir, "run"))
+    writer.add_scalar("a", 1.5, 0)
+    writer.add_scalar("a", jnp.float32(2.5), 3)
+    writer.add_dict("train", {"loss": 0.25, "n": jnp.int32(7), "nested": {"x": True}},
+                    global_step=3)
+    writer.flush()
+    run = read_run(writer.log_dir)
+    assert run["a"] == [(0, 1.5), (3, 2.5)]
+    assert run["train/loss"] == [(3, 0.25)]
+    assert run["train/n"] == [(3, 7.0)]
+    assert run["train/nested/x"] == [(3, 1.0)]
+
+
+def test_auto_step_continues_per_tag(logdir):
+    writer = JITSummaryWriter(logdir)
+    writer.add_scalar("a", 1.0, 10)
+    writer.add_scalar("a", 2.0)
+    writer.add_scalar("b", 3.0)
+    writer.add_scalar("b", 4.0)
+    run = read_run(logdir)
+    assert run["a"] == [(10, 1.0), (11, 2.0)]
+    assert run["b"] == [(0, 3.0), (1, 4.0)]
+
+
+def test_inside_jit_scan_and_cond(logdir):
+    writer = JITSummaryWriter(logdir)
+
+    @jax.jit
+    def loop(writer, scale):
+        def body(carry, i):
+            writer.add_scalar("scan/value", scale * i, i)
+            jax.lax.cond(i % 2 == 0, lambda: writer.add_scalar("scan/even", i, i), lambda: None)
+            return carry + 1, None
+
+        return jax.lax.scan(body, 0, jnp.arange(5))[0]
+
+    loop(writer, 2.0)
+    run = read_run(logdir)
+    assert run["scan/value"] == [(i, 2.0 * i) for i in range(5)]
+    assert run["scan/even"] == [(i, float(i)) for i in (0, 2, 4)]
+
+
+def test_vmap_writes_one_run_per_seed(logdir):
+    writer = JITSummaryWriter(logdir)
+
+    @jax.jit
+    def per_seed(x):
+        def body(c, i):
+            writer.add_dict("m", {"x": x * 10 + i, "y": -x}, global_step=i)
+            return c, None
+
+        jax.lax.scan(body, 0, jnp.arange(4))
+        return x
+
+    per_seed_v = jax.vmap(per_seed)
+    per_seed_v(jnp.arange(3.0))
+    assert run_dirs(logdir) == ["seed_0", "seed_1", "seed_2"]
+    for seed in range(3):
+        run = read_run(os.path.join(logdir, f"seed_{seed}"))
+        assert run["m/x"] == [(i, seed * 10.0 + i) for i in range(4)]
+        assert run["m/y"] == [(i, -float(seed)) for i in range(4)]
+        assert_steps_increase(run)
+
+
+def test_nested_vmap_flat_positions(logdir):
+    writer = JITSummaryWriter(logdir)
+    xs = jnp.arange(6.0).reshape(2, 3)
+    jax.vmap(jax.vmap(lambda x: writer.add_scalar("v", x, 1)))(xs)
+    assert run_dirs(logdir) == [f"seed_{i}" for i in range(6)]
+    for i in range(6):
+        assert read_run(os.path.join(logdir, f"seed_{i}"))["v"] == [(1, float(i))]
+
+
+def test_vmap_one_host_call_per_write(logdir, monkeypatch):
+    from callax._writer import _host as host
+
+    calls = []
+    original = host.write
+    monkeypatch.setattr(host, "write", lambda *a: (calls.append(a[2].shape), original(*a)))
+    writer = JITSummaryWriter(logdir)
+    jax.jit(jax.vmap(lambda x: writer.add_dict("p", {"a": x, "b": x})))(jnp.arange(8.0))
+    sync()
+    assert calls == [(8,)]
+
+
+def test_writer_built_inside_jit_opens_fresh_run_each_execution(logdir):
+    target = os.path.join(logdir, "inside")
+
+    @jax.jit
+    def run(x):
+        writer = JITSummaryWriter(target)
+        writer.add_scalar("x", x, 0)
+        writer.flush()
+        return x
+
+    for i in range(3):
+        run(float(i))
+    assert run_dirs(logdir) == ["inside", "inside_1", "inside_2"]
+    values = sorted(read_run(os.path.join(logdir, d))["x"][0][1] for d in run_dirs(logdir))
+    assert values == [0.0, 1.0, 2.0]
+
+
+def test_new_writer_same_config_does_not_recompile(logdir):
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def log(writer, x):
+        writer.add_scalar("x", x, 0)
+        return x
+
+    log_jit = jax.jit(log)
+    for i in range(3):
+        log_jit(JITSummaryWriter(os.path.join(logdir, f"r{i}")), float(i))
+    for i in range(3):
+        assert read_run(os.path.join(logdir, f"r{i}"))["x"] == [(0, float(i))]
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        (jnp.ones(3), ValueError, "tag 'bad'.*shape \\(3,\\)"),
+        ("1.0", TypeError, "'bad'"),
+        (1 + 2j, TypeError, "tag 'bad'.*complex"),
+    ],
+)
+def test_bad_value_fails_at_trace_time_naming_the_tag(logdir, value, error, match):
+    writer = JITSummaryWriter(logdir)
+    with pytest.raises(error, match=match):
+        jax.jit(lambda: writer.add_scalar("bad", value, 0)).trace()
+    with pytest.raises(error, match=match):
+        writer.add_scalar("bad", value, 0)
+
+
+@pytest.mark.parametrize("tag", ["", "/a", "a/", " a", "a//b", "a\nb", 3])
+def test_bad_tag_fails_at_trace_time(logdir, tag):
+    writer = JITSummaryWriter(logdir)
+    with pytest.raises((ValueError, TypeError), match="tag"):
+        jax.jit(lambda x: writer.add_scalar(tag, x, 0)).trace(1.0)
+
+
+def test_bad_step(logdir):
+    writer = JITSummaryWriter(logdir)
+    with pytest.raises(TypeError, match="global_step"):
+        writer.add_scalar("a", 1.0, jnp.ones(2, jnp.int32))
+    with pytest.raises(TypeError, match="global_step"):
+        jax.jit(lambda s: writer.add_scalar("a", 1.0, s)).trace(1.5)
+
+
+def test_close_then_write_again(logdir):
+    writer = JITSummaryWriter(logdir)
+    writer.add_scalar("a", 1.0, 0)
+    writer.close()
+    assert read_run(logdir)["a"] == [(0, 1.0)]
+    writer.add_scalar("a", 2.0, 1)
+    writer.close()
+    assert read_run(logdir)["a"] == [(0, 1.0), (1, 2.0)]
+
+
+def test_nan_and_inf_values_are_written(logdir):
+    writer = JITSummaryWriter(logdir)
+    writer.add_dict("", {"nan": jnp.nan, "inf": jnp.inf}, global_step=0)
+    run = read_run(logdir)
+    assert math.isnan(run["nan"][0][1]) and run["inf"][0][1] == math.inf
+
+
+def test_exception_in_training_loop_loses_no_point(tmp_path):
+    """Points handed to the host survive an exception that ends the process."""
+    script = textwrap.dedent(
+        f"""
+        import jax, jax.numpy as jnp
+        from callax import JITSummaryWriter
+        writer = JITSummaryWriter({str(tmp_path)!r})
+
+        @jax.jit
+        def iteration(i):
+            writer.add_dict("train", {{"i": i, "sq": i * i}}, global_step=i)
+            return i + 1
+
+        i = jnp.int32(0)
+        for _ in range(20):
+            i = iteration(i)
+        raise RuntimeError("training crashed")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0 and "training crashed" in result.stderr
+    run = read_run(str(tmp_path))
+    assert run["train/i"] == [(i, float(i)) for i in range(20)]
+    assert run["train/sq"] == [(i, float(i * i)) for i in range(20)]
+
+
+def test_killed_process_keeps_points_already_written(tmp_path):
+    """After a host batch is written the file is flushed: SIGKILL loses nothing before it."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, jax, jax.numpy as jnp
+        from callax import JITSummaryWriter
+        from callax._writer import _host
+        writer = JITSummaryWriter({str(tmp_path)!r})
+        for i in range(10):
+            writer.add_scalar("x", float(i), i)
+        jax.effects_barrier()
+        _host._wait_idle()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == -9
+    assert read_run(str(tmp_path))["x"] == [(i, float(i)) for i in range(10)]
+
+
+def test_writer_log_dir_and_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    writer = JITSummaryWriter()
+    assert writer.log_dir.startswith(os.path.join(str(tmp_path), "runs"))
+    with pytest.raises(TypeError, match="log_dir"):
+        JITSummaryWriter(3)
+
+
+def test_payload_values_match_numpy(logdir):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(6, 3)).astype(np.float32)
+    valid = rng.random((6, 3)) < 0.6
+    valid[:, 0] = True
+    writer = JITSummaryWriter(logdir)
+    jax.jit(lambda v, m: writer.write_rows(("a", "b", "c"), jnp.arange(6) * 5, v, m))(
+        values, valid
+    )
+    run = read_run(logdir)
+    for column, tag in enumerate("abc"):
+        expected = [(5 * k, float(values[k, column])) for k in range(6) if valid[k, column]]
+        assert run.get(tag, []) == pytest.approx(expected)
+    assert callax.flush_all() is None
