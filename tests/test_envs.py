@@ -42,9 +42,15 @@ def rollout(env, key, state, actions, params=None):
 
 
 jit_reset = eqx.filter_jit(lambda env, key, params=None: env.reset(key, params))
-jit_step = eqx.filter_jit(
+_jit_step = eqx.filter_jit(
     lambda env, key, state, action, params=None: env.step(key, state, action, params)
 )
+
+
+def jit_step(env, key, state, action, params=None):
+    """Jitted ``env.step``; Python numbers become arrays so they don't trigger recompiles."""
+    state, action = jax.tree.map(jnp.asarray, (state, action))
+    return _jit_step(env, key, state, action, params)
 
 
 def _as_np(tree):
@@ -94,9 +100,7 @@ def test_cartpole_matches_gymnasium():
 
     n = 120
     actions = jax.random.randint(jax.random.key(2), (n,), 0, 2)
-    n_done = _compare_with_gymnasium(
-        CartPole(), gym_env, n, actions, set_state, lambda a: int(a)
-    )
+    n_done = _compare_with_gymnasium(CartPole(), gym_env, n, actions, set_state, lambda a: int(a))
     assert n_done >= 2  # random actions: several episodes terminate
 
 
@@ -320,9 +324,8 @@ def test_gymnax_adapter_matches_gymnax_cartpole():
 
     # Same semantics as the native CartPole on the same pre-step state.
     native = CartPole()
-    for time, action in [(499, 1), (3, 0)]:
-        s = state.replace(time=time, theta=jnp.float32(0.2), theta_dot=jnp.float32(2.0))
-        s = s if time == 3 else state.replace(time=time)
+    falling = dict(theta=jnp.float32(0.2), theta_dot=jnp.float32(2.0))
+    for s, action in [(state.replace(time=499), 1), (state.replace(time=3, **falling), 0)]:
         out = _as_np(jit_step(env, jax.random.key(5), s, action))
         nat = _as_np(
             jit_step(
@@ -367,7 +370,9 @@ def test_gymnax_adapter_classic_api_heuristic():
     env = GymnaxEnv(_ClassicGymnaxCartPole(g_env))
     assert env.name == "CartPole-v1"
     _, state = jit_reset(env, jax.random.key(0))
-    _, new_state, _, done, info = _as_np(jit_step(env, jax.random.key(1), state.replace(time=499), 1))
+    _, new_state, _, done, info = _as_np(
+        jit_step(env, jax.random.key(1), state.replace(time=499), 1)
+    )
     assert done and info["truncated"] and not info["terminated"] and new_state.time == 0
     falling = state.replace(theta=jnp.float32(0.2), theta_dot=jnp.float32(2.0))
     _, _, _, done, info = _as_np(jit_step(env, jax.random.key(1), falling, 1))

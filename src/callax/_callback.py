@@ -93,7 +93,7 @@ class StepContext(eqx.Module, Generic[StepStateType]):
     state: StepStateType
     env: Any
     policy: Any
-    done: Bool[ArrayLike, ""]
+    done: Bool[ArrayLike, "*batch"]
     reward: Any
     locals: dict[str, Any] = eqx.field(default_factory=_empty_locals)
 
@@ -116,7 +116,7 @@ class IterationContext(eqx.Module, Generic[StateType, StepStateType]):
     step_state: StepStateType
     env: Any
     policy: Any
-    iteration_count: Int[ArrayLike, ""]
+    iteration_count: Int[ArrayLike, "*batch"]
     opt_state: Any
     training_log: dict[str, Any]
     locals: dict[str, Any] = eqx.field(default_factory=_empty_locals)
@@ -129,8 +129,8 @@ class TrainingContext(eqx.Module, Generic[StateType, StepStateType]):
     step_state: StepStateType
     env: Any
     policy: Any
-    total_timesteps: Int[ArrayLike, ""]
-    iteration_count: Int[ArrayLike, ""]
+    total_timesteps: Int[ArrayLike, "*batch"]
+    iteration_count: Int[ArrayLike, "*batch"]
     opt_state: Any
     locals: dict[str, Any] = eqx.field(default_factory=_empty_locals)
 

@@ -1,0 +1,195 @@
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import assert_steps_increase, read_run, run_dirs
+from minimal_loop import drive
+
+from callax import TensorBoardCallback, TensorBoardCallbackStepState
+from callax.callbacks import find_learning_rate
+
+ALPHA = 0.9
+N_ITERS, N_STEPS, N_ENVS = 6, 5, 3
+
+
+def expected_log(rewards, dones, alpha=ALPHA):
+    """Independent NumPy computation of what TensorBoardCallback should write."""
+    n_iters, n_steps, n_envs = rewards.shape
+    ret = np.zeros(n_envs)
+    length = np.zeros(n_envs)
+    avg_r = [None] * n_envs
+    avg_l = [None] * n_envs
+    out = {"episode/return": [], "episode/length": [], "train/loss": [], "train/iteration": []}
+    for i in range(n_iters):
+        for t in range(n_steps):
+            for e in range(n_envs):
+                ret[e] += rewards[i, t, e]
+                length[e] += 1
+                if dones[i, t, e]:
+                    if avg_r[e] is None:
+                        avg_r[e], avg_l[e] = ret[e], length[e]
+                    else:
+                        avg_r[e] = alpha * avg_r[e] + (1 - alpha) * ret[e]
+                        avg_l[e] = alpha * avg_l[e] + (1 - alpha) * length[e]
+                    ret[e] = length[e] = 0
+        step = (i + 1) * n_steps * n_envs
+        finished = [e for e in range(n_envs) if avg_r[e] is not None]
+        if finished:
+            out["episode/return"].append((step, np.mean([avg_r[e] for e in finished])))
+            out["episode/length"].append((step, np.mean([avg_l[e] for e in finished])))
+        out["train/loss"].append((step, float(i)))
+        out["train/iteration"].append((step, float(i)))
+    return out
+
+
+def scripted(seed=0, n_iters=N_ITERS):
+    rng = np.random.default_rng(seed)
+    rewards = rng.normal(1.0, 1.0, size=(n_iters, N_STEPS, N_ENVS)).astype(np.float32)
+    dones = rng.random((n_iters, N_STEPS, N_ENVS)) < 0.25
+    dones[:2, :, 2] = False  # env 2 finishes nothing in the first iterations
+    dones[0, :, :] = False  # nobody finishes in iteration 0: episode/* not written there
+    return rewards, dones
+
+
+def assert_run_matches(run, expected):
+    for tag, points in expected.items():
+        got = run.get(tag, [])
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in points], rtol=1e-5,
+                                   err_msg=tag)
+    assert_steps_increase(run)
+
+
+_drive_jit = jax.jit(drive)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_values_and_steps(logdir, mode):
+    rewards, dones = scripted()
+    callback = TensorBoardCallback(name="run", log_dir=logdir)
+    run_fn = _drive_jit if mode == "jit" else drive
+    with jax.disable_jit(mode == "eager"):
+        run_fn(callback, rewards, dones, jax.random.key(0))
+    run = read_run(os.path.join(logdir, "run"))
+    expected = expected_log(rewards, dones)
+    assert expected["episode/return"][0][0] == 2 * N_STEPS * N_ENVS
+    assert_run_matches(run, expected)
+    assert "train/learning_rate" not in run  # no inject_hyperparams state: absent, never NaN
+
+
+def test_step_state_includes_final_reward_and_has_no_zero_bias():
+    state = TensorBoardCallbackStepState.initial()
+    assert np.isnan(state.average_return)
+    for reward, done in [(1.0, False), (2.0, False), (3.0, True)]:
+        state = state.next(reward, done, 0.5)
+    assert float(state.average_return) == 6.0  # seeded by the first episode, final reward in
+    assert float(state.average_length) == 3.0
+    assert bool(state.episode_done) and int(state.episode_length) == 0
+    state = state.next(10.0, True, 0.5)
+    assert float(state.average_return) == pytest.approx(0.5 * 6 + 0.5 * 10)
+    assert float(state.average_length) == pytest.approx(0.5 * 3 + 0.5 * 1)
+    assert int(state.step) == 4
+
+
+def test_step_state_converts_array_likes():
+    state = TensorBoardCallbackStepState(np.int64(3), 1.0, 2, np.bool_(False), np.float64(1), 2.0)
+    assert state.step.dtype == jnp.int32 and state.episode_return.dtype == jnp.float32
+    assert state.episode_done.dtype == jnp.bool_ and state.average_length.dtype == jnp.float32
+
+
+def test_nothing_written_before_first_episode(logdir):
+    rewards = np.ones((3, N_STEPS, N_ENVS), np.float32)
+    dones = np.zeros_like(rewards, dtype=bool)
+    _drive_jit(TensorBoardCallback(name="r", log_dir=logdir), rewards, dones, jax.random.key(0))
+    run = read_run(os.path.join(logdir, "r"))
+    assert "episode/return" not in run and "episode/length" not in run
+    assert [s for s, _ in run["train/loss"]] == [15, 30, 45]
+
+
+def test_learning_rate_from_inject_hyperparams(logdir):
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=3e-4)
+    opt_state = optimizer.init({"w": jnp.zeros(2)})
+    assert float(find_learning_rate(opt_state)) == pytest.approx(3e-4)
+    assert find_learning_rate(optax.adam(1e-3).init({"w": jnp.zeros(2)})) is None
+    rewards, dones = scripted()
+    _drive_jit(TensorBoardCallback(name="lr", log_dir=logdir), rewards, dones,
+               jax.random.key(0), opt_state)
+    run = read_run(os.path.join(logdir, "lr"))
+    assert [v for _, v in run["train/learning_rate"]] == pytest.approx([3e-4] * N_ITERS)
+
+
+def test_callback_built_inside_jit_opens_fresh_run_each_execution(logdir):
+    rewards, dones = scripted()
+
+    @jax.jit
+    def train(key):
+        callback = TensorBoardCallback(name="injit", log_dir=logdir)
+        return drive(callback, rewards, dones, key)
+
+    for i in range(3):
+        train(jax.random.key(i))
+    assert run_dirs(logdir) == ["injit", "injit_1", "injit_2"]
+    for directory in run_dirs(logdir):
+        assert_run_matches(read_run(os.path.join(logdir, directory)),
+                           expected_log(rewards, dones))
+
+
+def test_unnamed_runs_are_named_by_time_env_and_policy(logdir):
+    class Policy(eqx.Module):
+        pass
+
+    class Env:
+        name = "CartPole-v1"
+
+    callback = TensorBoardCallback(env=Env(), policy=Policy(), log_dir=logdir)
+    name = os.path.basename(callback.tb_writer.log_dir)
+    assert name.endswith("_CartPole-v1_Policy") and name[:4].isdigit()
+    other = TensorBoardCallback(env=Env(), policy=Policy(), log_dir=logdir)
+    assert other.tb_writer.log_dir != callback.tb_writer.log_dir
+
+
+def test_new_instance_does_not_recompile(logdir):
+    rewards, dones = scripted()
+    traced = eqx.debug.assert_max_traces(drive, max_traces=1)
+    train = jax.jit(traced)
+    for i in range(3):
+        train(TensorBoardCallback(log_dir=logdir), rewards, dones, jax.random.key(i))
+    assert len(run_dirs(logdir)) == 3
+
+
+def test_vmap_over_seeds_one_run_per_seed(logdir):
+    seeds = [scripted(seed) for seed in range(4)]
+    rewards = np.stack([r for r, _ in seeds])
+    dones = np.stack([d for _, d in seeds])
+    callback = TensorBoardCallback(name="v", log_dir=logdir)
+    jax.jit(jax.vmap(lambda r, d, k: drive(callback, r, d, k)))(
+        rewards, dones, jax.random.split(jax.random.key(0), 4)
+    )
+    assert run_dirs(logdir) == [f"v/seed_{i}" for i in range(4)]
+    for i in range(4):
+        assert_run_matches(read_run(os.path.join(logdir, "v", f"seed_{i}")),
+                           expected_log(rewards[i], dones[i]))
+
+
+def test_on_training_end_makes_every_point_readable(logdir):
+    """No flush_all here: on_training_end alone must make the run readable."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rewards, dones = scripted()
+    callback = TensorBoardCallback(name="end", log_dir=logdir)
+    jax.block_until_ready(_drive_jit(callback, rewards, dones, jax.random.key(0)))
+    jax.effects_barrier()
+    accumulator = EventAccumulator(os.path.join(logdir, "end"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert len(accumulator.Scalars("train/loss")) == N_ITERS
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        TensorBoardCallback(alpha=1.0)
+    with pytest.raises(ValueError, match="name"):
+        TensorBoardCallback(name="")
