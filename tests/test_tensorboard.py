@@ -67,10 +67,11 @@ def assert_run_matches(run, expected):
 _drive_jit = jax.jit(drive)
 
 
-@pytest.mark.parametrize("mode", ["eager", "jit"])
-def test_values_and_steps(logdir, mode):
+@pytest.mark.parametrize("mode, flush_every", [("eager", 4), ("jit", 1), ("jit", 4),
+                                               ("jit", 10)])
+def test_values_and_steps(logdir, mode, flush_every):
     rewards, dones = scripted()
-    callback = TensorBoardCallback(name="run", log_dir=logdir)
+    callback = TensorBoardCallback(name="run", log_dir=logdir, flush_every=flush_every)
     run_fn = _drive_jit if mode == "jit" else drive
     with jax.disable_jit(mode == "eager"):
         run_fn(callback, rewards, dones, jax.random.key(0))
@@ -193,3 +194,27 @@ def test_bad_arguments():
         TensorBoardCallback(alpha=1.0)
     with pytest.raises(ValueError, match="name"):
         TensorBoardCallback(name="")
+    with pytest.raises(ValueError, match="flush_every"):
+        TensorBoardCallback(flush_every=0)
+
+
+def test_buffer_sends_every_flush_every_iterations(logdir, monkeypatch):
+    from callax._writer import _host as host
+
+    calls = []
+    original = host.write
+    monkeypatch.setattr(host, "write", lambda *a: (calls.append(a[3].shape), original(*a)))
+    rewards, dones = scripted(n_iters=10)
+    callback = TensorBoardCallback(name="b", log_dir=logdir, flush_every=4)
+    _drive_jit(callback, rewards, dones, jax.random.key(0))
+    read_run(os.path.join(logdir, "b"))
+    # Two full buffers of 4 rows, then the 2 remaining rows at on_training_end.
+    assert calls == [(1, 4), (1, 4), (1, 4)]
+    assert_run_matches(read_run(os.path.join(logdir, "b")), expected_log(rewards, dones))
+
+
+def test_too_many_scalars_fails_at_trace_time(logdir):
+    rewards, dones = scripted()
+    callback = TensorBoardCallback(name="m", log_dir=logdir, max_scalars=3)
+    with pytest.raises(ValueError, match="max_scalars"):
+        jax.jit(drive).trace(callback, rewards, dones, jax.random.key(0))

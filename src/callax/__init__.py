@@ -1,5 +1,6 @@
 """callax: JAX-native training callbacks for reinforcement learning, logging to TensorBoard."""
 
+from ._buffer import ScalarBuffer as ScalarBuffer
 from ._callback import (
     AbstractCallback as AbstractCallback,
     AbstractCallbackState as AbstractCallbackState,
@@ -24,6 +25,7 @@ from ._summary_writer import JITSummaryWriter as JITSummaryWriter
 from ._writer._host import flush_all as flush_all
 from .callbacks import (
     TensorBoardCallback as TensorBoardCallback,
+    TensorBoardCallbackState as TensorBoardCallbackState,
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
 )
 

@@ -1,18 +1,19 @@
 """The one module that crosses from device to host (``jax.debug.callback``, ``io_callback``).
 
 Everything a jitted program sends to TensorBoard goes through :func:`emit`: one host call
-carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for a static tuple
-of ``n`` tags. :func:`emit` is a :func:`jax.custom_batching.custom_vmap` function: under
+carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for a tuple of
+``n`` tags registered once as a *layout*. :func:`emit` is a :func:`jax.custom_batching.custom_vmap` function: under
 ``jax.vmap`` (nested or not) it makes **one** host call for the whole batch and tags every
 batch element with its flat position, so each vmapped seed is written to its own run
-sub-directory ``seed_<i>``. The payload carries the run handle, the seed position and the
-steps, so the host never depends on call order or on which thread or device called it.
+sub-directory ``seed_<i>``. The payload carries the run handle, the tag layout, the seed
+position and the steps, so the host never depends on call order or on which thread or device
+called it.
 """
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 from collections.abc import Callable
 
 import jax
@@ -23,7 +24,9 @@ from jax.experimental import io_callback
 
 from ._writer import _host as host
 
-__all__ = ["close", "emit", "flush", "is_traced", "open_run"]
+__all__ = ["close", "emit", "flush", "is_traced", "open_run", "register_layout"]
+
+_layout_lock = threading.Lock()
 
 
 def is_traced(x) -> bool:
@@ -51,63 +54,77 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False) 
     return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
 
 
-def _host_write(tags: tuple[str, ...], handle, seed, steps, values, valid, pred) -> None:
+_layouts: dict[tuple[str, ...], int] = {}
+_layout_tags: list[tuple[str, ...]] = []
+
+
+def register_layout(tags: tuple[str, ...]) -> int:
+    """A small integer standing for a tuple of tags, so that the tags of a packed payload can
+    travel as data (a buffer filled in one traced function and flushed from another)."""
+    layout = _layouts.get(tags)
+    if layout is None:
+        with _layout_lock:
+            layout = _layouts.get(tags)
+            if layout is None:
+                layout = _layouts[tags] = len(_layout_tags)
+                _layout_tags.append(tags)
+    return layout
+
+
+def _host_write(layout, handle, seed, steps, values, valid, pred) -> None:
     # Arrays arrive with any number of leading batch dimensions; flatten them to one.
     batch = np.shape(seed)
     size = math.prod(batch)
-    k, n = np.shape(values)[-2:]
+    k, width = np.shape(values)[-2:]
+    layout = np.broadcast_to(layout, batch).reshape(size)
     handle = np.broadcast_to(handle, batch).reshape(size)
     seed = np.asarray(seed).reshape(size)
-    steps = np.array(np.broadcast_to(steps, (*batch, k)).reshape(size, k))
-    values = np.array(np.broadcast_to(values, (*batch, k, n)).reshape(size, k, n))
-    valid = np.broadcast_to(valid, (*batch, k, n)).reshape(size, k, n)
-    pred = np.broadcast_to(pred, batch).reshape(size)
-    valid = np.array(valid & pred[:, None, None])
-    for h in np.unique(handle).tolist():
-        rows = handle == h
-        host.write(h, tags, seed[rows], steps[rows], values[rows], valid[rows])
+    steps = np.broadcast_to(steps, (*batch, k)).reshape(size, k)
+    values = np.broadcast_to(values, (*batch, k, width)).reshape(size, k, width)
+    valid = np.broadcast_to(valid, (*batch, k, width)).reshape(size, k, width)
+    valid = valid & np.broadcast_to(pred, batch).reshape(size)[:, None, None]
+    for h, lay in {(int(h), int(t)) for h, t in zip(handle, layout, strict=True)}:
+        rows = (handle == h) & (layout == lay)
+        tags = _layout_tags[lay]
+        n = len(tags)
+        host.write(h, tags, seed[rows], np.array(steps[rows]), np.array(values[rows][..., :n]),
+                   np.array(valid[rows][..., :n]))
 
 
-@functools.cache
-def _emitter(tags: tuple[str, ...]):
-    write = functools.partial(_host_write, tags)
+@custom_batching.custom_vmap
+def _emit(layout, handle, seed, steps, values, valid, pred):
+    def send():
+        jax.debug.callback(_host_write, layout, handle, seed, steps, values, valid, pred)
 
-    @custom_batching.custom_vmap
-    def emit_batched(handle, seed, steps, values, valid, pred):
-        def send():
-            jax.debug.callback(write, handle, seed, steps, values, valid, pred)
-
-        jax.lax.cond(jnp.any(pred), send, lambda: None)
-        return jnp.zeros((), jnp.int32)
-
-    @emit_batched.def_vmap
-    def _rule(axis_size, in_batched, handle, seed, steps, values, valid, pred):
-        def batched(x, is_batched):
-            return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-
-        seed_batched = in_batched[1]
-        if not seed_batched:
-            # Flat position of each element: outer index * (elements per outer index) + inner.
-            inner = math.prod(jnp.shape(seed))
-            positions = jnp.arange(axis_size, dtype=jnp.int32).reshape(
-                (axis_size,) + (1,) * jnp.ndim(seed)
-            )
-            seed = positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
-        args = [batched(x, b) for x, b in zip((handle, seed, steps, values, valid, pred),
-                                               (in_batched[0], True, *in_batched[2:]),
-                                               strict=True)]
-        emit_batched(*args)
-        return jnp.zeros((axis_size,), jnp.int32), True
-
-    return emit_batched
+    jax.lax.cond(jnp.any(pred), send, lambda: None)
+    return jnp.zeros((), jnp.int32)
 
 
-def emit(tags: tuple[str, ...], handle, steps, values, valid, pred=True) -> None:
-    """Send ``steps[K]``, ``values[K, n]`` (where ``valid[K, n]`` and ``pred``) to the host.
+@_emit.def_vmap
+def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid, pred):
+    # One host call for the whole batch; each element is tagged with its flat position.
+    def batched(x, is_batched):
+        return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
-    A step of ``-1`` means "one more than the tag's last step".
+    if not in_batched[2]:
+        inner = math.prod(jnp.shape(seed))
+        positions = jnp.arange(axis_size, dtype=jnp.int32).reshape(
+            (axis_size,) + (1,) * jnp.ndim(seed)
+        )
+        seed = positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
+    args = (layout, handle, seed, steps, values, valid, pred)
+    flags = (*in_batched[:2], True, *in_batched[3:])
+    _emit(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
+    return jnp.zeros((axis_size,), jnp.int32), True
+
+
+def emit(layout, handle, steps, values, valid, pred=True) -> None:
+    """Send ``steps[K]``, ``values[K, width]`` (where ``valid[K, width]`` and ``pred``) to the
+    host, for the tags of ``layout`` (see :func:`register_layout`; columns past the number of
+    tags are ignored). A step of ``-1`` means "one more than the tag's last step".
     """
-    _emitter(tags)(
+    _emit(
+        jnp.asarray(layout, jnp.int32),
         jnp.asarray(handle, jnp.int32),
         jnp.asarray(host.NO_SEED, jnp.int32),
         jnp.asarray(steps, jnp.int32),

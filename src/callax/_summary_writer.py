@@ -187,7 +187,7 @@ class JITSummaryWriter(eqx.Module):
             raise ValueError(f"steps must have shape ({values.shape[0]},), got {steps.shape}")
         if valid is None:
             valid = jnp.ones(values.shape, jnp.bool_)
-        _host.emit(tags, self.handle, steps, values, valid, when)
+        _host.emit(_host.register_layout(tags), self.handle, steps, values, valid, when)
 
     def flush(self) -> None:
         """Make every point handed over so far readable on disk."""

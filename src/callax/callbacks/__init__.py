@@ -2,6 +2,7 @@
 
 from ._tensorboard import (
     TensorBoardCallback as TensorBoardCallback,
+    TensorBoardCallbackState as TensorBoardCallbackState,
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
     find_learning_rate as find_learning_rate,
 )

@@ -7,14 +7,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
+from .._buffer import ScalarBuffer
 from .._callback import (
     AbstractCallback,
+    AbstractCallbackState,
     AbstractCallbackStepState,
-    EmptyCallbackState,
     IterationContext,
     ResetContext,
     StepContext,
@@ -23,7 +25,12 @@ from .._callback import (
 from .._host import open_run
 from .._summary_writer import JITSummaryWriter, flatten_scalars
 
-__all__ = ["TensorBoardCallback", "TensorBoardCallbackStepState", "find_learning_rate"]
+__all__ = [
+    "TensorBoardCallback",
+    "TensorBoardCallbackState",
+    "TensorBoardCallbackStepState",
+    "find_learning_rate",
+]
 
 
 class TensorBoardCallbackStepState(AbstractCallbackStepState):
@@ -98,6 +105,12 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         )
 
 
+class TensorBoardCallbackState(AbstractCallbackState):
+    """Run state of [`callax.TensorBoardCallback`][]: the rows not yet sent to the host."""
+
+    buffer: ScalarBuffer
+
+
 def find_learning_rate(opt_state: Any) -> jax.Array | None:
     """The ``learning_rate`` of the first ``optax.inject_hyperparams`` state in ``opt_state``.
 
@@ -122,7 +135,7 @@ def _name_part(obj: Any) -> str | None:
     return name.replace(os.sep, "-").replace(" ", "")
 
 
-class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallbackStepState]):
+class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoardCallbackStepState]):
     """Writes training statistics to TensorBoard once per iteration.
 
     Tags, all at global step = total env steps so far (summed over envs):
@@ -135,12 +148,17 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
     - `train/<key>`: every entry of the iteration's training log (nested mappings become
       `train/<key>/<subkey>`).
 
-    Every iteration makes one host call carrying all its scalars in one packed array.
+    Rows are buffered on device and sent to the host every `flush_every` iterations in one
+    host call (all tags of all buffered iterations, all vmapped seeds, in one packed array),
+    and at `on_training_end`. An exception in the training loop loses at most the
+    `flush_every - 1` iterations still on device; everything sent before is written.
     Training under ``jax.vmap`` over seeds writes one run per seed, ``<run>/seed_<i>``.
     """
 
     tb_writer: JITSummaryWriter
     alpha: float
+    flush_every: int = eqx.field(static=True)
+    max_scalars: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -149,6 +167,9 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
         policy: Any = None,
         alpha: float = 0.9,
         log_dir: str | os.PathLike = "runs",
+        *,
+        flush_every: int = 10,
+        max_scalars: int = 64,
     ):
         """**Arguments:**
 
@@ -158,7 +179,14 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
         - `env`, `policy`: used only to name the run.
         - `alpha`: smoothing factor of the moving averages, in ``[0, 1)``.
         - `log_dir`: the parent directory of runs.
+        - `flush_every`: iterations buffered on device between host transfers (``1``: send
+          every iteration at once). This is also how many iterations a crash can lose.
+        - `max_scalars`: capacity of one buffered row (tags per iteration).
         """
+        if int(flush_every) < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        if int(max_scalars) < 3:
+            raise ValueError(f"max_scalars must be >= 3, got {max_scalars}")
         if not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")
         if name is not None and (not isinstance(name, str) or not name):
@@ -174,9 +202,11 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
 
         self.tb_writer = JITSummaryWriter._from_handle(open_run(run_dir, avoid_existing=True))
         self.alpha = float(alpha)
+        self.flush_every = int(flush_every)
+        self.max_scalars = int(max_scalars)
 
-    def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
-        return EmptyCallbackState()
+    def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> TensorBoardCallbackState:
+        return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars))
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
                    ) -> TensorBoardCallbackStepState:
@@ -185,7 +215,8 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
         return ctx.state.next(ctx.reward, ctx.done, self.alpha)
 
-    def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
+    def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]
+                     ) -> TensorBoardCallbackState:
         step_state: TensorBoardCallbackStepState = ctx.step_state
         finished = ~jnp.isnan(step_state.average_return)
         count = jnp.sum(finished)
@@ -208,20 +239,21 @@ class TensorBoardCallback(AbstractCallback[EmptyCallbackState, TensorBoardCallba
             tags.append(tag)
             values.append(value)
             valid.append(jnp.asarray(True))
-        global_step = jnp.sum(step_state.step)
-        self.tb_writer.write_rows(
-            tuple(tags), global_step[None], jnp.stack(values)[None], jnp.stack(valid)[None]
+        buffer = ctx.state.buffer.append(
+            self.tb_writer, tuple(tags), jnp.sum(step_state.step), jnp.stack(values),
+            jnp.stack(valid)
         )
-        return ctx.state
+        return TensorBoardCallbackState(buffer)
 
     def on_training_start(self, ctx: TrainingContext, *, key: Key[Array, ""]
-                          ) -> EmptyCallbackState:
+                          ) -> TensorBoardCallbackState:
         return ctx.state
 
     def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
-                        ) -> EmptyCallbackState:
+                        ) -> TensorBoardCallbackState:
+        state = TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer))
         self.tb_writer.flush()
-        return ctx.state
+        return state
 
     def continue_training(self, ctx: IterationContext, *, key: Key[Array, ""]) -> Bool[Array, ""]:
         return jnp.asarray(True)

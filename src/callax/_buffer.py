@@ -1,0 +1,96 @@
+"""``ScalarBuffer``: rows of scalars kept on device and sent to the host ``K`` rows at a time."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from . import _host
+from ._summary_writer import JITSummaryWriter, check_tag
+
+__all__ = ["ScalarBuffer"]
+
+
+class ScalarBuffer(eqx.Module):
+    """A device-side buffer of up to ``capacity`` rows of at most ``width`` scalars.
+
+    [`append`][callax.ScalarBuffer.append] adds one row (one global step) and, when the
+    buffer is full, hands every row to the host in **one** host call;
+    [`flush`][callax.ScalarBuffer.flush] sends whatever is buffered. The tags of the rows
+    travel as a small integer (``layout``), so a buffer filled in one traced function can be
+    flushed from another that never saw the tags.
+
+    What a crash can lose: the rows appended since the last host transfer (fewer than
+    ``capacity``). Everything already handed to the host is written, see
+    [`callax.JITSummaryWriter`][].
+    """
+
+    values: Float[Array, "capacity width"]
+    valid: Bool[Array, "capacity width"]
+    steps: Int[Array, " capacity"]
+    count: Int[Array, ""]
+    layout: Int[Array, ""]
+
+    @classmethod
+    def empty(cls, capacity: int, width: int) -> ScalarBuffer:
+        """An empty buffer of ``capacity`` rows × ``width`` scalars."""
+        if capacity < 1 or width < 1:
+            raise ValueError(f"capacity and width must be >= 1, got {capacity}, {width}")
+        return cls(
+            values=jnp.zeros((capacity, width), jnp.float32),
+            valid=jnp.zeros((capacity, width), jnp.bool_),
+            steps=jnp.zeros((capacity,), jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            layout=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.steps.shape[-1]
+
+    @property
+    def width(self) -> int:
+        return self.values.shape[-1]
+
+    def append(
+        self,
+        writer: JITSummaryWriter,
+        tags: tuple[str, ...],
+        step: Int[ArrayLike, ""],
+        values: Float[Array, " n"],
+        valid: Bool[Array, " n"],
+    ) -> ScalarBuffer:
+        """Add one row at ``step``; if that fills the buffer, send every row to the host.
+
+        ``tags`` must be the same at every call between two transfers (in a loop body traced
+        once, they are).
+        """
+        tags = tuple(check_tag(t) for t in tags)
+        if len(tags) > self.width:
+            raise ValueError(
+                f"{len(tags)} scalars per row but the buffer holds {self.width}; raise "
+                f"`max_scalars` (tags: {tags})"
+            )
+        pad = self.width - len(tags)
+        index = self.count
+        buffer = ScalarBuffer(
+            values=self.values.at[index].set(jnp.pad(jnp.asarray(values, jnp.float32), (0, pad))),
+            valid=self.valid.at[index].set(jnp.pad(jnp.asarray(valid, jnp.bool_), (0, pad))),
+            steps=self.steps.at[index].set(jnp.asarray(step, jnp.int32)),
+            count=self.count + 1,
+            layout=jnp.asarray(_host.register_layout(tags), jnp.int32),
+        )
+        full = buffer.count >= self.capacity
+        buffer._send(writer, full)
+        return eqx.tree_at(lambda b: b.count, buffer, jnp.where(full, 0, buffer.count))
+
+    def _send(self, writer: JITSummaryWriter, when) -> None:
+        rows = jnp.arange(self.capacity) < self.count
+        _host.emit(self.layout, writer.handle, self.steps, self.values,
+                   self.valid & rows[:, None], when)
+
+    def flush(self, writer: JITSummaryWriter) -> ScalarBuffer:
+        """Send the buffered rows (if any) and empty the buffer."""
+        self._send(writer, self.count > 0)
+        return eqx.tree_at(lambda b: b.count, self, jnp.zeros_like(self.count))
