@@ -129,7 +129,7 @@ def find_learning_rate(opt_state: Any) -> jax.Array | None:
 def _name_part(obj: Any) -> str | None:
     if obj is None:
         return None
-    name = getattr(obj, "name", None)
+    name = obj if isinstance(obj, str) else getattr(obj, "name", None)
     if not isinstance(name, str):
         name = type(obj).__name__
     return name.replace(os.sep, "-").replace(" ", "")
