@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ class CallbackList(AbstractCallback[CallbackListState, CallbackListStepState]):
 
     callbacks: tuple[AbstractCallback, ...]
 
-    def __init__(self, callbacks: Iterable[AbstractCallback]):
+    def __init__(self, callbacks: Iterable[Any]):
         callbacks = tuple(callbacks)
         for callback in callbacks:
             if not isinstance(callback, AbstractCallback):
