@@ -26,10 +26,17 @@ from callax.envs import (
 
 ATOL = 1e-5
 RTOL = 1e-5
+# Shapes are shared between tests so each jitted function compiles as few times as possible.
+N_CARTPOLE = 120  # rollout length for CartPole
+N_PENDULUM = 230  # rollout length for Pendulum: crosses the 200-step truncation
+BATCH = 3
+RNG = np.random.default_rng(0)
+CARTPOLE_ACTIONS = RNG.integers(0, 2, (BATCH, N_CARTPOLE)).astype(np.int32)
+# Torques beyond ±2 exercise the clipping.
+PENDULUM_ACTIONS = RNG.uniform(-3.0, 3.0, (BATCH, N_PENDULUM, 1)).astype(np.float32)
 
 
-@eqx.filter_jit
-def rollout(env, key, state, actions, params=None):
+def _rollout(env, key, state, actions, params=None):
     """Scans ``env.step`` over ``actions``; returns per-step outputs and post-step states."""
     keys = jax.random.split(key, actions.shape[0])
 
@@ -41,20 +48,31 @@ def rollout(env, key, state, actions, params=None):
     return jax.lax.scan(body, state, (keys, actions))[1]
 
 
+rollout = eqx.filter_jit(_rollout)
+batched_rollout = eqx.filter_jit(eqx.filter_vmap(_rollout))
+batched_reset = eqx.filter_jit(eqx.filter_vmap(lambda env, key: env.reset(key)))
 jit_reset = eqx.filter_jit(lambda env, key, params=None: env.reset(key, params))
 _jit_step = eqx.filter_jit(
     lambda env, key, state, action, params=None: env.step(key, state, action, params)
 )
 
 
+def _to_array(x):
+    return jnp.asarray(np.asarray(x))  # never weak-typed, so one compile per dtype
+
+
 def jit_step(env, key, state, action, params=None):
     """Jitted ``env.step``; Python numbers become arrays so they don't trigger recompiles."""
-    state, action = jax.tree.map(jnp.asarray, (state, action))
+    state, action = jax.tree.map(_to_array, (state, action))
     return _jit_step(env, key, state, action, params)
 
 
 def _as_np(tree):
     return jax.tree.map(np.asarray, tree)
+
+
+def _index(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
 
 
 # ----------------------------------------------------------------------------- gymnasium
@@ -82,11 +100,11 @@ def _compare_with_gymnasium(
         if g_term or g_trunc:
             n_done += 1
             gym_env.reset()
-            set_gym_state(gym_env, jax.tree.map(lambda x, t=t: x[t], states))
+            set_gym_state(gym_env, _index(states, t))
         else:
             np.testing.assert_array_equal(obs[t], info["final_obs"][t])
             if resync_every and (t + 1) % resync_every == 0:
-                set_gym_state(gym_env, jax.tree.map(lambda x, t=t: x[t], states))
+                set_gym_state(gym_env, _index(states, t))
     return n_done
 
 
@@ -98,9 +116,10 @@ def test_cartpole_matches_gymnasium():
     def set_state(g, s):
         g.unwrapped.state = np.array([s.x, s.x_dot, s.theta, s.theta_dot], dtype=np.float64)
 
-    n = 120
-    actions = jax.random.randint(jax.random.key(2), (n,), 0, 2)
-    n_done = _compare_with_gymnasium(CartPole(), gym_env, n, actions, set_state, lambda a: int(a))
+    actions = CARTPOLE_ACTIONS[0]
+    n_done = _compare_with_gymnasium(
+        CartPole(), gym_env, N_CARTPOLE, actions, set_state, lambda a: int(a)
+    )
     assert n_done >= 2  # random actions: several episodes terminate
 
 
@@ -112,14 +131,11 @@ def test_pendulum_matches_gymnasium():
     def set_state(g, s):
         g.unwrapped.state = np.array([s.theta, s.theta_dot], dtype=np.float64)
 
-    n = 230  # crosses the 200-step truncation
-    # Torques beyond ±2 exercise the clipping.
-    actions = jax.random.uniform(jax.random.key(3), (n, 1), minval=-3.0, maxval=3.0)
     n_done = _compare_with_gymnasium(
         Pendulum(),
         gym_env,
-        n,
-        actions,
+        N_PENDULUM,
+        PENDULUM_ACTIONS[0],
         set_state,
         lambda a: np.asarray(a, np.float32),
         resync_every=50,
@@ -172,19 +188,27 @@ def test_cartpole_terminated_vs_truncated():
 def test_custom_params_under_jit():
     env = CartPole()
     params = CartPoleParams(max_steps_in_episode=7)
-    _, state = jit_reset(env, jax.random.key(0), params)
-    actions = jnp.tile(jnp.array([0, 1]), 8)  # alternate: stays upright for 16 steps
+    state = CartPoleState(0.01, 0.0, -0.01, 0.0)
+    actions = np.tile(np.array([0, 1], np.int32), 8)  # alternate: stays upright for 16 steps
     _, _, _, done, info = _as_np(rollout(env, jax.random.key(1), state, actions, params))
     assert not info["terminated"].any()
     np.testing.assert_array_equal(np.flatnonzero(info["truncated"]), [6, 13])
     np.testing.assert_array_equal(done, info["truncated"])
 
+    # Params are pytrees: vmap over a batch of time limits and gravities (array leaves only).
+    batch = CartPoleParams(gravity=jnp.array([9.8, 1.6]), max_steps_in_episode=jnp.array([5, 7]))
+    state = CartPoleState(0.0, 0.0, 0.05, 0.0, time=4)
+    step = eqx.filter_jit(eqx.filter_vmap(lambda p: env.step(jax.random.key(0), state, 1, p)))
+    _, _, _, done, info = _as_np(step(batch))
+    np.testing.assert_array_equal(info["truncated"], [True, False])
+    assert info["final_obs"][0, 3] != info["final_obs"][1, 3]  # gravity differs
+
 
 def test_pendulum_truncates_at_200_never_terminates():
     env = Pendulum()
     _, state = jit_reset(env, jax.random.key(0))
-    actions = jnp.zeros((201,))  # scalar actions are accepted too
-    obs, states, reward, done, info = _as_np(rollout(env, jax.random.key(1), state, actions))
+    out = rollout(env, jax.random.key(1), state, PENDULUM_ACTIONS[1])
+    obs, states, reward, done, info = _as_np(out)
     assert not info["terminated"].any()
     np.testing.assert_array_equal(np.flatnonzero(info["truncated"]), [199])
     np.testing.assert_array_equal(done, info["truncated"])
@@ -193,50 +217,44 @@ def test_pendulum_truncates_at_200_never_terminates():
     np.testing.assert_array_equal(obs[:199], info["final_obs"][:199])
     assert np.all(reward <= 0.0) and np.all(reward >= -16.3)
 
-    # Set the state directly, with an action of shape (1,).
+    # Set the state directly; a scalar action is accepted too.
     state = PendulumState(theta=np.pi, theta_dot=8.0, time=199)
-    _, new_state, reward, done, info = _as_np(
-        jit_step(env, jax.random.key(0), state, jnp.array([5.0]))
-    )
+    _, new_state, reward, done, info = _as_np(jit_step(env, jax.random.key(0), state, 5.0))
     assert done and info["truncated"] and not info["terminated"] and new_state.time == 0
     # Pre-step state, clipped torque: -(pi^2 + 0.1 * 64 + 0.001 * 4).
     assert reward == pytest.approx(-(np.pi**2 + 6.4 + 0.004), rel=1e-5)
 
 
-@pytest.mark.parametrize("env", [CartPole(), Pendulum()], ids=lambda e: e.name)
-def test_vmap_matches_single(env):
-    keys = jax.random.split(jax.random.key(0), 3)
-    obs, state = jax.jit(jax.vmap(env.reset))(keys)
-    assert obs.shape == (3, *env.observation_space().shape) and obs.dtype == jnp.float32
-    assert state.time.shape == (3,)
-    actions = jax.vmap(env.action_space().sample)(keys)
-    step = jax.jit(jax.vmap(env.step))
-    out = step(keys, state, actions)
-    assert out[2].shape == (3,) and out[3].shape == (3,) and out[3].dtype == jnp.bool_
-    assert set(out[4]) >= {"terminated", "truncated", "final_obs"}
-    for i in range(3):
-        single = jit_step(env, keys[i], jax.tree.map(lambda x, i=i: x[i], state), actions[i])
+@pytest.mark.parametrize(
+    ("env", "actions"),
+    [(CartPole(), CARTPOLE_ACTIONS), (Pendulum(), PENDULUM_ACTIONS)],
+    ids=["CartPole", "Pendulum"],
+)
+def test_vmap_scan_matches_single(env, actions):
+    keys = jax.random.split(jax.random.key(0), BATCH)
+    obs0, state = batched_reset(env, keys)
+    assert obs0.shape == (BATCH, *env.observation_space().shape) and obs0.dtype == jnp.float32
+    assert state.time.shape == (BATCH,)
+    batched = _as_np(batched_rollout(env, keys, state, actions))
+    obs, states, reward, done, info = batched
+    n = actions.shape[1]
+    assert reward.shape == done.shape == (BATCH, n) and done.dtype == np.bool_
+    assert set(info) >= {"terminated", "truncated", "final_obs"}
+    for i in range(BATCH):
+        single = _as_np(rollout(env, keys[i], _index(state, i), actions[i]))
         jax.tree.map(
             lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-6, atol=1e-6),
-            out,
+            batched,
             single,
         )
-
-
-def test_vmapped_scan_episode_boundaries():
-    env = CartPole()
-    keys = jax.random.split(jax.random.key(0), 4)
-    _, state = jax.vmap(env.reset)(keys)
-    actions = jax.random.randint(jax.random.key(1), (4, 60), 0, 2)
-    batched = jax.vmap(lambda k, s, a: rollout(env, k, s, a))
-    obs, states, _, done, info = _as_np(batched(keys, state, actions))
+    # Episode boundaries: on done the obs is a fresh reset (time 0), != final_obs.
     assert done.any()
     np.testing.assert_array_equal(done, info["terminated"] | info["truncated"])
-    # On done the obs is a fresh reset (time 0) and differs from final_obs.
     assert np.all(states.time[done] == 0)
     assert np.all(np.any(obs[done] != info["final_obs"][done], axis=-1))
-    assert np.all(np.abs(obs[done]) <= 0.05)
     np.testing.assert_array_equal(obs[~done], info["final_obs"][~done])
+    if isinstance(env, CartPole):
+        assert np.all(np.abs(obs[done]) <= 0.05)
 
 
 def test_spaces():
@@ -273,6 +291,14 @@ def test_make():
 # ------------------------------------------------------------------------ gymnax adapter
 
 
+@pytest.fixture(scope="module")
+def gymnax_cartpole():
+    """``(gymnax env, gymnax params, GymnaxEnv)``, shared so jitted functions compile once."""
+    gymnax = pytest.importorskip("gymnax")
+    g_env, g_params = gymnax.make("CartPole-v1")
+    return g_env, g_params, GymnaxEnv(g_env, g_params)
+
+
 @eqx.filter_jit
 def gymnax_rollout(env, key, state, actions):
     """Scans the raw gymnax ``env.step`` (auto-resetting) for reference outputs."""
@@ -292,10 +318,8 @@ def gymnax_rollout(env, key, state, actions):
     return jax.lax.scan(body, state, (keys, actions))[1]
 
 
-def test_gymnax_adapter_matches_gymnax_cartpole():
-    gymnax = pytest.importorskip("gymnax")
-    g_env, g_params = gymnax.make("CartPole-v1")
-    env = GymnaxEnv(g_env, g_params)
+def test_gymnax_adapter_matches_gymnax_cartpole(gymnax_cartpole):
+    g_env, _, env = gymnax_cartpole
     assert env.name == "CartPole-v1"
     assert env.action_space() == Discrete(2)
     assert env.observation_space().shape == (4,)
@@ -303,9 +327,7 @@ def test_gymnax_adapter_matches_gymnax_cartpole():
     _, state = jit_reset(env, jax.random.key(0))
     state = state.replace(time=480)  # reach the 500-step limit within the rollout
     # Alternating pushes keep the pole up; the tail is random so episodes also terminate.
-    actions = jnp.concatenate(
-        [jnp.tile(jnp.array([0, 1]), 15), jax.random.randint(jax.random.key(1), (90,), 0, 2)]
-    )
+    actions = np.concatenate([np.tile(np.array([0, 1], np.int32), 15), CARTPOLE_ACTIONS[1, 30:]])
     obs, states, reward, done, info = _as_np(rollout(env, jax.random.key(2), state, actions))
     ref = _as_np(gymnax_rollout(g_env, jax.random.key(2), state, actions))
     ref_obs, ref_states, ref_reward, ref_term, ref_trunc, ref_final = ref
@@ -364,12 +386,11 @@ class _ClassicGymnaxCartPole:
         return self._env.action_space(params)
 
 
-def test_gymnax_adapter_classic_api_heuristic():
-    gymnax = pytest.importorskip("gymnax")
-    g_env, _ = gymnax.make("CartPole-v1")
+def test_gymnax_adapter_classic_api_heuristic(gymnax_cartpole):
+    g_env, _, adapter = gymnax_cartpole
     env = GymnaxEnv(_ClassicGymnaxCartPole(g_env))
     assert env.name == "CartPole-v1"
-    _, state = jit_reset(env, jax.random.key(0))
+    _, state = jit_reset(adapter, jax.random.key(0))
     _, new_state, _, done, info = _as_np(
         jit_step(env, jax.random.key(1), state.replace(time=499), 1)
     )
@@ -385,8 +406,10 @@ def test_gymnax_adapter_pendulum_and_by_id():
     assert env.name == "Pendulum-v1"
     space = env.action_space()
     assert isinstance(space, Box) and space.shape == (1,) and float(space.high[0]) == 2.0
-    _, state = jit_reset(env, jax.random.key(0))
-    _, _, _, done, info = _as_np(jit_step(env, jax.random.key(1), state.replace(time=199), 0.0))
+    reset_then_step = eqx.filter_jit(
+        lambda env, key: env.step(key, env.reset(key)[1].replace(time=199), jnp.zeros(1))
+    )
+    _, _, _, done, info = _as_np(reset_then_step(env, jax.random.key(0)))
     assert done and info["truncated"] and not info["terminated"]
 
 

@@ -5,8 +5,6 @@ Environments are stateless `equinox.Module`s; the episode state is an explicit p
 ``terminated`` and ``truncated`` separately, plus the pre-reset ``final_obs``, in ``info``.
 """
 
-from __future__ import annotations
-
 from ._base import AbstractEnv, Box, Discrete
 from ._cartpole import CartPole, CartPoleParams, CartPoleState
 from ._gymnax import GymnaxEnv

@@ -1,7 +1,5 @@
 """Base class and space descriptions for pure-JAX environments."""
 
-from __future__ import annotations
-
 import abc
 from typing import Any, Generic, TypeVar
 
@@ -10,10 +8,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
-__all__ = ["AbstractEnv", "Box", "Discrete", "StepInfo"]
+__all__ = ["AbstractEnv", "Box", "Discrete", "Space", "StepEnvOutput", "StepInfo"]
 
 StateT = TypeVar("StateT")
 ParamsT = TypeVar("ParamsT")
+
+StepEnvOutput = tuple[PyTree, StateT, Array, Bool[Array, ""], Bool[Array, ""]]
+"""What [`AbstractEnv.step_env`][callax.envs.AbstractEnv.step_env] returns:
+``(obs, state, reward, terminated, truncated)``. ``obs`` is an array for the built-in
+environments (a wrapped gymnax environment may use any pytree)."""
 
 StepInfo = dict[str, Any]
 """The ``info`` dict returned by [`AbstractEnv.step`][callax.envs.AbstractEnv.step].
@@ -177,7 +180,7 @@ class AbstractEnv(eqx.Module, Generic[StateT, ParamsT]):
         """Parameters used when ``params=None`` is passed."""
 
     @abc.abstractmethod
-    def reset_env(self, key: PRNGKeyArray, params: ParamsT) -> tuple[Array, StateT]:
+    def reset_env(self, key: PRNGKeyArray, params: ParamsT) -> tuple[PyTree, StateT]:
         """Samples an initial state.
 
         Args:
@@ -191,7 +194,7 @@ class AbstractEnv(eqx.Module, Generic[StateT, ParamsT]):
     @abc.abstractmethod
     def step_env(
         self, key: PRNGKeyArray, state: StateT, action: ArrayLike, params: ParamsT
-    ) -> tuple[Array, StateT, Array, Bool[Array, ""], Bool[Array, ""]]:
+    ) -> StepEnvOutput[StateT]:
         """Advances the dynamics by one step, without auto-reset.
 
         Args:
@@ -227,7 +230,7 @@ class AbstractEnv(eqx.Module, Generic[StateT, ParamsT]):
             A [`Box`][callax.envs.Box] or [`Discrete`][callax.envs.Discrete].
         """
 
-    def reset(self, key: PRNGKeyArray, params: ParamsT | None = None) -> tuple[Array, StateT]:
+    def reset(self, key: PRNGKeyArray, params: ParamsT | None = None) -> tuple[PyTree, StateT]:
         """Starts a new episode.
 
         Args:
@@ -247,7 +250,7 @@ class AbstractEnv(eqx.Module, Generic[StateT, ParamsT]):
         state: StateT,
         action: ArrayLike,
         params: ParamsT | None = None,
-    ) -> tuple[Array, StateT, Array, Bool[Array, ""], StepInfo]:
+    ) -> tuple[PyTree, StateT, Array, Bool[Array, ""], StepInfo]:
         """Takes one step, auto-resetting when the episode ends.
 
         The key is split into a step key and a reset key (as gymnax does). When the step
@@ -280,4 +283,3 @@ class AbstractEnv(eqx.Module, Generic[StateT, ParamsT]):
         state = _select(done, state_reset, state_step)
         info: StepInfo = {"terminated": terminated, "truncated": truncated, "final_obs": obs_step}
         return obs, state, reward, done, info
-

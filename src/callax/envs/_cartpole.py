@@ -1,15 +1,13 @@
 """CartPole-v1 in pure JAX, matching gymnasium's ``CartPole-v1``."""
 
-from __future__ import annotations
-
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from ._base import AbstractEnv, Box, Discrete
+from ._base import AbstractEnv, Box, Discrete, StepEnvOutput
 
 __all__ = ["CartPole", "CartPoleParams", "CartPoleState"]
 
@@ -40,15 +38,15 @@ class CartPoleParams(eqx.Module):
         max_steps_in_episode: Time limit; the episode is truncated at this step.
     """
 
-    gravity: float = 9.8
-    masscart: float = 1.0
-    masspole: float = 0.1
-    length: float = 0.5
-    force_mag: float = 10.0
-    tau: float = 0.02
-    theta_threshold_radians: float = 12 * 2 * math.pi / 360
-    x_threshold: float = 2.4
-    max_steps_in_episode: int = 500
+    gravity: float | Float[Array, "*batch"] = 9.8
+    masscart: float | Float[Array, "*batch"] = 1.0
+    masspole: float | Float[Array, "*batch"] = 0.1
+    length: float | Float[Array, "*batch"] = 0.5
+    force_mag: float | Float[Array, "*batch"] = 10.0
+    tau: float | Float[Array, "*batch"] = 0.02
+    theta_threshold_radians: float | Float[Array, "*batch"] = 12 * 2 * math.pi / 360
+    x_threshold: float | Float[Array, "*batch"] = 2.4
+    max_steps_in_episode: int | Int[Array, "*batch"] = 500
 
     @property
     def total_mass(self) -> float:
@@ -129,7 +127,7 @@ class CartPole(AbstractEnv[CartPoleState, CartPoleParams]):
         state: CartPoleState,
         action: ArrayLike,
         params: CartPoleParams,
-    ) -> tuple[Float[Array, "4"], CartPoleState, Float[Array, ""], Bool[Array, ""], Bool[Array, ""]]:
+    ) -> StepEnvOutput[CartPoleState]:
         """One Euler step of the cart-pole dynamics.
 
         Args:
@@ -152,8 +150,7 @@ class CartPole(AbstractEnv[CartPoleState, CartPoleParams]):
             force + params.polemass_length * jnp.square(theta_dot) * sintheta
         ) / params.total_mass
         thetaacc = (params.gravity * sintheta - costheta * temp) / (
-            params.length
-            * (4.0 / 3.0 - params.masspole * jnp.square(costheta) / params.total_mass)
+            params.length * (4.0 / 3.0 - params.masspole * jnp.square(costheta) / params.total_mass)
         )
         xacc = temp - params.polemass_length * thetaacc * costheta / params.total_mass
 

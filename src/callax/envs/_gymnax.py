@@ -1,16 +1,14 @@
 """Adapter exposing any gymnax environment through [`AbstractEnv`][callax.envs.AbstractEnv]."""
 
-from __future__ import annotations
-
 import importlib
 from types import ModuleType
 from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray, PyTree
 
-from ._base import AbstractEnv, Box, Discrete, Space
+from ._base import AbstractEnv, Box, Discrete, Space, StepEnvOutput
 
 __all__ = ["GymnaxEnv"]
 
@@ -127,7 +125,7 @@ class GymnaxEnv(AbstractEnv[Any, Any]):
         """The gymnax params given at construction."""
         return self.params
 
-    def reset_env(self, key: PRNGKeyArray, params: Any) -> tuple[Array, Any]:
+    def reset_env(self, key: PRNGKeyArray, params: Any) -> tuple[PyTree, Any]:
         """Calls the gymnax env's ``reset_env``.
 
         Args:
@@ -141,7 +139,7 @@ class GymnaxEnv(AbstractEnv[Any, Any]):
 
     def step_env(
         self, key: PRNGKeyArray, state: Any, action: ArrayLike, params: Any
-    ) -> tuple[Array, Any, Array, Bool[Array, ""], Bool[Array, ""]]:
+    ) -> StepEnvOutput[Any]:
         """Calls the gymnax env's non-resetting ``step_env`` and splits ``done``.
 
         Args:

@@ -1,13 +1,11 @@
 """Pendulum-v1 in pure JAX, matching gymnasium's ``Pendulum-v1``."""
 
-from __future__ import annotations
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from ._base import AbstractEnv, Box
+from ._base import AbstractEnv, Box, StepEnvOutput
 
 __all__ = ["Pendulum", "PendulumParams", "PendulumState", "angle_normalize"]
 
@@ -47,13 +45,13 @@ class PendulumParams(eqx.Module):
         max_steps_in_episode: Time limit; the episode is truncated at this step.
     """
 
-    max_speed: float = 8.0
-    max_torque: float = 2.0
-    dt: float = 0.05
-    g: float = 10.0
-    m: float = 1.0
-    l: float = 1.0  # noqa: E741
-    max_steps_in_episode: int = 200
+    max_speed: float | Float[Array, "*batch"] = 8.0
+    max_torque: float | Float[Array, "*batch"] = 2.0
+    dt: float | Float[Array, "*batch"] = 0.05
+    g: float | Float[Array, "*batch"] = 10.0
+    m: float | Float[Array, "*batch"] = 1.0
+    l: float | Float[Array, "*batch"] = 1.0  # noqa: E741
+    max_steps_in_episode: int | Int[Array, "*batch"] = 200
 
 
 class PendulumState(eqx.Module):
@@ -117,7 +115,7 @@ class Pendulum(AbstractEnv[PendulumState, PendulumParams]):
         state: PendulumState,
         action: ArrayLike,
         params: PendulumParams,
-    ) -> tuple[Float[Array, "3"], PendulumState, Float[Array, ""], Bool[Array, ""], Bool[Array, ""]]:
+    ) -> StepEnvOutput[PendulumState]:
         """One semi-implicit Euler step of the pendulum.
 
         Args:
