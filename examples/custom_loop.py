@@ -21,7 +21,6 @@ from jaxtyping import Array, Bool, Float, Key
 
 import callax
 from callax import (
-    AbstractContinuingCallback,
     AbstractStepStatelessCallback,
     AbstractTrainingPassthroughCallback,
     IterationContext,

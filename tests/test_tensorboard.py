@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_steps_increase, read_run, run_dirs
-from minimal_loop import drive
 
 from callax import TensorBoardCallback, TensorBoardCallbackStepState
 from callax.callbacks import find_learning_rate
+from conftest import assert_steps_increase, read_run, run_dirs
+from minimal_loop import drive
 
 ALPHA = 0.9
 N_ITERS, N_STEPS, N_ENVS = 6, 5, 3

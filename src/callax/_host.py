@@ -3,11 +3,11 @@
 Everything a jitted program sends to TensorBoard goes through :func:`emit`: one host call
 carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for a tuple of
 ``n`` tags registered once as a *layout*. :func:`emit` is a
-:func:`jax.custom_batching.custom_vmap` function: under ``jax.vmap`` (nested or not) it makes **one** host call for the whole batch and tags every
-batch element with its flat position, so each vmapped seed is written to its own run
-sub-directory ``seed_<i>``. The payload carries the run handle, the tag layout, the seed
-position and the steps, so the host never depends on call order or on which thread or device
-called it.
+:func:`jax.custom_batching.custom_vmap` function: under ``jax.vmap`` (nested or not) it makes
+**one** host call for the whole batch and tags every batch element with its flat position, so
+each vmapped seed is written to its own run sub-directory ``seed_<i>``. The payload carries
+the run handle, the tag layout, the seed position and the steps, so the host never depends on
+call order or on which thread or device called it.
 """
 
 from __future__ import annotations
