@@ -85,12 +85,16 @@ class ScalarBuffer(eqx.Module):
         buffer._send(writer, full)
         return eqx.tree_at(lambda b: b.count, buffer, jnp.where(full, 0, buffer.count))
 
-    def _send(self, writer: JITSummaryWriter, when) -> None:
+    def _send(self, writer: JITSummaryWriter, when, sync: bool = False) -> None:
         rows = jnp.arange(self.capacity) < self.count
         _host.emit(self.layout, writer.handle, self.steps, self.values,
-                   self.valid & rows[:, None], when)
+                   self.valid & rows[:, None], when, sync)
 
-    def flush(self, writer: JITSummaryWriter) -> ScalarBuffer:
-        """Send the buffered rows (if any) and empty the buffer."""
-        self._send(writer, self.count > 0)
+    def flush(self, writer: JITSummaryWriter, *, sync: bool = True) -> ScalarBuffer:
+        """Send the buffered rows (if any) and empty the buffer.
+
+        With ``sync`` (the default) the host call returns only once the run's event files
+        hold every point handed over, this buffer's rows included.
+        """
+        self._send(writer, self.count > 0, sync)
         return eqx.tree_at(lambda b: b.count, self, jnp.zeros_like(self.count))

@@ -71,7 +71,7 @@ def register_layout(tags: tuple[str, ...]) -> int:
     return layout
 
 
-def _host_write(layout, handle, seed, steps, values, valid, pred) -> None:
+def _host_write(layout, handle, seed, steps, values, valid, pred, sync) -> None:
     # Arrays arrive with any number of leading batch dimensions; flatten them to one.
     batch = np.shape(seed)
     size = math.prod(batch)
@@ -89,19 +89,23 @@ def _host_write(layout, handle, seed, steps, values, valid, pred) -> None:
         n = len(tags)
         host.write(h, tags, seed[rows], np.array(steps[rows]), np.array(values[rows][..., :n]),
                    np.array(valid[rows][..., :n]))
+    if np.any(sync):
+        for h in np.unique(handle).tolist():
+            host.flush(h)
 
 
 @custom_batching.custom_vmap
-def _emit(layout, handle, seed, steps, values, valid, pred):
+def _emit(layout, handle, seed, steps, values, valid, pred, sync):
     def send():
-        jax.debug.callback(_host_write, layout, handle, seed, steps, values, valid, pred)
+        jax.debug.callback(_host_write, layout, handle, seed, steps, values, valid, pred, sync)
 
-    jax.lax.cond(jnp.any(pred), send, lambda: None)
+    jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
     return jnp.zeros((), jnp.int32)
 
 
 @_emit.def_vmap
-def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid, pred):
+def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid, pred,
+               sync):
     # One host call for the whole batch; each element is tagged with its flat position.
     def batched(x, is_batched):
         return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
@@ -112,16 +116,19 @@ def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid
             (axis_size,) + (1,) * jnp.ndim(seed)
         )
         seed = positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
-    args = (layout, handle, seed, steps, values, valid, pred)
+    args = (layout, handle, seed, steps, values, valid, pred, sync)
     flags = (*in_batched[:2], True, *in_batched[3:])
     _emit(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
     return jnp.zeros((axis_size,), jnp.int32), True
 
 
-def emit(layout, handle, steps, values, valid, pred=True) -> None:
+def emit(layout, handle, steps, values, valid, pred=True, sync=False) -> None:
     """Send ``steps[K]``, ``values[K, width]`` (where ``valid[K, width]`` and ``pred``) to the
     host, for the tags of ``layout`` (see :func:`register_layout`; columns past the number of
     tags are ignored). A step of ``-1`` means "one more than the tag's last step".
+
+    With ``sync``, the same host call then waits until the run's files hold everything handed
+    over (a separate flush callback could be reordered before the write by XLA).
     """
     _emit(
         jnp.asarray(layout, jnp.int32),
@@ -131,6 +138,7 @@ def emit(layout, handle, steps, values, valid, pred=True) -> None:
         jax.lax.stop_gradient(jnp.asarray(values, jnp.float32)),
         jnp.asarray(valid, jnp.bool_),
         jnp.asarray(pred, jnp.bool_),
+        jnp.asarray(sync, jnp.bool_),
     )
 
 
@@ -143,16 +151,24 @@ def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
 
 
 def flush(handle) -> None:
-    """Write everything handed over so far for this run and flush its files."""
+    """Write everything handed over so far for this run and flush its files.
+
+    Eagerly, this first waits for every pending host callback (``jax.effects_barrier``).
+    Inside a traced function it is a host callback of its own, which XLA does not order
+    against other unordered callbacks: use the ``sync`` flag of :func:`emit` where the order
+    matters.
+    """
     if is_traced(handle):
         jax.debug.callback(_each_handle(host.flush), handle)
     else:
+        jax.effects_barrier()
         _each_handle(host.flush)(np.asarray(handle))
 
 
 def close(handle) -> None:
-    """Flush and close the run's event files."""
+    """Flush and close the run's event files (same ordering rules as :func:`flush`)."""
     if is_traced(handle):
         jax.debug.callback(_each_handle(host.close), handle)
     else:
+        jax.effects_barrier()
         _each_handle(host.close)(np.asarray(handle))

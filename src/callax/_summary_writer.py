@@ -190,11 +190,21 @@ class JITSummaryWriter(eqx.Module):
         _host.emit(_host.register_layout(tags), self.handle, steps, values, valid, when)
 
     def flush(self) -> None:
-        """Make every point handed over so far readable on disk."""
+        """Make every point written so far readable on disk.
+
+        Called eagerly (after a jitted function returned), this waits for the function's host
+        callbacks first: every point is on disk when it returns. Inside a jitted function it
+        is a host callback that XLA may run before earlier, independent writes; prefer
+        flushing eagerly after the function, or [`callax.TensorBoardCallback`][]'s
+        ``on_training_end``, which writes and flushes in one host call.
+        """
         _host.flush(self.handle)
 
     def close(self) -> None:
-        """Flush and close the event files (writing again opens new files in the same run)."""
+        """Flush and close the event files (writing again opens new files in the same run).
+
+        Same ordering rules as [`flush`][callax.JITSummaryWriter.flush].
+        """
         _host.close(self.handle)
 
 

@@ -277,7 +277,11 @@ def close(handle: int) -> None:
 
 
 def flush_all() -> None:
-    """Write everything queued and flush every open file (also run at interpreter exit)."""
+    """Write everything handed over and flush every open file (also done at interpreter exit).
+
+    Call it eagerly, after ``jax.effects_barrier()`` (or after jitted functions returned and
+    their results were awaited) to be sure every host callback has handed its data over.
+    """
     _wait_idle()
     with _lock:
         runs = list(_runs.values())

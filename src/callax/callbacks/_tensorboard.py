@@ -251,9 +251,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
                         ) -> TensorBoardCallbackState:
-        state = TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer))
-        self.tb_writer.flush()
-        return state
+        return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True))
 
     def continue_training(self, ctx: IterationContext, *, key: Key[Array, ""]) -> Bool[Array, ""]:
         return jnp.asarray(True)
