@@ -16,13 +16,13 @@ from ._callback import (
     StepContext as StepContext,
     TrainingContext as TrainingContext,
 )
+from ._host import flush_all as flush_all
 from ._list import (
     CallbackList as CallbackList,
     CallbackListState as CallbackListState,
     CallbackListStepState as CallbackListStepState,
 )
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
-from ._writer._host import flush_all as flush_all
 from .callbacks import (
     TensorBoardCallback as TensorBoardCallback,
     TensorBoardCallbackState as TensorBoardCallbackState,

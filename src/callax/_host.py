@@ -24,7 +24,7 @@ from jax.experimental import io_callback
 
 from ._writer import _host as host
 
-__all__ = ["close", "emit", "flush", "is_traced", "open_run", "register_layout"]
+__all__ = ["close", "emit", "flush", "flush_all", "is_traced", "open_run", "register_layout"]
 
 _layout_lock = threading.Lock()
 
@@ -172,3 +172,12 @@ def close(handle) -> None:
     else:
         jax.effects_barrier()
         _each_handle(host.close)(np.asarray(handle))
+
+
+def flush_all() -> None:
+    """Wait for every pending host callback, then write and flush every run's event files.
+
+    Call it eagerly (not inside a jitted function). It also runs at interpreter exit.
+    """
+    jax.effects_barrier()
+    host.flush_all()
