@@ -1,5 +1,9 @@
 """Ready-made callbacks."""
 
+from ._progress import (
+    ProgressBarCallback as ProgressBarCallback,
+    ProgressBarStepState as ProgressBarStepState,
+)
 from ._tensorboard import (
     TensorBoardCallback as TensorBoardCallback,
     TensorBoardCallbackState as TensorBoardCallbackState,

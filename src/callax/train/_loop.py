@@ -1,0 +1,334 @@
+"""The shared training driver: environment rollouts, updates and every callback hook.
+
+[`run_training`][callax.train.run_training] owns the environment loop and the callback
+protocol; an algorithm supplies three pure functions (``init_fn``, ``act_fn``, ``update_fn``).
+The whole run is one ``lax.while_loop``, so it can be jitted and vmapped over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
+
+from .._callback import (
+    AbstractCallback,
+    IterationContext,
+    ResetContext,
+    StepContext,
+    TrainingContext,
+)
+from .._list import as_callback
+
+__all__ = ["Rollout", "TrainingResult", "as_key", "run_training"]
+
+
+class Rollout(eqx.Module):
+    """The transitions of one iteration, time-major: every array has leading axes
+    ``(n_steps, n_envs)``.
+
+    **Attributes:**
+
+    - `obs`: the observation each action was taken at.
+    - `action`: the action sent to the environment.
+    - `reward`: the raw environment reward.
+    - `terminated`, `truncated`: how the step ended the episode (if it did).
+    - `final_obs`: the observation the step reached, *before* any auto-reset (bootstrap from
+      it on truncation). Equal to `next_obs` where the episode goes on.
+    - `next_obs`: the observation after the step (the first one of a new episode after an
+      auto-reset); ``next_obs[-1]`` is where the next iteration starts.
+    - `aux`: whatever ``act_fn`` returned next to the action (log-probabilities, values, ...).
+    """
+
+    obs: PyTree
+    action: PyTree
+    reward: Array
+    terminated: Array
+    truncated: Array
+    final_obs: PyTree
+    next_obs: PyTree
+    aux: PyTree
+
+    @property
+    def done(self) -> Array:
+        """``terminated | truncated``."""
+        return self.terminated | self.truncated
+
+
+class TrainingResult(eqx.Module):
+    """What [`run_training`][callax.train.run_training] (and ``PPO.learn``) return.
+
+    Under ``jax.vmap`` over seeds every field gets a leading seed axis.
+
+    **Attributes:**
+
+    - `agent_state`: the algorithm's final state (parameters, optimizer state, ...).
+    - `policy`: the trained policy (``policy_fn(agent_state)``).
+    - `callback_state`: the callback's final run state (after ``on_training_end``).
+    - `callback_step_state`: the callback's per-env step states (leading axis ``n_envs``).
+    - `iterations`: iterations done (fewer than planned after an early stop).
+    - `total_timesteps`: env steps done, summed over envs.
+    """
+
+    agent_state: PyTree
+    policy: PyTree
+    callback_state: PyTree
+    callback_step_state: PyTree
+    iterations: Int[Array, ""]
+    total_timesteps: Int[Array, ""]
+
+
+class _Carry(eqx.Module):
+    agent_state: PyTree
+    env_state: PyTree
+    obs: PyTree
+    cb_state: PyTree
+    cb_step_state: PyTree
+    iteration: Int[Array, ""]
+    keep_going: Bool[Array, ""]
+    key: PRNGKeyArray
+
+
+def as_key(key: PRNGKeyArray) -> PRNGKeyArray:
+    """A typed PRNG key (``jax.random.key``); a legacy ``uint32[2]`` key is wrapped."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+def _default_policy(agent_state: Any) -> Any:
+    return getattr(agent_state, "policy", None)
+
+
+def _default_opt_state(agent_state: Any) -> Any:
+    return getattr(agent_state, "opt_state", None)
+
+
+def _placeholder(shape: jax.ShapeDtypeStruct) -> Array:
+    # The training log seen by the first ``continue_training`` check, before any update.
+    if jnp.issubdtype(shape.dtype, jnp.inexact):
+        return jnp.full(shape.shape, jnp.nan, shape.dtype)
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def run_training(
+    env: Any,
+    *,
+    init_fn: Callable[[PRNGKeyArray], Any],
+    act_fn: Callable[[Any, PyTree, PRNGKeyArray], tuple[PyTree, PyTree]],
+    update_fn: Callable[[Any, Rollout, PRNGKeyArray], tuple[Any, dict[str, Any]]],
+    callback: AbstractCallback | Iterable[AbstractCallback] | None,
+    key: PRNGKeyArray,
+    n_envs: int,
+    n_steps: int,
+    n_iterations: int,
+    total_timesteps: int | None = None,
+    env_params: Any = None,
+    policy_fn: Callable[[Any], Any] = _default_policy,
+    opt_state_fn: Callable[[Any], Any] = _default_opt_state,
+) -> TrainingResult:
+    """Run ``n_iterations`` iterations of (rollout of ``n_steps`` steps of ``n_envs`` envs,
+    update), calling every callback hook at its documented point.
+
+    The algorithm is given as three pure functions of an *agent state* (any pytree):
+
+    - ``init_fn(key) -> agent_state``.
+    - ``act_fn(agent_state, obs, key) -> (action, aux)``: actions for a **batch** of
+      ``n_envs`` observations; ``aux`` (any pytree with leading axis ``n_envs``) is stored
+      in [`Rollout.aux`][callax.train.Rollout].
+    - ``update_fn(agent_state, rollout, key) -> (agent_state, training_log)``, with
+      ``training_log`` a dict of scalars (passed to ``on_iteration``).
+
+    Hook order (all hooks receive their own PRNG key)::
+
+        state = cb.reset(ResetContext())
+        step_state = vmap(cb.step_reset)(ResetContext())                  # one per env
+        state = cb.on_training_start(TrainingContext(iteration_count=0))
+        keep_going = cb.continue_training(IterationContext(iteration_count=0))
+        while iteration < n_iterations and keep_going:
+            repeat n_steps times (lax.scan):
+                action = act_fn(...); env.step (vmapped, auto-reset)
+                step_state = vmap(cb.on_step)(StepContext(reward=raw reward,
+                                                          done=terminated | truncated))
+            agent_state, log = update_fn(agent_state, rollout)
+            iteration += 1
+            state = cb.on_iteration(IterationContext(iteration_count=iteration,
+                                                     training_log=log))
+            keep_going = cb.continue_training(IterationContext(...same iteration...))
+        state = cb.on_training_end(TrainingContext(iteration_count=iteration))
+
+    ``continue_training`` is thus checked before every iteration, including the first (where
+    ``training_log`` has the structure of ``update_fn``'s log, filled with ``NaN``), and it
+    sees the state ``on_iteration`` just returned. ``on_training_end`` runs after an early
+    stop too.
+
+    Contexts: ``env`` is ``env``; ``policy`` is ``policy_fn(agent_state)`` (by default the
+    state's ``policy`` attribute); ``opt_state`` is ``opt_state_fn(agent_state)`` (by default
+    its ``opt_state`` attribute). ``StepContext.locals`` holds ``obs`` (where the action was
+    taken), ``action``, ``next_obs``, ``final_obs``, ``terminated`` and ``truncated`` of the
+    env. ``IterationContext.locals`` holds ``rollout``, ``agent_state``, ``num_timesteps``
+    (env steps so far, over all envs) and ``active``: ``False`` only for a seed that has
+    already stopped while other seeds of a ``jax.vmap`` batch go on (the loop body then runs
+    for it too and its results are discarded; callbacks with host side effects should skip
+    them). ``TrainingContext.locals`` holds ``agent_state`` and ``num_timesteps``.
+
+    This function is not jitted itself: call it inside ``jax.jit`` / ``eqx.filter_jit``
+    (``n_envs``, ``n_steps`` and ``n_iterations`` must be Python ints). Vmap it over ``key``
+    to train several seeds at once.
+
+    **Arguments:**
+
+    - `env`: a gymnax-style environment (``reset``, ``step`` with ``info["terminated"]``,
+      ``info["truncated"]`` and ``info["final_obs"]``).
+    - `init_fn`, `act_fn`, `update_fn`: the algorithm (see above).
+    - `callback`: a callback, a list of callbacks, a ``CallbackList`` or ``None``.
+    - `key`: PRNG key of the run.
+    - `n_envs`, `n_steps`: envs stepped in parallel, and steps per env per iteration.
+    - `n_iterations`: the maximum number of iterations.
+    - `total_timesteps`: reported in ``TrainingContext.total_timesteps``; defaults to
+      ``n_iterations * n_steps * n_envs``.
+    - `env_params`: environment parameters (``None``: the env's defaults).
+    - `policy_fn`, `opt_state_fn`: what the contexts show as ``policy`` and ``opt_state``.
+
+    **Returns:**
+
+    A [`TrainingResult`][callax.train.TrainingResult].
+    """
+    for name, value in (("n_envs", n_envs), ("n_steps", n_steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive Python int, got {value!r}")
+    if not isinstance(n_iterations, int) or n_iterations < 0:
+        raise ValueError(f"n_iterations must be a non-negative Python int, got {n_iterations!r}")
+    steps_per_iteration = n_envs * n_steps
+    if total_timesteps is None:
+        total_timesteps = n_iterations * steps_per_iteration
+    cb = as_callback(callback)
+    key = as_key(key)
+
+    key, k_init, k_env, k_reset, k_step_reset, k_start, k_continue, k_loop = jax.random.split(
+        key, 8
+    )
+    agent_state = init_fn(k_init)
+    obs, env_state = jax.vmap(lambda k: env.reset(k, env_params))(
+        jax.random.split(k_env, n_envs)
+    )
+    cb_state = cb.reset(ResetContext(), key=k_reset)
+    cb_step_state = jax.vmap(lambda k: cb.step_reset(ResetContext(), key=k))(
+        jax.random.split(k_step_reset, n_envs)
+    )
+
+    def num_timesteps(iteration: Array) -> Array:
+        return iteration * jnp.int32(steps_per_iteration)
+
+    def training_ctx(carry: _Carry) -> TrainingContext:
+        return TrainingContext(
+            state=carry.cb_state,
+            step_state=carry.cb_step_state,
+            env=env,
+            policy=policy_fn(carry.agent_state),
+            total_timesteps=total_timesteps,
+            iteration_count=carry.iteration,
+            opt_state=opt_state_fn(carry.agent_state),
+            locals={"agent_state": carry.agent_state,
+                    "num_timesteps": num_timesteps(carry.iteration)},
+        )
+
+    def iteration_ctx(carry: _Carry, log: dict[str, Any], rollout: Rollout | None,
+                      active: Bool[Array, ""]) -> IterationContext:
+        return IterationContext(
+            state=carry.cb_state,
+            step_state=carry.cb_step_state,
+            env=env,
+            policy=policy_fn(carry.agent_state),
+            iteration_count=carry.iteration,
+            opt_state=opt_state_fn(carry.agent_state),
+            training_log=log,
+            locals={"rollout": rollout, "agent_state": carry.agent_state,
+                    "num_timesteps": num_timesteps(carry.iteration), "active": active},
+        )
+
+    def rollout_and_update(carry: _Carry, key: PRNGKeyArray
+                           ) -> tuple[_Carry, Rollout, dict[str, Any]]:
+        k_rollout, k_update = jax.random.split(key)
+        policy = policy_fn(carry.agent_state)
+
+        def on_step(step_state, done, reward, locals_, k):
+            ctx = StepContext(step_state, env, policy, done, reward, locals_)
+            return cb.on_step(ctx, key=k)
+
+        def step(inner, k):
+            env_state, obs, step_state = inner
+            # One random draw for all keys of the step (each draw is compiled code).
+            keys = jax.random.split(k, 2 * n_envs + 1)
+            k_act, k_env, k_cb = keys[0], keys[1:n_envs + 1], keys[n_envs + 1:]
+            action, aux = act_fn(carry.agent_state, obs, k_act)
+            next_obs, env_state, reward, done, info = jax.vmap(
+                lambda k_, s, a: env.step(k_, s, a, env_params)
+            )(k_env, env_state, action)
+            terminated = jnp.asarray(info["terminated"], jnp.bool_)
+            truncated = jnp.asarray(info["truncated"], jnp.bool_)
+            locals_ = {"obs": obs, "action": action, "next_obs": next_obs,
+                       "final_obs": info["final_obs"], "terminated": terminated,
+                       "truncated": truncated}
+            step_state = jax.vmap(on_step)(
+                step_state, terminated | truncated, reward, locals_,
+                k_cb,
+            )
+            transition = Rollout(obs, action, reward, terminated, truncated,
+                                 info["final_obs"], next_obs, aux)
+            return (env_state, next_obs, step_state), transition
+
+        (env_state, obs, cb_step_state), rollout = jax.lax.scan(
+            step, (carry.env_state, carry.obs, carry.cb_step_state),
+            jax.random.split(k_rollout, n_steps),
+        )
+        agent_state, log = update_fn(carry.agent_state, rollout, k_update)
+        carry = dataclasses.replace(
+            carry, agent_state=agent_state, env_state=env_state, obs=obs,
+            cb_step_state=cb_step_state, iteration=carry.iteration + 1,
+        )
+        return carry, rollout, log
+
+    carry = _Carry(agent_state, env_state, obs, cb_state, cb_step_state,
+                   jnp.asarray(0, jnp.int32), jnp.asarray(True), k_loop)
+    carry = dataclasses.replace(
+        carry, cb_state=cb.on_training_start(training_ctx(carry), key=k_start)
+    )
+
+    # The first check sees a training log of the right structure (filled with NaN).
+    _, _, log_shape = eqx.filter_eval_shape(rollout_and_update, carry, carry.key)
+    first_log = jax.tree.map(_placeholder, log_shape)
+    keep_going = cb.continue_training(iteration_ctx(carry, first_log, None, jnp.asarray(True)),
+                                      key=k_continue)
+    carry = dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_))
+
+    def cond(carry: _Carry) -> Bool[Array, ""]:
+        return (carry.iteration < n_iterations) & carry.keep_going
+
+    def body(carry: _Carry) -> _Carry:
+        active = cond(carry)
+        key, k_iter, k_on_iteration, k_continue = jax.random.split(carry.key, 4)
+        carry, rollout, log = rollout_and_update(carry, k_iter)
+        cb_state = cb.on_iteration(iteration_ctx(carry, log, rollout, active), key=k_on_iteration)
+        carry = dataclasses.replace(carry, cb_state=cb_state)
+        keep_going = cb.continue_training(iteration_ctx(carry, log, rollout, active),
+                                          key=k_continue)
+        return dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_),
+                                   key=key)
+
+    carry = jax.lax.while_loop(cond, body, carry)
+    key, k_end = jax.random.split(key)
+    cb_state = cb.on_training_end(training_ctx(carry), key=k_end)
+    return TrainingResult(
+        agent_state=carry.agent_state,
+        policy=policy_fn(carry.agent_state),
+        callback_state=cb_state,
+        callback_step_state=carry.cb_step_state,
+        iterations=carry.iteration,
+        total_timesteps=num_timesteps(carry.iteration),
+    )

@@ -1,0 +1,201 @@
+"""The ``callax`` command line, run in-process through ``callax.cli.main``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from callax import cli
+from conftest import assert_steps_increase, read_run, run_dirs
+
+PPO_STEPS = 2048  # 8 iterations of PPO's default 4 envs x 64 steps
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory):
+    """``callax train --algo ppo --env cartpole --seeds 2`` with a few thousand steps."""
+    logdir = tmp_path_factory.mktemp("cli")
+    out, err = run_main(["train", "--algo", "ppo", "--env", "cartpole",
+                         "--total-timesteps", str(PPO_STEPS), "--seeds", "2",
+                        "--logdir", str(logdir), "--name", "ppo_run"])
+    return logdir, out, err
+
+
+def run_main(argv):
+    """``cli.main(argv)`` must succeed; returns its ``(stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(argv)
+        jax.effects_barrier()  # progress lines printed from host callbacks
+    assert status == 0, err.getvalue()
+    return out.getvalue(), err.getvalue()
+
+
+def test_train_writes_one_run_per_seed(ppo_run):
+    logdir, out, err = ppo_run
+    root = os.path.join(logdir, "ppo_run")
+    assert run_dirs(root) == ["seed_0", "seed_1"]
+    for seed in (0, 1):
+        run = read_run(os.path.join(root, f"seed_{seed}"))
+        assert_steps_increase(run)
+        for tag in ("episode/return", "episode/length", "train/learning_rate",
+                    "train/value_loss", "train/policy_gradient_loss", "train/approx_kl"):
+            assert tag in run, tag
+        assert run["train/value_loss"][-1][0] == PPO_STEPS
+        assert len(run["train/value_loss"]) == PPO_STEPS // 256
+    # the summary names the run, each seed's final return, timings and the tensorboard line
+    lines = out.strip().splitlines()
+    assert lines[0] == f"run: {root}"
+    for seed in (0, 1):
+        final = read_run(os.path.join(root, f"seed_{seed}"))["episode/return"][-1][1]
+        assert f"seed {seed}: final mean return {final:.1f} after {PPO_STEPS:,} steps" in out
+    assert "steps/s" in out and "wall time" in out
+    assert lines[-1] == f"tensorboard --logdir {logdir}"
+    # progress went to stderr, with a final 100% line
+    assert f"{PPO_STEPS:,}/{PPO_STEPS:,} steps (100%)" in err
+    assert "2 seeds" in err
+
+
+def test_summary_table_matches_event_files(ppo_run):
+    logdir, _, _ = ppo_run
+    out, _ = run_main(["summary", str(logdir)])
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["run", "tag", "points", "last", "step", "last", "value", "min",
+                                "max"]
+    rows = {}
+    for line in lines[1:]:
+        run, tag, points, last_step, last_value, low, high = line.split()
+        rows[(run, tag)] = (int(points), int(last_step), float(last_value), float(low),
+                            float(high))
+    # columns are aligned: every row as long as the header's start of the last column
+    widths = {len(line) for line in lines}
+    assert max(widths) - min(widths) < 12
+    expected = {}
+    for seed in (0, 1):
+        run_name = os.path.join("ppo_run", f"seed_{seed}")
+        for tag, points in read_run(os.path.join(logdir, run_name)).items():
+            values = [v for _, v in points]
+            expected[(run_name, tag)] = (len(points), points[-1][0], values[-1], min(values),
+                                         max(values))
+    assert rows.keys() == expected.keys()
+    for key, (points, last_step, last_value, low, high) in expected.items():
+        got = rows[key]
+        assert got[:2] == (points, last_step), key
+        for g, e in zip(got[2:], (last_value, low, high)):
+            assert g == pytest.approx(e, rel=1e-3, abs=1e-3), key
+
+
+def test_summary_json_matches_event_files(ppo_run):
+    logdir, _, _ = ppo_run
+    out, _ = run_main(["summary", str(logdir), "--json"])
+    summary = json.loads(out)
+    assert sorted(summary) == [os.path.join("ppo_run", "seed_0"),
+                               os.path.join("ppo_run", "seed_1")]
+    for run_name, tags in summary.items():
+        run = read_run(os.path.join(logdir, run_name))
+        assert sorted(tags) == sorted(run)
+        for tag, stats in tags.items():
+            values = [v for _, v in run[tag]]
+            assert stats["points"] == len(values)
+            assert stats["last_step"] == run[tag][-1][0]
+            assert math.isclose(stats["last_value"], values[-1], rel_tol=1e-6)
+            assert math.isclose(stats["min"], min(values), rel_tol=1e-6)
+            assert math.isclose(stats["max"], max(values), rel_tol=1e-6)
+    # a single run directory works too
+    out, _ = run_main(["summary", os.path.join(logdir, "ppo_run", "seed_1"),
+                                    "--json"])
+    assert list(json.loads(out)) == ["."]
+
+
+def test_train_ppo_pendulum(tmp_path):
+    """Continuous PPO through the command line (its own preset)."""
+    out, _ = run_main(["train", "--algo", "ppo", "--env", "pendulum",
+                                    "--total-timesteps", "2048", "--logdir", str(tmp_path),
+                                    "--name", "pend", "--no-progress"])
+    run = read_run(os.path.join(tmp_path, "pend", "seed_0"))
+    assert "train/std" in run and "episode/return" in run
+    assert run["train/std"][-1][0] == 2048
+    assert "seed 0: final mean return -" in out
+
+
+def test_train_sac_pendulum_records_sac_events(tmp_path):
+    """SAC through the command line: TensorBoard scalars and SACEvents in the same run."""
+    out, _ = run_main(["train", "--algo", "sac", "--env", "pendulum", "--total-timesteps",
+                       "2000", "--logdir", str(tmp_path), "--name", "sac", "--no-progress"])
+    run = read_run(os.path.join(tmp_path, "sac", "seed_0"))
+    assert_steps_increase(run)
+    assert "episode/return" in run and "train/critic_loss" in run
+    assert any(tag.startswith("SACEvents/") for tag in run)
+    assert run["episode/return"][-1][0] == 2000
+    assert "seed 0: final mean return -" in out
+
+
+BAD_INPUT = [
+    (["train", "--algo", "dqn", "--env", "cartpole"], "invalid choice: 'dqn'"),
+    (["train", "--algo", "ppo", "--env", "mountaincar"], "invalid choice: 'mountaincar'"),
+    (["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "0"],
+     "must be a positive integer"),
+    (["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "-100"],
+     "must be a positive integer"),
+    (["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "lots"],
+     "expected a positive integer"),
+    (["train", "--algo", "ppo", "--env", "cartpole", "--seeds", "0"],
+     "must be a positive integer"),
+    (["train", "--algo", "sac", "--env", "cartpole"], "sac needs continuous actions"),
+    (["train", "--algo", "ppo", "--env", "cartpole", "--name", "a/b"], "invalid run name"),
+    (["train", "--algo", "ppo"], "the following arguments are required: --env"),
+    (["summary"], "the following arguments are required: DIR"),
+    ([], "the following arguments are required"),
+    (["summary", "/nonexistent/callax"], "no such directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_INPUT)
+def test_bad_input_fails_fast_without_compiling(argv, message, monkeypatch, capsys):
+    def no_jit(*args, **kwargs):
+        raise AssertionError("callax train compiled something on bad input")
+
+    monkeypatch.setattr(jax, "jit", no_jit)
+    start = time.perf_counter()
+    status = cli.main(argv)
+    elapsed = time.perf_counter() - start
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("callax: error: "), err
+    assert message in err
+    assert elapsed < 1.0
+
+
+def test_unwritable_logdir(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(jax, "jit", None)
+    status = cli.main(["train", "--algo", "ppo", "--env", "cartpole",
+                       "--logdir", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("callax: error: log directory") and err.count("\n") == 1
+    assert "not writable" in err
+
+
+def test_summary_without_event_files(tmp_path, capsys):
+    assert cli.main(["summary", str(tmp_path)]) == 2
+    assert "no TensorBoard event files" in capsys.readouterr().err
+
+
+def test_python_dash_m():
+    """``python -m callax`` is the same command line (bad input: exit status 2)."""
+    result = subprocess.run([sys.executable, "-m", "callax", "train", "--algo", "nope",
+                             "--env", "cartpole"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("callax: error: argument --algo")
