@@ -27,8 +27,9 @@ def drive(callback, rewards, dones, key, opt_state=None, log_scale=1.0):
         TrainingContext(state, step_state, None, None, total, 0, opt_state), key=key
     )
 
-    def iteration_ctx(state, step_state, i, log):
-        return IterationContext(state, step_state, None, None, i, opt_state, log)
+    def iteration_ctx(state, step_state, i, log, active=True):
+        return IterationContext(state, step_state, None, None, i, opt_state, log,
+                                {"active": active})
 
     def cond(carry):
         state, step_state, i = carry
@@ -37,6 +38,8 @@ def drive(callback, rewards, dones, key, opt_state=None, log_scale=1.0):
 
     def body(carry):
         state, step_state, i = carry
+        # Under vmap the body also runs for seeds whose loop already ended: tell callbacks.
+        active = cond(carry)
 
         def step(step_state, xs):
             reward, done = xs
@@ -45,7 +48,8 @@ def drive(callback, rewards, dones, key, opt_state=None, log_scale=1.0):
 
         step_state, _ = jax.lax.scan(step, step_state, (rewards[i], dones[i]))
         log = {"loss": log_scale * i.astype(jnp.float32), "iteration": i}
-        state = callback.on_iteration(iteration_ctx(state, step_state, i + 1, log), key=key)
+        state = callback.on_iteration(iteration_ctx(state, step_state, i + 1, log, active),
+                                      key=key)
         return state, step_state, i + 1
 
     state, step_state, i = jax.lax.while_loop(cond, body, (state, step_state, jnp.int32(0)))

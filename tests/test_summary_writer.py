@@ -294,3 +294,18 @@ def test_background_error_is_reraised_on_flush(logdir, monkeypatch):
     writer.add_scalar("a", 2.0, 1)
     writer.flush()
     assert read_run(logdir)["a"] == [(1, 2.0)]
+
+
+def test_non_increasing_steps_are_dropped_with_one_warning(logdir):
+    from callax._writer import _host as host
+
+    handle = host.open_run(logdir)
+    one = np.ones((1, 4, 1), bool)
+    with pytest.warns(RuntimeWarning, match="did not increase"):
+        host.write(handle, ("t",), np.array([-1]), np.array([[0, 5, 5, 3]]),
+                   np.arange(4, dtype=np.float32).reshape(1, 4, 1), one)
+        host.flush(handle)
+    host.write(handle, ("t",), np.array([-1]), np.array([[4, 6, -1, -1]]),
+               np.arange(4, 8, dtype=np.float32).reshape(1, 4, 1), one)
+    assert read_run(logdir)["t"] == [(0, 0.0), (5, 1.0), (6, 5.0), (7, 6.0), (8, 7.0)]
+    assert host.get_run(handle).dropped == 3

@@ -7,7 +7,9 @@ import numpy as np
 import optax
 import pytest
 
+import callax
 from callax import TensorBoardCallback, TensorBoardCallbackStepState
+from callax._writer import _host as host
 from callax.callbacks import find_learning_rate
 from conftest import assert_steps_increase, read_run, run_dirs
 from minimal_loop import drive
@@ -218,3 +220,44 @@ def test_too_many_scalars_fails_at_trace_time(logdir):
     callback = TensorBoardCallback(name="m", log_dir=logdir, max_scalars=3)
     with pytest.raises(ValueError, match="max_scalars"):
         jax.jit(drive).trace(callback, rewards, dones, jax.random.key(0))
+
+
+class _StopState(callax.AbstractCallbackState):
+    iterations: jax.Array
+
+
+class _StopAfter(callax.AbstractStepStatelessCallback[_StopState],
+                 callax.AbstractTrainingPassthroughCallback[_StopState,
+                                                            callax.EmptyCallbackStepState]):
+    limit: jax.Array
+
+    def reset(self, ctx, *, key):
+        return _StopState(jnp.zeros((), jnp.int32))
+
+    def on_iteration(self, ctx, *, key):
+        return _StopState(ctx.state.iterations + 1)
+
+    def continue_training(self, ctx, *, key):
+        return ctx.state.iterations < self.limit
+
+
+@pytest.mark.parametrize("flush_every", [1, 3])
+def test_seeds_stopping_early_under_vmap_write_nothing_more(logdir, flush_every):
+    """A vmapped while_loop runs the body for stopped seeds too; they must not write."""
+    rewards, dones = scripted()
+    tensorboard = TensorBoardCallback(name="early", log_dir=logdir, flush_every=flush_every)
+    limits = jnp.array([2, 5, 6])
+
+    def train(limit, key):
+        return drive(callax.CallbackList([tensorboard, _StopAfter(limit)]), rewards, dones, key)
+
+    _, _, iterations = jax.jit(jax.vmap(train))(limits, jax.random.split(jax.random.key(0), 3))
+    np.testing.assert_array_equal(iterations, limits)
+    full = expected_log(rewards, dones)
+    for seed, limit in enumerate(limits.tolist()):
+        run = read_run(os.path.join(logdir, "early", f"seed_{seed}"))
+        expected = {tag: [p for p in points if p[0] <= limit * N_STEPS * N_ENVS]
+                    for tag, points in full.items()}
+        assert_run_matches(run, expected)
+    # Nothing had to be dropped on the host: stopped seeds sent no points at all.
+    assert host.get_run(int(tensorboard.tb_writer.handle)).dropped == 0

@@ -60,11 +60,14 @@ class ScalarBuffer(eqx.Module):
         step: Int[ArrayLike, ""],
         values: Float[Array, " n"],
         valid: Bool[Array, " n"],
+        when: Bool[ArrayLike, ""] = True,
     ) -> ScalarBuffer:
         """Add one row at ``step``; if that fills the buffer, send every row to the host.
 
         ``tags`` must be the same at every call between two transfers (in a loop body traced
-        once, they are).
+        once, they are). With ``when`` false nothing is added or sent: pass the trainer's
+        ``locals["active"]`` so that a vmapped seed that stopped early (its loop body still
+        runs while other seeds train) writes nothing more.
         """
         tags = tuple(check_tag(t) for t in tags)
         if len(tags) > self.width:
@@ -73,15 +76,18 @@ class ScalarBuffer(eqx.Module):
                 f"`max_scalars` (tags: {tags})"
             )
         pad = self.width - len(tags)
-        index = self.count
+        when = jnp.asarray(when, jnp.bool_)
+        index = jnp.minimum(self.count, self.capacity - 1)
+        row_values = jnp.pad(jnp.asarray(values, jnp.float32), (0, pad))
+        row_valid = jnp.pad(jnp.asarray(valid, jnp.bool_), (0, pad))
         buffer = ScalarBuffer(
-            values=self.values.at[index].set(jnp.pad(jnp.asarray(values, jnp.float32), (0, pad))),
-            valid=self.valid.at[index].set(jnp.pad(jnp.asarray(valid, jnp.bool_), (0, pad))),
-            steps=self.steps.at[index].set(jnp.asarray(step, jnp.int32)),
-            count=self.count + 1,
+            values=self.values.at[index].set(jnp.where(when, row_values, self.values[index])),
+            valid=self.valid.at[index].set(jnp.where(when, row_valid, self.valid[index])),
+            steps=self.steps.at[index].set(jnp.where(when, step, self.steps[index])),
+            count=self.count + when.astype(jnp.int32),
             layout=jnp.asarray(_host.register_layout(tags), jnp.int32),
         )
-        full = buffer.count >= self.capacity
+        full = when & (buffer.count >= self.capacity)
         buffer._send(writer, full)
         return eqx.tree_at(lambda b: b.count, buffer, jnp.where(full, 0, buffer.count))
 

@@ -75,6 +75,8 @@ class Run:
         self._files: dict[int, _EventFile] = {}
         self._last_step: dict[tuple[int, str], int] = {}
         self._last_flush_time: dict[int, float] = {}
+        self.dropped = 0
+        self._warned = False
 
     def directory(self, seed: int) -> str:
         """The directory written for a seed position (``NO_SEED`` = the run itself)."""
@@ -99,9 +101,11 @@ class Run:
         valid = valid[rows]
         if (steps == AUTO_STEP).any():
             steps = self._auto_steps(tags, seed, steps, valid)
-        for tag, column in zip(tags, valid.T, strict=True):
-            if column.any():
-                self._last_step[(seed, tag)] = int(steps[column][-1])
+        valid = self._drop_non_increasing(tags, seed, steps, valid)
+        rows = np.flatnonzero(valid.any(axis=1))
+        if rows.size == 0:
+            return
+        steps, values, valid = steps[rows], values[rows], valid[rows]
         # Rows of a batch were recorded between the previous batch and now: spread their
         # wall times evenly over that interval (TensorBoard's "relative" axis stays sensible).
         start = self._last_flush_time.get(seed, now)
@@ -113,15 +117,47 @@ class Run:
             data = self._encode_masked(tags, steps, values, valid, wall)
         self._file(seed).write(data)
 
+    def _drop_non_increasing(self, tags, seed, steps, valid) -> np.ndarray:
+        """Keep a point only if its step is above every earlier step of its tag.
+
+        TensorBoard's data server discards earlier points when a tag's step goes back, so a
+        repeated or decreasing step would cost more than the point itself. Such points are
+        dropped, counted, and reported once per run.
+        """
+        valid = valid.copy()
+        for column, tag in enumerate(tags):
+            ok = valid[:, column]
+            if not ok.any():
+                continue
+            last = self._last_step.get((seed, tag), np.iinfo(np.int64).min)
+            seen = np.where(ok, steps, np.iinfo(np.int64).min)
+            before = np.maximum.accumulate(np.concatenate([[last], seen[:-1]]))
+            keep = ok & (steps > before)
+            dropped = int(ok.sum() - keep.sum())
+            if dropped:
+                self.dropped += dropped
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"callax: run {self.log_dir!r}: dropped {dropped} point(s) of tag "
+                        f"{tag!r} whose step did not increase (TensorBoard would discard "
+                        "earlier points); each tag needs strictly increasing steps",
+                        RuntimeWarning, stacklevel=1)
+            valid[:, column] = keep
+            if keep.any():
+                self._last_step[(seed, tag)] = int(steps[keep][-1])
+        return valid
+
     def _auto_steps(self, tags, seed, steps, valid) -> np.ndarray:
+        """Replace ``AUTO_STEP`` by one more than the last step of the row's tags."""
         steps = steps.copy()
-        for row in np.flatnonzero(steps == AUTO_STEP):
-            previous = [self._last_step.get((seed, t), -1) for t, ok in zip(tags, valid[row],
-                                                                              strict=True) if ok]
-            steps[row] = max(previous) + 1
-            for tag, ok in zip(tags, valid[row], strict=True):
-                if ok:
-                    self._last_step[(seed, tag)] = int(steps[row])
+        last = {tag: self._last_step.get((seed, tag), -1) for tag in tags}
+        for row in range(len(steps)):
+            present = [tag for tag, ok in zip(tags, valid[row], strict=True) if ok]
+            if steps[row] == AUTO_STEP:
+                steps[row] = max(last[tag] for tag in present) + 1
+            for tag in present:
+                last[tag] = max(last[tag], int(steps[row]))
         return steps
 
     @staticmethod

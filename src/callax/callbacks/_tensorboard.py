@@ -153,6 +153,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     and at `on_training_end`. An exception in the training loop loses at most the
     `flush_every - 1` iterations still on device; everything sent before is written.
     Training under ``jax.vmap`` over seeds writes one run per seed, ``<run>/seed_<i>``.
+    A trainer whose vmapped loop keeps running the body for seeds that already stopped
+    passes ``locals["active"]`` (false for those seeds); nothing is written for them.
     """
 
     tb_writer: JITSummaryWriter
@@ -241,7 +243,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             valid.append(jnp.asarray(True))
         buffer = ctx.state.buffer.append(
             self.tb_writer, tuple(tags), jnp.sum(step_state.step), jnp.stack(values),
-            jnp.stack(valid)
+            jnp.stack(valid), when=ctx.locals.get("active", True)
         )
         return TensorBoardCallbackState(buffer)
 
