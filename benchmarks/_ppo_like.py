@@ -32,11 +32,17 @@ class Net(eqx.Module):
         return self.pi(h), self.v(h)
 
 
-def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, callback=None):
+def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False):
+    """A jitted ``train(key, callback)``; ``callback`` is ignored unless ``logging``.
+
+    The callback is an argument, so a new one (a fresh run) does not recompile.
+    """
     env = CartPole()
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=2.5e-4)
 
-    def train(key):
+    def train(key, callback):
+        if not logging:
+            callback = None
         key, net_key = jax.random.split(key)
         net = Net(net_key)
         params, static = eqx.partition(net, eqx.is_array)
