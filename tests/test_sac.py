@@ -313,36 +313,58 @@ COUNTDOWN_SAC = SAC(learning_starts=8, batch_size=8, n_steps=10, n_envs=2, hidde
 
 @pytest.fixture(scope="module")
 def countdown_learn():
-    return jax.jit(lambda tally, k: COUNTDOWN_SAC.learn(Countdown(), total_timesteps=200, key=k,
-                                                        callback=tally))
+    """Seeds vmapped, each with its own ``stop_after``, TensorBoard and events (arguments:
+    new callbacks do not recompile)."""
+
+    def learn(stop_after, key, tb):
+        return COUNTDOWN_SAC.learn(Countdown(), total_timesteps=200, key=key,
+                                   callback=[Tally(stop_after), tb], events=tb.tb_writer)
+
+    return jax.jit(jax.vmap(learn, in_axes=(0, 0, None)))
 
 
-def test_hooks_early_stop_raw_rewards_and_termination(countdown_learn):
-    result = countdown_learn(Tally(stop_after=2), jax.random.key(1))
-    state, step_state = result.callback_state, result.callback_step_state
-    assert int(result.iterations) == 2 and int(result.total_timesteps) == 40  # stopped early
-    assert (int(state.resets), int(state.starts), int(state.iterations), int(state.ends)) == (
-        1, 1, 2, 1)
-    assert int(state.bad) == 0 and int(jnp.sum(step_state.bad)) == 0
-    np.testing.assert_array_equal(step_state.steps, [20, 20])
-    np.testing.assert_array_equal(step_state.terminations, [5, 5])
-    # raw rewards: 1 + t within each 4-step episode, 5 episodes per env
-    np.testing.assert_allclose(step_state.reward, [5 * (2 + 3 + 4 + 5)] * 2)
+def test_hooks_early_stop_raw_rewards_and_termination(countdown_learn, logdir):
+    tb = callax.TensorBoardCallback(name="countdown", log_dir=logdir)
+    result = countdown_learn(jnp.array([2, 4]), jax.random.split(jax.random.key(1), 2), tb)
+    # Each vmapped seed stops on its own (a batched while_loop predicate).
+    np.testing.assert_array_equal(result.iterations, [2, 4])
+    np.testing.assert_array_equal(result.total_timesteps, [40, 80])
+    for seed, iterations in enumerate((2, 4)):
+        state = jax.tree.map(lambda x: x[seed], result.callback_state.states[0])
+        step_state = jax.tree.map(lambda x: x[seed], result.callback_step_state.states[0])
+        assert (int(state.resets), int(state.starts), int(state.iterations),
+                int(state.ends)) == (1, 1, iterations, 1)
+        assert int(state.bad) == 0 and int(jnp.sum(step_state.bad)) == 0
+        steps_per_env = 10 * iterations
+        np.testing.assert_array_equal(step_state.steps, [steps_per_env] * 2)
+        episodes = steps_per_env // 4
+        np.testing.assert_array_equal(step_state.terminations, [episodes] * 2)
+        # raw rewards: 1 + t within each 4-step episode
+        np.testing.assert_allclose(step_state.reward, [episodes * (2 + 3 + 4 + 5)] * 2)
+        # The stopped seed's epochs end with it: no event written for the iterations the
+        # other seed still runs.
+        run = read_run(os.path.join(logdir, "countdown", f"seed_{seed}"))
+        assert steps(run, "SACEvents/buffer_size") == [20 * (i + 1) for i in range(iterations)]
+        assert_steps_increase(run)
     # Terminations are stored with the observation actually reached (not the reset one).
-    buffer = result.agent_state.buffer
+    buffer = jax.tree.map(lambda x: x[0], result.agent_state.buffer)
     n = int(buffer.size)
     terminated = np.asarray(buffer.data.terminated[:n])
     next_obs = np.asarray(buffer.data.next_obs[:n])
-    assert terminated.sum() == 10
+    assert n == 40 and terminated.sum() == 10
     np.testing.assert_allclose(next_obs[terminated, 0], 0.4, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(buffer.data.reward[:n]).sum(), 2 * 5 * 14)
 
 
-def test_stop_before_the_first_iteration(countdown_learn):
-    result = countdown_learn(Tally(stop_after=0), jax.random.key(0))
-    state = result.callback_state
-    assert int(result.iterations) == 0 and int(result.total_timesteps) == 0
-    assert (int(state.starts), int(state.iterations), int(state.ends)) == (1, 0, 1)
+def test_stop_before_the_first_iteration(countdown_learn, logdir):
+    tb = callax.TensorBoardCallback(name="stop", log_dir=logdir)
+    result = countdown_learn(jnp.array([0, 1]), jax.random.split(jax.random.key(0), 2), tb)
+    np.testing.assert_array_equal(result.iterations, [0, 1])
+    np.testing.assert_array_equal(result.total_timesteps, [0, 20])
+    state = result.callback_state.states[0]
+    np.testing.assert_array_equal(state.starts, [1, 1])
+    np.testing.assert_array_equal(state.iterations, [0, 1])
+    np.testing.assert_array_equal(state.ends, [1, 1])
 
 
 def test_bad_arguments_fail_before_compiling():

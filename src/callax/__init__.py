@@ -24,9 +24,11 @@ from ._list import (
 )
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
 from .callbacks import (
+    ProgressBarCallback as ProgressBarCallback,
     TensorBoardCallback as TensorBoardCallback,
     TensorBoardCallbackState as TensorBoardCallbackState,
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
 )
+from .events import SACEvents as SACEvents
 
 __version__ = "0.1.0"

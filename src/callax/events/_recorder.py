@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching
-from jax.experimental import io_callback
 from jax.extend.core import get_opaque_trace_state
 
 from .._summary_writer import JITSummaryWriter, check_tag, scalar_value
@@ -637,7 +636,11 @@ def _now(_: Any) -> np.ndarray:
 
 @custom_batching.custom_vmap
 def _clock(token: jax.Array) -> jax.Array:
-    return io_callback(_now, jax.ShapeDtypeStruct((2,), jnp.int32), token, ordered=False)
+    # A *pure* callback: it carries no effect, so it may sit in a while_loop whose predicate
+    # is batched (vmapped seeds stopping at different iterations), where io_callback may not.
+    # Its operand (a value computed from the data it waits for) orders it, and XLA neither
+    # merges nor drops it while its result is used.
+    return jax.pure_callback(_now, jax.ShapeDtypeStruct((2,), jnp.int32), token)
 
 
 @_clock.def_vmap
@@ -651,6 +654,8 @@ def timestamp(after: Any) -> jax.Array:
     computed; returns ``int32[2]`` (seconds, nanoseconds).
 
     Inside a jitted program this is a real measurement of *when* the values became available.
+    It is a ``jax.pure_callback`` (no effect), so it also works inside a ``while_loop`` whose
+    predicate ``vmap`` has batched; under ``vmap`` it reads the clock once for the batch.
     XLA may start independent work earlier: to time a phase, pass its inputs through
     [`sequenced`][callax.events.sequenced] with the previous timestamp. Costs one host call
     (~30 µs): sample it (for example once per epoch), never per step.

@@ -17,4 +17,11 @@ from ._networks import (
     orthogonal_linear as orthogonal_linear,
 )
 from ._ppo import PPO as PPO, PPOPolicy as PPOPolicy, PPOState as PPOState
-from ._sac import SAC as SAC
+from ._replay import ReplayBuffer as ReplayBuffer, Transition as Transition
+from ._sac import (
+    SAC as SAC,
+    SACActor as SACActor,
+    SACCritic as SACCritic,
+    SACState as SACState,
+    td_target as td_target,
+)
