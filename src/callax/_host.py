@@ -71,25 +71,47 @@ def register_layout(tags: tuple[str, ...]) -> int:
     return layout
 
 
-def _host_write(layout, handle, seed, steps, values, valid, pred, sync) -> None:
-    # Arrays arrive with any number of leading batch dimensions; flatten them to one.
-    batch = np.shape(seed)
-    size = math.prod(batch)
-    k, width = np.shape(values)[-2:]
-    layout = np.broadcast_to(layout, batch).reshape(size)
-    handle = np.broadcast_to(handle, batch).reshape(size)
-    seed = np.asarray(seed).reshape(size)
-    steps = np.broadcast_to(steps, (*batch, k)).reshape(size, k)
-    values = np.broadcast_to(values, (*batch, k, width)).reshape(size, k, width)
-    valid = np.broadcast_to(valid, (*batch, k, width)).reshape(size, k, width)
-    valid = valid & np.broadcast_to(pred, batch).reshape(size)[:, None, None]
+_HEADER = 7  # layout, handle, seed, pred, sync, K, width
+
+
+def _pack(layout, handle, seed, steps, values, valid, pred, sync) -> jax.Array:
+    """One int32 array per batch element (a host call costs per operand): a header, the
+    steps, the validity mask and the float32 values bit-cast to int32."""
+    batch = jnp.shape(seed)
+    k, width = jnp.shape(values)[-2:]
+
+    def column(x):
+        return jnp.broadcast_to(jnp.asarray(x, jnp.int32), batch)[..., None]
+
+    header = [column(layout), column(handle), column(seed), column(pred), column(sync),
+              column(k), column(width)]
+    body = [
+        jnp.broadcast_to(steps, (*batch, k)).astype(jnp.int32),
+        jnp.broadcast_to(valid, (*batch, k, width)).reshape(*batch, k * width).astype(jnp.int32),
+        jax.lax.bitcast_convert_type(
+            jnp.broadcast_to(values, (*batch, k, width)).astype(jnp.float32), jnp.int32
+        ).reshape(*batch, k * width),
+    ]
+    return jnp.concatenate(header + body, axis=-1)
+
+
+def _host_write(packed) -> None:
+    packed = np.asarray(packed)
+    rows = packed.reshape(-1, packed.shape[-1])
+    layout, handle, seed, pred, sync, k, width = rows[:, :_HEADER].T
+    k, width = int(k[0]), int(width[0])
+    steps = rows[:, _HEADER:_HEADER + k]
+    valid = rows[:, _HEADER + k:_HEADER + k + k * width].reshape(-1, k, width) != 0
+    values = rows[:, _HEADER + k + k * width:].view(np.float32).reshape(-1, k, width)
+    valid &= (pred != 0)[:, None, None]
     for h, lay in {(int(h), int(t)) for h, t in zip(handle, layout, strict=True)}:
-        rows = (handle == h) & (layout == lay)
-        tags = _layout_tags[lay]
-        n = len(tags)
-        host.write(h, tags, seed[rows], np.array(steps[rows]), np.array(values[rows][..., :n]),
-                   np.array(valid[rows][..., :n]))
-    if np.any(sync):
+        mine = (handle == h) & (layout == lay) & (pred != 0)
+        if mine.any():
+            tags = _layout_tags[lay]
+            n = len(tags)
+            host.write(h, tags, seed[mine], steps[mine], values[mine][..., :n],
+                       valid[mine][..., :n])
+    if sync.any():
         for h in np.unique(handle).tolist():
             host.flush(h)
 
@@ -97,7 +119,8 @@ def _host_write(layout, handle, seed, steps, values, valid, pred, sync) -> None:
 @custom_batching.custom_vmap
 def _emit(layout, handle, seed, steps, values, valid, pred, sync):
     def send():
-        jax.debug.callback(_host_write, layout, handle, seed, steps, values, valid, pred, sync)
+        packed = _pack(layout, handle, seed, steps, values, valid, pred, sync)
+        jax.debug.callback(_host_write, packed)
 
     jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
     return jnp.zeros((), jnp.int32)

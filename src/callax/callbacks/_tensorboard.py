@@ -170,7 +170,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         alpha: float = 0.9,
         log_dir: str | os.PathLike = "runs",
         *,
-        flush_every: int = 10,
+        flush_every: int = 32,
         max_scalars: int = 64,
     ):
         """**Arguments:**
