@@ -309,3 +309,12 @@ def test_non_increasing_steps_are_dropped_with_one_warning(logdir):
                np.arange(4, 8, dtype=np.float32).reshape(1, 4, 1), one)
     assert read_run(logdir)["t"] == [(0, 0.0), (5, 1.0), (6, 5.0), (7, 6.0), (8, 7.0)]
     assert host.get_run(handle).dropped == 3
+
+
+def test_buffer_checks_tags_like_the_writer(logdir):
+    writer = JITSummaryWriter(logdir)
+    buffer = callax.ScalarBuffer.empty(4, 3)
+    with pytest.raises(ValueError, match="duplicate tags"):
+        buffer.append(writer, ("a", "a"), 0, jnp.ones(2), jnp.ones(2, bool))
+    with pytest.raises(ValueError, match="invalid TensorBoard tag"):
+        buffer.append(writer, ("a/",), 0, jnp.ones(1), jnp.ones(1, bool))

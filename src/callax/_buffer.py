@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from . import _host
-from ._summary_writer import JITSummaryWriter, check_tag
+from ._summary_writer import JITSummaryWriter, tag_layout
 
 __all__ = ["ScalarBuffer"]
 
@@ -69,7 +69,7 @@ class ScalarBuffer(eqx.Module):
         ``locals["active"]`` so that a vmapped seed that stopped early (its loop body still
         runs while other seeds train) writes nothing more.
         """
-        tags = tuple(check_tag(t) for t in tags)
+        layout = tag_layout(tags)
         if len(tags) > self.width:
             raise ValueError(
                 f"{len(tags)} scalars per row but the buffer holds {self.width}; raise "
@@ -85,7 +85,7 @@ class ScalarBuffer(eqx.Module):
             valid=self.valid.at[index].set(jnp.where(when, row_valid, self.valid[index])),
             steps=self.steps.at[index].set(jnp.where(when, step, self.steps[index])),
             count=self.count + when.astype(jnp.int32),
-            layout=jnp.asarray(_host.register_layout(tags), jnp.int32),
+            layout=jnp.asarray(layout, jnp.int32),
         )
         full = when & (buffer.count >= self.capacity)
         buffer._send(writer, full)

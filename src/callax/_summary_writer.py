@@ -40,6 +40,15 @@ def check_tag(tag: object) -> str:
     return tag
 
 
+def tag_layout(tags: tuple[object, ...]) -> int:
+    """Validate a row's tags at trace time (each tag, no duplicates) and return the layout id
+    that carries them to the host."""
+    tags = tuple(check_tag(t) for t in tags)
+    if len(set(tags)) != len(tags):
+        raise ValueError(f"duplicate tags in one write: {tags}")
+    return _host.register_layout(tags)
+
+
 def scalar_value(tag: str, value: object) -> jax.Array:
     """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise."""
     if isinstance(value, str | bytes) or value is None:
@@ -176,9 +185,7 @@ class JITSummaryWriter(eqx.Module):
         ``valid[k, j]``; nothing is sent unless ``when`` is true. This is what device-side
         buffers call when they flush.
         """
-        tags = tuple(check_tag(t) for t in tags)
-        if len(set(tags)) != len(tags):
-            raise ValueError(f"duplicate tags in one write: {tags}")
+        layout = tag_layout(tags)
         values = jnp.asarray(values, jnp.float32)
         if values.ndim != 2 or values.shape[1] != len(tags):
             raise ValueError(f"values must have shape (K, {len(tags)}), got {values.shape}")
@@ -187,7 +194,7 @@ class JITSummaryWriter(eqx.Module):
             raise ValueError(f"steps must have shape ({values.shape[0]},), got {steps.shape}")
         if valid is None:
             valid = jnp.ones(values.shape, jnp.bool_)
-        _host.emit(_host.register_layout(tags), self.handle, steps, values, valid, when)
+        _host.emit(layout, self.handle, steps, values, valid, when)
 
     def flush(self) -> None:
         """Make every point written so far readable on disk.
