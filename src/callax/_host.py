@@ -24,7 +24,9 @@ from jax.experimental import io_callback
 
 from ._writer import _host as host
 
-__all__ = ["close", "emit", "flush", "flush_all", "is_traced", "open_run", "register_layout"]
+__all__ = [
+    "callback", "close", "emit", "flush", "flush_all", "is_traced", "open_run", "register_layout",
+]
 
 _layout_lock = threading.Lock()
 
@@ -69,6 +71,80 @@ def register_layout(tags: tuple[str, ...]) -> int:
                 layout = _layouts[tags] = len(_layout_tags)
                 _layout_tags.append(tags)
     return layout
+
+
+def _make_host_call() -> tuple[Callable[..., None], bool]:
+    """Build :func:`callback`; return it and whether it is the direct path.
+
+    ``jax.debug.callback`` first copies every operand into a new ``jax.Array`` on the CPU
+    device (``device_put``), which inside a busy compiled program waits for the runtime's
+    worker threads: measured 0.6–0.8 ms per call in the PPO-like benchmark against ~0.1 ms
+    in an idle program. The direct path is a primitive with the same (unordered debug)
+    effect, lowered with ``mlir.emit_python_callback``, so XLA hands the host function the
+    NumPy views of its operands directly. It relies on two JAX internals (the debug effect
+    and the sharding contexts); where they are missing it falls back to
+    ``jax.debug.callback``. Under SPMD partitioning (several devices) it defers to
+    ``jax.debug.callback``'s lowering, which knows where to run the call.
+    """
+    try:
+        from jax._src import debugging, sharding_impls
+        from jax.extend.core import Primitive
+        from jax.interpreters import ad, mlir
+
+        effect = debugging.debug_effect
+        debug_lowering = debugging.debug_callback_lowering
+        spmd_context = sharding_impls.SPMDAxisContext
+        sharding_context = sharding_impls.ShardingContext
+        emit_python_callback = mlir.emit_python_callback
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
+        return jax.debug.callback, False
+
+    host_call_p = Primitive("callax_host_call")
+    host_call_p.multiple_results = True
+
+    @host_call_p.def_impl
+    def _impl(*args, fn):
+        fn(*(np.asarray(a) for a in args))
+        return []
+
+    host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
+
+    def _jvp(primals, tangents, *, fn):
+        del tangents
+        return host_call_p.bind(*primals, fn=fn), []
+
+    ad.primitive_jvps[host_call_p] = _jvp
+
+    def _lowering(ctx, *args, fn):
+        axis_context = ctx.module_context.axis_context
+        if isinstance(axis_context, spmd_context) or (
+            isinstance(axis_context, sharding_context) and axis_context.num_devices > 1
+        ):
+            return debug_lowering(ctx, *args, effect=effect, partitioned=False,
+                                  callback=lambda *xs: fn(*(np.asarray(x) for x in xs)))
+
+        def on_host(*arrays):
+            fn(*arrays)
+            return ()
+
+        results, _, _ = emit_python_callback(
+            ctx, on_host, None, list(args), ctx.avals_in, ctx.avals_out,
+            has_side_effect=True, returns_token=False,
+        )
+        return results
+
+    mlir.register_lowering(host_call_p, _lowering)
+
+    def host_call(fn: Callable[..., None], *args) -> None:
+        host_call_p.bind(*(jnp.asarray(a) for a in args), fn=fn)
+
+    return host_call, True
+
+
+callback, DIRECT_HOST_CALL = _make_host_call()
+callback.__doc__ = """``callback(fn, *arrays)``: call ``fn`` on the host with the arrays' values as
+NumPy arrays, eagerly or from inside ``jit``/``scan``/``cond``, like ``jax.debug.callback``
+(unordered; never batched: callers wrap it in a ``custom_vmap`` rule)."""
 
 
 _HEADER = 7  # layout, handle, seed, pred, sync, K, width
@@ -119,8 +195,7 @@ def _host_write(packed) -> None:
 @custom_batching.custom_vmap
 def _emit(layout, handle, seed, steps, values, valid, pred, sync):
     def send():
-        packed = _pack(layout, handle, seed, steps, values, valid, pred, sync)
-        jax.debug.callback(_host_write, packed)
+        callback(_host_write, _pack(layout, handle, seed, steps, values, valid, pred, sync))
 
     jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
     return jnp.zeros((), jnp.int32)

@@ -14,6 +14,7 @@ import numpy as np
 from jax import custom_batching
 from jaxtyping import Array, ArrayLike, Bool, Int, Key
 
+from .. import _host
 from .._callback import (
     AbstractCallback,
     AbstractCallbackStepState,
@@ -105,7 +106,7 @@ def _host_update(kind, handle, steps, active, marker) -> None:
 @custom_batching.custom_vmap
 def _send(pred, kind, handle, steps, active, marker):
     def call():
-        jax.debug.callback(_host_update, kind, handle, steps, active, marker)
+        _host.callback(_host_update, kind, handle, steps, active, marker)
 
     jax.lax.cond(jnp.any(pred), call, lambda: None)
     return jnp.zeros((), jnp.int32)

@@ -1,0 +1,105 @@
+"""The cases of ``bench_logging.py`` (imported only once the process is pinned or not)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from _ppo_like import make_train
+
+import callax
+from callax._writer import _host as host
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    jax.effects_barrier()
+    return time.perf_counter() - start
+
+
+def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_out=True):
+    """Median env-steps/s with and without logging, measured in interleaved rounds."""
+
+    def callback():  # a fresh run each time; same pytree structure, so no recompilation
+        return callax.TensorBoardCallback(name=name, log_dir=logdir)
+
+    base = make_train(n_envs, n_steps, n_iters, log_out=log_out)
+    logged = make_train(n_envs, n_steps, n_iters, logging=True, log_out=log_out)
+    if seeds:
+        base = jax.jit(jax.vmap(base, in_axes=(0, None)))
+        logged = jax.jit(jax.vmap(logged, in_axes=(0, None)))
+        key = jax.random.split(jax.random.key(0), seeds)
+    else:
+        key = jax.random.key(0)
+    for _ in range(2):  # compile, then one warm run each
+        timed(base, key, callback()), timed(logged, key, callback())
+    calls = []
+    original = host.write
+    host.write = lambda *a: (calls.append(len(a[2])), original(*a))
+    try:
+        times = {"base": [], "logged": []}
+        for r in range(rounds):
+            order = ("base", "logged") if r % 2 == 0 else ("logged", "base")
+            for which in order:
+                times[which].append(timed(base if which == "base" else logged, key, callback()))
+    finally:
+        host.write = original
+    callax.flush_all()
+    steps = n_envs * n_steps * n_iters * (seeds or 1)
+    ratios = sorted(b / a for a, b in zip(times["base"], times["logged"], strict=True))
+    quartiles = statistics.quantiles(ratios, n=4)
+    med_base, med_logged = statistics.median(times["base"]), statistics.median(times["logged"])
+    print(f"{name:9s} no logging {steps / med_base:9,.0f} steps/s | logging "
+          f"{steps / med_logged:9,.0f} steps/s | ratio of medians {med_logged / med_base:.3f}"
+          f" | per-round ratio median {statistics.median(ratios):.3f}"
+          f" (IQR {quartiles[0]:.3f}–{quartiles[2]:.3f})"
+          f" | host calls per run {len(calls) // rounds} for {seeds or 1} seed(s)", flush=True)
+    return med_logged / med_base
+
+
+def writer_cost(n_rows=2000, n_tags=10):
+    from tensorboardX import SummaryWriter
+
+    tags = tuple(f"train/metric_{i}" for i in range(n_tags))
+    values = np.random.default_rng(0).normal(size=(1, n_rows, n_tags)).astype(np.float32)
+    steps = np.arange(n_rows, dtype=np.int64)[None]
+    valid = np.ones_like(values, dtype=bool)
+    with tempfile.TemporaryDirectory() as d:
+        warm = host.open_run(os.path.join(d, "warm-up"))
+        host.write(warm, tags, np.array([-1]), steps[:, :10], values[:, :10], valid[:, :10])
+        host.flush(warm)
+        handle = host.open_run(os.path.join(d, "callax"))
+        start = time.perf_counter()
+        host.write(handle, tags, np.array([-1]), steps, values, valid)
+        host.flush(handle)
+        ours = (time.perf_counter() - start) / (n_rows * n_tags) * 1e6
+        writer = SummaryWriter(os.path.join(d, "tbx"))
+        start = time.perf_counter()
+        for row in range(n_rows // 4):
+            for column, tag in enumerate(tags):
+                writer.add_scalar(tag, float(values[0, row, column]), row)
+        writer.flush()
+        theirs = (time.perf_counter() - start) / (n_rows // 4 * n_tags) * 1e6
+        writer.close()
+    print(f"writer    callax {ours:.2f} µs/scalar (encode + write + flush) | "
+          f"tensorboardX add_scalar {theirs:.2f} µs/scalar", flush=True)
+
+
+def run(*, rounds: int, quick: bool, cores: str) -> None:
+    scale = 0.1 if quick else 1.0
+    usable = len(os.sched_getaffinity(0))
+    print(f"== jax {jax.__version__} on {jax.devices()[0].platform}, {usable} of "
+          f"{os.cpu_count()} cores usable ({'pinned' if cores == '1' else 'not pinned'}), "
+          f"{rounds} interleaved rounds", flush=True)
+    with tempfile.TemporaryDirectory() as logdir:
+        iters = max(int(60 * scale), 2)
+        compare("ppo", 4, 128, iters, rounds, logdir=logdir)
+        compare("ppo-nolog", 4, 128, iters, rounds, logdir=logdir, log_out=False)
+        compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
+        compare("vmap8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8, logdir=logdir)
+    writer_cost()
