@@ -90,7 +90,13 @@ def writer_cost(n_rows=2000, n_tags=10):
           f"tensorboardX add_scalar {theirs:.2f} µs/scalar", flush=True)
 
 
-def run(*, rounds: int, quick: bool, cores: str) -> None:
+CASES = ("ppo", "ppo-nolog", "tiny", "vmap8", "writer")
+
+
+def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; choose from {', '.join(CASES)}")
     scale = 0.1 if quick else 1.0
     usable = len(os.sched_getaffinity(0))
     print(f"== jax {jax.__version__} on {jax.devices()[0].platform}, {usable} of "
@@ -98,8 +104,13 @@ def run(*, rounds: int, quick: bool, cores: str) -> None:
           f"{rounds} interleaved rounds", flush=True)
     with tempfile.TemporaryDirectory() as logdir:
         iters = max(int(60 * scale), 2)
-        compare("ppo", 4, 128, iters, rounds, logdir=logdir)
-        compare("ppo-nolog", 4, 128, iters, rounds, logdir=logdir, log_out=False)
-        compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
-        compare("vmap8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8, logdir=logdir)
-    writer_cost()
+        if "ppo" in cases:
+            compare("ppo", 4, 128, iters, rounds, logdir=logdir)
+        if "ppo-nolog" in cases:
+            compare("ppo-nolog", 4, 128, iters, rounds, logdir=logdir, log_out=False)
+        if "tiny" in cases:
+            compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
+        if "vmap8" in cases:
+            compare("vmap8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8, logdir=logdir)
+    if "writer" in cases:
+        writer_cost()

@@ -1,6 +1,7 @@
 """Cost of logging with callax, measured in one process with interleaved rounds.
 
     python benchmarks/bench_logging.py [--rounds 15] [--quick] [--cores 1|all|both]
+                                       [--cases ppo,ppo-nolog,tiny,vmap8,writer]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
@@ -36,10 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
     parser.add_argument("--cores", choices=("1", "all", "both"), default="both")
+    parser.add_argument("--cases", default="ppo,ppo-nolog,tiny,vmap8,writer",
+                        help="comma-separated subset of the cases to run")
     args = parser.parse_args(argv)
     if args.cores == "both":
         for cores in ("1", "all"):
-            command = [sys.executable, __file__, "--rounds", str(args.rounds), "--cores", cores]
+            command = [sys.executable, __file__, "--rounds", str(args.rounds), "--cores", cores,
+                       "--cases", args.cases]
             subprocess.run(command + (["--quick"] if args.quick else []), check=True)
         return
     if args.cores == "1":
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _logging_cases
 
-    _logging_cases.run(rounds=args.rounds, quick=args.quick, cores=args.cores)
+    _logging_cases.run(rounds=args.rounds, quick=args.quick, cores=args.cores,
+                       cases=args.cases.split(","))
 
 
 if __name__ == "__main__":

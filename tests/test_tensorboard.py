@@ -104,6 +104,28 @@ def test_step_state_converts_array_likes():
     assert state.episode_done.dtype == jnp.bool_ and state.average_length.dtype == jnp.float32
 
 
+def test_step_state_views_are_exact_and_keep_batch_dimensions():
+    # The six numbers share one packed int32 array: every view must give back exactly what
+    # went in (large step counts, NaN, negative floats), with the batch dimensions of a
+    # vmapped state.
+    steps = np.array([[0, 2**30], [7, 2**31 - 1]])
+    returns = np.array([[-1.5, 3e38], [np.nan, -0.0]], np.float32)
+    state = TensorBoardCallbackStepState(steps, returns, 5, np.array([True, False]), np.nan, 1e-7)
+    assert state.step.shape == (2, 2)
+    np.testing.assert_array_equal(state.step, steps)
+    np.testing.assert_array_equal(state.episode_return, returns)
+    np.testing.assert_array_equal(state.episode_length, np.full((2, 2), 5))
+    np.testing.assert_array_equal(state.episode_done, [[True, False], [True, False]])
+    assert np.isnan(state.average_return).all()
+    np.testing.assert_array_equal(state.average_length, np.full((2, 2), 1e-7, np.float32))
+    batched = jax.vmap(lambda s, r, d: s.next(r, d, 0.9))(
+        jax.vmap(lambda _: TensorBoardCallbackStepState.initial())(jnp.arange(3)),
+        jnp.array([1.0, 2.0, 3.0]), jnp.array([True, False, True]),
+    )
+    np.testing.assert_array_equal(batched.average_return, [1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(batched.episode_return, [0.0, 2.0, 0.0])
+
+
 def test_nothing_written_before_first_episode(logdir):
     rewards = np.ones((3, N_STEPS, N_ENVS), np.float32)
     dones = np.zeros_like(rewards, dtype=bool)
