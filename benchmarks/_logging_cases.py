@@ -59,6 +59,7 @@ def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_o
           f" | per-round ratio median {statistics.median(ratios):.3f}"
           f" (IQR {quartiles[0]:.3f}–{quartiles[2]:.3f})"
           f" | host calls per run {len(calls) // rounds} for {seeds or 1} seed(s)", flush=True)
+    print(f"RESULT {name} {med_logged / med_base:.4f}", flush=True)
     return med_logged / med_base
 
 

@@ -1,6 +1,7 @@
-"""Cost of logging with callax, measured in one process with interleaved rounds.
+"""Cost of logging with callax: with and without logging in one process, interleaved rounds.
 
-    python benchmarks/bench_logging.py [--rounds 15] [--quick] [--cores 1|all|both]
+    python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
+                                       [--cores 1|all|both]
                                        [--cases ppo,ppo-nolog,tiny,vmap8,writer]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
@@ -20,40 +21,63 @@ of a loop body concurrently on a thread pool; for loops of many tiny operations 
 the hand-offs cost more than they gain, and their cost depends on how busy the other cores
 are. On a shared 2-core machine that makes even two *baselines* of equal work differ by up
 to ±10–25 % from one compilation to another, which hides a 3 % effect; pinned, repeated
-runs agree within a few percent. ``--cores both`` (the default) runs both, each in a fresh
-process.
+runs agree within a few percent. ``--cores both`` (the default) runs both.
+
+Every measurement runs in ``--processes`` fresh processes per core setting: a compiled
+program's speed also varies by a few percent from one compilation (process) to the next,
+which interleaved rounds inside one process cannot average out. The summary gives, per case,
+the median over processes of each process's ratio of medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import statistics
 import subprocess
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per process")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="fresh processes per core setting (each compiles anew)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
     parser.add_argument("--cores", choices=("1", "all", "both"), default="both")
     parser.add_argument("--cases", default="ppo,ppo-nolog,tiny,vmap8,writer",
                         help="comma-separated subset of the cases to run")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.cores == "both":
-        for cores in ("1", "all"):
-            command = [sys.executable, __file__, "--rounds", str(args.rounds), "--cores", cores,
-                       "--cases", args.cases]
-            subprocess.run(command + (["--quick"] if args.quick else []), check=True)
-        return
-    if args.cores == "1":
-        # Before JAX starts: XLA sizes its thread pool from the affinity mask.
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _logging_cases
+    if args.child:
+        if args.cores == "1":
+            # Before JAX starts: XLA sizes its thread pool from the affinity mask.
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import _logging_cases
 
-    _logging_cases.run(rounds=args.rounds, quick=args.quick, cores=args.cores,
-                       cases=args.cases.split(","))
+        _logging_cases.run(rounds=args.rounds, quick=args.quick, cores=args.cores,
+                           cases=args.cases.split(","))
+        return
+    results = collections.defaultdict(list)
+    for cores in ("1", "all") if args.cores == "both" else (args.cores,):
+        for _ in range(args.processes):
+            command = [sys.executable, os.path.abspath(__file__), "--child", "--cores", cores,
+                       "--rounds", str(args.rounds), "--cases", args.cases]
+            child = subprocess.run(command + (["--quick"] if args.quick else []), check=True,
+                                   capture_output=True, text=True)
+            for line in child.stdout.splitlines():
+                if line.startswith("RESULT "):
+                    _, case, ratio = line.split()
+                    results[(cores, case)].append(float(ratio))
+                else:
+                    print(line, flush=True)
+    print("\nSummary: ratio of medians (logging / no logging) per process; median of processes")
+    for (cores, case), ratios in results.items():
+        where = "1 core (pinned)" if cores == "1" else "all cores"
+        print(f"  {case:9s} {where:16s} median {statistics.median(ratios):.3f}"
+              f"  (processes: {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
