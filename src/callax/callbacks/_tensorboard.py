@@ -57,12 +57,12 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
 
     def __init__(
         self,
-        step: Int[ArrayLike, "..."],
-        episode_return: Float[ArrayLike, "..."],
-        episode_length: Int[ArrayLike, "..."],
-        episode_done: Bool[ArrayLike, "..."],
-        average_return: Float[ArrayLike, "..."],
-        average_length: Float[ArrayLike, "..."],
+        step: Int[ArrayLike, "*#batch"],
+        episode_return: Float[ArrayLike, "*#batch"],
+        episode_length: Int[ArrayLike, "*#batch"],
+        episode_done: Bool[ArrayLike, "*#batch"],
+        average_return: Float[ArrayLike, "*#batch"],
+        average_length: Float[ArrayLike, "*#batch"],
     ):
         counts = (step, episode_length, episode_done)
         stats = (episode_return, average_return, average_length)
