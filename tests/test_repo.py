@@ -1,4 +1,4 @@
-"""Repository checks that belong to the test suite: lint and a strict docs build."""
+"""Repository checks that belong to the test suite: lint, a strict docs build, benchmarks run."""
 
 import os
 import subprocess
@@ -20,3 +20,19 @@ def test_docs_build_strict(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "tensorboard" / "index.html").exists()
+
+
+def test_logging_benchmark_runs():
+    # A smoke run (tiny shapes, two rounds, one pinned process): the benchmark must keep
+    # working and report one host call per flush; its timings are not asserted.
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "bench_logging.py"), "--quick",
+         "--rounds", "2", "--processes", "1", "--cores", "1", "--cases", "ppo,writer"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("ppo ") and "host calls per run 1 for 1 seed(s)" in line
+               for line in lines), result.stdout
+    assert any("µs/scalar" in line for line in lines)
+    assert "Summary" in result.stdout
