@@ -41,6 +41,21 @@ def test_operands_arrive_as_numpy_arrays_eager_and_jitted():
         assert arrays[0].dtype == np.float32 and int(arrays[1]) == tag
 
 
+def test_fallback_without_jax_internals_keeps_the_contract(monkeypatch):
+    # If a JAX release drops an internal the direct path uses, callax falls back to
+    # jax.debug.callback; the host function must still get NumPy arrays.
+    from jax.interpreters import mlir
+
+    monkeypatch.delattr(mlir, "emit_python_callback")
+    fallback, direct = _host._make_host_call()
+    assert not direct
+    seen, fn = _collect()
+    jax.jit(lambda a: fallback(fn, a + 1))(jnp.arange(3))
+    jax.effects_barrier()
+    assert isinstance(seen[0][0], np.ndarray)
+    np.testing.assert_array_equal(seen[0][0], [1, 2, 3])
+
+
 def test_inside_scan_cond_and_checkpoint_not_removed_as_dead_code():
     seen, fn = _collect()
 

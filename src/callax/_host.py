@@ -12,6 +12,7 @@ call order or on which thread or device called it.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -73,6 +74,10 @@ def register_layout(tags: tuple[str, ...]) -> int:
     return layout
 
 
+def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
+    fn(*(np.asarray(a) for a in arrays))
+
+
 def _make_host_call() -> tuple[Callable[..., None], bool]:
     """Build :func:`callback`; return it and whether it is the direct path.
 
@@ -97,14 +102,18 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         sharding_context = sharding_impls.ShardingContext
         emit_python_callback = mlir.emit_python_callback
     except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-        return jax.debug.callback, False
+
+        def debug_call(fn: Callable[..., None], *args) -> None:
+            jax.debug.callback(functools.partial(_call_with_numpy, fn), *args)
+
+        return debug_call, False
 
     host_call_p = Primitive("callax_host_call")
     host_call_p.multiple_results = True
 
     @host_call_p.def_impl
     def _impl(*args, fn):
-        fn(*(np.asarray(a) for a in args))
+        _call_with_numpy(fn, *args)
         return []
 
     host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
@@ -121,7 +130,7 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
             isinstance(axis_context, sharding_context) and axis_context.num_devices > 1
         ):
             return debug_lowering(ctx, *args, effect=effect, partitioned=False,
-                                  callback=lambda *xs: fn(*(np.asarray(x) for x in xs)))
+                                  callback=functools.partial(_call_with_numpy, fn))
 
         def on_host(*arrays):
             fn(*arrays)
