@@ -38,6 +38,17 @@ import statistics
 import subprocess
 import sys
 
+CASES = ("ppo", "ppo-nolog", "tiny", "vmap8", "writer")
+
+
+def _cases(text: str) -> list[str]:
+    cases = text.split(",")
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        choices = ",".join(CASES)
+        raise argparse.ArgumentTypeError(f"unknown case(s) {unknown}; choose from {choices}")
+    return cases
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="fresh processes per core setting (each compiles anew)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
     parser.add_argument("--cores", choices=("1", "all", "both"), default="both")
-    parser.add_argument("--cases", default="ppo,ppo-nolog,tiny,vmap8,writer",
-                        help="comma-separated subset of the cases to run")
+    parser.add_argument("--cases", type=_cases, default=list(CASES),
+                        help="comma-separated subset of: " + ",".join(CASES))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -58,15 +69,16 @@ def main(argv: list[str] | None = None) -> None:
         import _logging_cases
 
         _logging_cases.run(rounds=args.rounds, quick=args.quick, cores=args.cores,
-                           cases=args.cases.split(","))
+                           cases=args.cases)
         return
     results = collections.defaultdict(list)
     for cores in ("1", "all") if args.cores == "both" else (args.cores,):
         for _ in range(args.processes):
             command = [sys.executable, os.path.abspath(__file__), "--child", "--cores", cores,
-                       "--rounds", str(args.rounds), "--cases", args.cases]
+                       "--rounds", str(args.rounds), "--cases", ",".join(args.cases)]
+            # stdout is parsed for the summary; stderr (warnings, errors) goes to the terminal.
             child = subprocess.run(command + (["--quick"] if args.quick else []), check=True,
-                                   capture_output=True, text=True)
+                                   stdout=subprocess.PIPE, text=True)
             for line in child.stdout.splitlines():
                 if line.startswith("RESULT "):
                     _, case, ratio = line.split()
