@@ -1,4 +1,5 @@
 import os
+import re
 
 import equinox as eqx
 import jax
@@ -105,9 +106,9 @@ def test_step_state_converts_array_likes():
 
 
 def test_step_state_views_are_exact_and_keep_batch_dimensions():
-    # The six numbers share one packed int32 array: every view must give back exactly what
-    # went in (large step counts, NaN, negative floats), with the batch dimensions of a
-    # vmapped state.
+    # The six numbers share one packed complex64 array (the counts as int32 bit patterns):
+    # every view must give back exactly what went in (large step counts, NaN, negative
+    # floats), with the batch dimensions of a vmapped state.
     steps = np.array([[0, 2**30], [7, 2**31 - 1]])
     returns = np.array([[-1.5, 3e38], [np.nan, -0.0]], np.float32)
     state = TensorBoardCallbackStepState(steps, returns, 5, np.array([True, False]), np.nan, 1e-7)
@@ -124,6 +125,43 @@ def test_step_state_views_are_exact_and_keep_batch_dimensions():
     )
     np.testing.assert_array_equal(batched.average_return, [1.0, np.nan, 3.0])
     np.testing.assert_array_equal(batched.episode_return, [0.0, 2.0, 0.0])
+
+
+def test_step_state_counts_stay_exact_in_compiled_updates():
+    # Small counts are subnormal float bit patterns and large ones are NaN-adjacent: compiled
+    # arithmetic on the floats next to them must never touch them.
+    @jax.jit
+    def advance(state, n):
+        return jax.lax.fori_loop(0, n, lambda i, s: s.next(0.5, i % 3 == 2, 0.9), state)
+
+    state = advance(TensorBoardCallbackStepState.initial(), 7)
+    assert int(state.step) == 7 and int(state.episode_length) == 1
+    assert float(state.episode_return) == 0.5 and float(state.average_length) == 3.0
+    assert float(state.average_return) == pytest.approx(1.5)
+    late = TensorBoardCallbackStepState(2**31 - 3, 0.0, 2**31 - 3, False, np.nan, np.nan)
+    late = jax.jit(lambda s: s.next(0.5, False, 0.9).next(0.5, True, 0.9))(late)
+    assert int(late.step) == 2**31 - 1 and int(late.episode_length) == 0
+    assert float(late.average_length) == float(np.float32(2**31 - 1))
+
+
+def test_step_update_compiles_to_an_in_place_loop_carry_update():
+    # The point of the packed layout: in a scanned rollout the step state is updated by one
+    # elementwise kernel writing the loop carry in place, without a copy per env step.
+    def body(state, i):
+        reward = jnp.sin(i + jnp.arange(4.0))
+        done = (i + jnp.arange(4)) % 7 == 0
+        return jax.vmap(lambda s, r, d: s.next(r, d, ALPHA))(state, reward, done), None
+
+    init = jax.vmap(lambda _: TensorBoardCallbackStepState.initial())(jnp.arange(4))
+    hlo = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(50))[0]).lower(init)
+    text = hlo.compile().as_text()
+    bodies = re.findall(r"while\(.*?body=(%[\w.\-]+)", text)
+    assert len(bodies) == 1
+    body_text = text.split(f"\n{bodies[0]} ", 1)[1].split("\n}", 1)[0]
+    carry = f"c64[{','.join(map(str, init.packed.shape))}]"
+    assert carry in body_text
+    copies = [line for line in body_text.splitlines() if f"= {carry}" in line and " copy(" in line]
+    assert not copies
 
 
 def test_nothing_written_before_first_episode(logdir):
