@@ -40,7 +40,7 @@ def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_o
         timed(base, key, callback()), timed(logged, key, callback())
     calls = []
     original = host.write
-    host.write = lambda *a: (calls.append(len(a[2])), original(*a))
+    host.write = lambda *a, **k: (calls.append(len(a[2])), original(*a, **k))
     try:
         times = {"base": [], "logged": []}
         for r in range(rounds):

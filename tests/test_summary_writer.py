@@ -94,7 +94,11 @@ def test_vmap_one_host_call_per_write(logdir, monkeypatch):
 
     calls = []
     original = host.write
-    monkeypatch.setattr(host, "write", lambda *a: (calls.append(a[2].shape), original(*a)))
+    def counting_write(*args, **kwargs):
+        calls.append(args[2].shape)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(host, "write", counting_write)
     writer = JITSummaryWriter(logdir)
     jax.jit(jax.vmap(lambda x: writer.add_dict("p", {"a": x, "b": x})))(jnp.arange(8.0))
     sync()
@@ -260,16 +264,19 @@ def test_host_side_is_thread_safe(logdir):
     handle = host.open_run(logdir)
 
     def worker(seed):
+        # Every third batch is written in the calling thread (as a sync host call does),
+        # the others by the writer thread: per seed, the order must hold either way.
         for step in range(50):
             host.write(handle, ("t",), np.array([seed]), np.array([[step]]),
                        np.array([[[seed + step / 100]]], np.float32),
-                       np.ones((1, 1, 1), bool))
+                       np.ones((1, 1, 1), bool), wait=step % 3 == 0)
 
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    host.flush(handle)
     for seed in range(4):
         run = read_run(os.path.join(logdir, f"seed_{seed}"))
         assert [s for s, _ in run["t"]] == list(range(50))
@@ -309,6 +316,36 @@ def test_non_increasing_steps_are_dropped_with_one_warning(logdir):
                np.arange(4, 8, dtype=np.float32).reshape(1, 4, 1), one)
     assert read_run(logdir)["t"] == [(0, 0.0), (5, 1.0), (6, 5.0), (7, 6.0), (8, 7.0)]
     assert host.get_run(handle).dropped == 3
+
+
+def test_non_increasing_steps_are_dropped_per_tag(logdir):
+    from callax._writer import _host as host
+
+    handle = host.open_run(logdir)
+    valid = np.array([[[True, False], [True, True], [True, True], [False, True]]])
+    values = np.arange(8, dtype=np.float32).reshape(1, 4, 2)
+    with pytest.warns(RuntimeWarning, match="did not increase"):
+        host.write(handle, ("a", "b"), np.array([-1]), np.array([[1, 2, 2, 3]]), values, valid)
+        host.flush(handle)
+    host.write(handle, ("a", "b"), np.array([-1]), np.array([[3, 3]]),
+               np.array([[[8.0, 9.0], [10.0, 11.0]]], np.float32), np.ones((1, 2, 2), bool),
+               wait=True)
+    host.flush(handle)
+    run = read_run(logdir)
+    assert run["a"] == [(1, 0.0), (2, 2.0), (3, 8.0)]
+    assert run["b"] == [(2, 3.0), (3, 7.0)]  # its step 3 was already written
+    assert host.get_run(handle).dropped == 2 + 3
+
+
+def test_error_in_a_write_in_the_calling_thread_is_raised_on_flush(logdir, monkeypatch):
+    from callax._writer import _host as host
+
+    handle = host.open_run(logdir)
+    monkeypatch.setattr(host.get_run(handle), "write", lambda *args: 1 / 0)
+    host.write(handle, ("a",), np.array([-1]), np.array([[0]]), np.ones((1, 1, 1), np.float32),
+               np.ones((1, 1, 1), bool), wait=True)
+    with pytest.raises(RuntimeError, match="writing TensorBoard events failed"):
+        host.flush(handle)
 
 
 def test_buffer_checks_tags_like_the_writer(logdir):

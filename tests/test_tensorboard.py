@@ -265,7 +265,11 @@ def test_buffer_sends_every_flush_every_iterations(logdir, monkeypatch):
 
     calls = []
     original = host.write
-    monkeypatch.setattr(host, "write", lambda *a: (calls.append(a[3].shape), original(*a)))
+    def counting_write(*args, **kwargs):
+        calls.append(args[3].shape)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(host, "write", counting_write)
     rewards, dones = scripted(n_iters=10)
     callback = TensorBoardCallback(name="b", log_dir=logdir, flush_every=4)
     _drive_jit(callback, rewards, dones, jax.random.key(0))

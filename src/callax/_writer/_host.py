@@ -77,6 +77,9 @@ class Run:
         self._last_flush_time: dict[int, float] = {}
         self.dropped = 0
         self._warned = False
+        # Batches are written by the writer thread, or inline by a waiting caller: one at a
+        # time per run.
+        self._lock = threading.Lock()
 
     def directory(self, seed: int) -> str:
         """The directory written for a seed position (``NO_SEED`` = the run itself)."""
@@ -93,6 +96,10 @@ class Run:
     def write(self, tags: tuple[str, ...], seed: int, steps: np.ndarray, values: np.ndarray,
               valid: np.ndarray, now: float) -> None:
         """Write rows ``steps[K]``, ``values[K, n]`` where ``valid[K, n]``."""
+        with self._lock:
+            self._write(tags, seed, steps, values, valid, now)
+
+    def _write(self, tags, seed, steps, values, valid, now) -> None:
         rows = np.flatnonzero(valid.any(axis=1))
         if rows.size == 0:
             return
@@ -124,29 +131,27 @@ class Run:
         repeated or decreasing step would cost more than the point itself. Such points are
         dropped, counted, and reported once per run.
         """
-        valid = valid.copy()
-        for column, tag in enumerate(tags):
-            ok = valid[:, column]
-            if not ok.any():
-                continue
-            last = self._last_step.get((seed, tag), np.iinfo(np.int64).min)
-            seen = np.where(ok, steps, np.iinfo(np.int64).min)
-            before = np.maximum.accumulate(np.concatenate([[last], seen[:-1]]))
-            keep = ok & (steps > before)
-            dropped = int(ok.sum() - keep.sum())
-            if dropped:
-                self.dropped += dropped
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(
-                        f"callax: run {self.log_dir!r}: dropped {dropped} point(s) of tag "
-                        f"{tag!r} whose step did not increase (TensorBoard would discard "
-                        "earlier points); each tag needs strictly increasing steps",
-                        RuntimeWarning, stacklevel=1)
-            valid[:, column] = keep
-            if keep.any():
-                self._last_step[(seed, tag)] = int(steps[keep][-1])
-        return valid
+        lowest = np.iinfo(np.int64).min
+        last = np.array([self._last_step.get((seed, tag), lowest) for tag in tags], np.int64)
+        # Per column, the highest step of every earlier valid point (or of earlier batches).
+        seen = np.where(valid, steps[:, None], lowest)
+        before = np.maximum.accumulate(np.concatenate([last[None], seen[:-1]]), axis=0)
+        keep = valid & (steps[:, None] > before)
+        dropped = valid & ~keep
+        if dropped.any():
+            self.dropped += int(dropped.sum())
+            if not self._warned:
+                self._warned = True
+                column = int(np.flatnonzero(dropped.any(axis=0))[0])
+                warnings.warn(
+                    f"callax: run {self.log_dir!r}: dropped {int(dropped[:, column].sum())} "
+                    f"point(s) of tag {tags[column]!r} whose step did not increase "
+                    "(TensorBoard would discard earlier points); each tag needs strictly "
+                    "increasing steps", RuntimeWarning, stacklevel=1)
+        newest = np.where(keep, steps[:, None], lowest).max(axis=0)
+        for column in np.flatnonzero(newest > last).tolist():
+            self._last_step[(seed, tags[column])] = int(newest[column])
+        return keep
 
     def _auto_steps(self, tags, seed, steps, valid) -> np.ndarray:
         """Replace ``AUTO_STEP`` by one more than the last step of the row's tags."""
@@ -176,13 +181,15 @@ class Run:
     def flush(self) -> None:
         # Every batch is already flushed to the OS (readable by TensorBoard, kept if the
         # process dies); no fsync: that guards only against an OS crash and costs milliseconds.
-        for file in self._files.values():
-            file._file.flush()
+        with self._lock:
+            for file in self._files.values():
+                file._file.flush()
 
     def close(self) -> None:
-        for file in self._files.values():
-            file.close()
-        self._files.clear()
+        with self._lock:
+            for file in self._files.values():
+                file.close()
+            self._files.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,16 +248,22 @@ def _ensure_thread() -> None:
         _thread.start()
 
 
+def _run_job(job: Callable[[], None]) -> None:
+    global _error
+    try:
+        job()
+    except BaseException as error:  # noqa: BLE001 - re-raised on the next flush/close
+        with _lock:
+            if _error is None:
+                _error = error
+
+
 def _worker() -> None:
-    global _error, _pending
+    global _pending
     while True:
         job = _queue.get()
         try:
-            job()
-        except BaseException as error:  # noqa: BLE001 - re-raised on the next flush/close
-            with _lock:
-                if _error is None:
-                    _error = error
+            _run_job(job)
         finally:
             with _lock:
                 _pending -= 1
@@ -275,10 +288,13 @@ def _raise_pending_error() -> None:
 
 
 def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
-          values: np.ndarray, valid: np.ndarray) -> None:
+          values: np.ndarray, valid: np.ndarray, *, wait: bool = False) -> None:
     """Queue a batch: ``seeds[B]``, ``steps[B, K]``, ``values[B, K, n]``, ``valid[B, K, n]``.
 
-    Returns at once; the arrays must not be modified afterwards (callers pass copies).
+    Returns at once; the arrays must not be modified afterwards (callers pass copies). With
+    ``wait``, the batch is written in the calling thread once everything queued before it is
+    written (a caller about to wait for the files anyway saves two thread hand-offs). Either
+    way an error is raised by the next :func:`flush` or :func:`close`.
     """
     if _error is not None:
         warnings.warn(f"callax: an earlier write failed: {_error!r}", RuntimeWarning,
@@ -290,7 +306,11 @@ def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarr
         for b, seed in enumerate(seeds.tolist()):
             run.write(tags, seed, steps[b], values[b], valid[b], now)
 
-    _submit(job)
+    if wait:
+        _wait_idle()
+        _run_job(job)
+    else:
+        _submit(job)
 
 
 def _wait_idle() -> None:
