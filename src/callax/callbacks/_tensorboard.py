@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 
+# The three complex64 elements of `TensorBoardCallbackStepState.packed`.
+_RETURN, _LENGTH, _STEP = 0, 1, 2
+
+
 class TensorBoardCallbackStepState(AbstractCallbackStepState):
     """Per-environment episode statistics of [`callax.TensorBoardCallback`][].
 
@@ -156,8 +160,6 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
                              jax.lax.bitcast_convert_type(new_count, jnp.float32))
         return eqx.tree_at(lambda s: s.packed, self, jax.lax.complex(new_real, new_average))
 
-
-_RETURN, _LENGTH, _STEP = 0, 1, 2
 
 
 class TensorBoardCallbackState(AbstractCallbackState):
