@@ -8,6 +8,9 @@ carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for 
 each vmapped seed is written to its own run sub-directory ``seed_<i>``. The payload carries
 the run handle, the tag layout, the seed position and the steps, so the host never depends on
 call order or on which thread or device called it.
+
+Other callbacks reach the host through :func:`send` (one generic batched host call with the
+same seed numbering) and :func:`clock` (host clock reads returning to the device).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 from collections.abc import Callable
 
 import jax
@@ -22,11 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching
 from jax.experimental import io_callback
+from jax.typing import ArrayLike
 
 from ._writer import _host as host
 
 __all__ = [
-    "callback", "close", "emit", "flush", "flush_all", "is_traced", "open_run", "register_layout",
+    "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced", "open_run",
+    "register_layout", "seed_origin", "seed_positions", "send",
 ]
 
 _layout_lock = threading.Lock()
@@ -221,11 +227,7 @@ def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid
         return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
     if not in_batched[2]:
-        inner = math.prod(jnp.shape(seed))
-        positions = jnp.arange(axis_size, dtype=jnp.int32).reshape(
-            (axis_size,) + (1,) * jnp.ndim(seed)
-        )
-        seed = positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
+        seed = seed_positions(axis_size, seed)
     args = (layout, handle, seed, steps, values, valid, pred, sync)
     flags = (*in_batched[:2], True, *in_batched[3:])
     _emit(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
@@ -243,7 +245,7 @@ def emit(layout, handle, steps, values, valid, pred=True, sync=False) -> None:
     _emit(
         jnp.asarray(layout, jnp.int32),
         jnp.asarray(handle, jnp.int32),
-        jnp.asarray(host.NO_SEED, jnp.int32),
+        seed_origin(),
         jnp.asarray(steps, jnp.int32),
         jax.lax.stop_gradient(jnp.asarray(values, jnp.float32)),
         jnp.asarray(valid, jnp.bool_),
@@ -291,3 +293,121 @@ def flush_all() -> None:
     """
     jax.effects_barrier()
     host.flush_all()
+
+
+# --------------------------------------------------------------------------------------------
+# The seed numbering, and generic batched host calls built on it.
+#
+# Every host call of callax numbers the elements of a ``vmap`` batch the same way, through
+# the two functions below (``emit`` and ``send`` both use them): change the numbering here
+# and every host call follows.
+
+
+def seed_origin() -> jax.Array:
+    """The seed position of a call made outside any batch (``NO_SEED``: the run itself)."""
+    return jnp.asarray(host.NO_SEED, jnp.int32)
+
+
+def seed_positions(axis_size: int, seed: ArrayLike) -> jax.Array:
+    """Seed positions ``[axis_size, *shape(seed)]`` for a ``vmap`` of size ``axis_size``
+    around calls whose (unbatched) seed positions are ``seed``: the flat row-major position
+    of each element in the nested batch (outer axes vary slowest).
+
+    ``seed`` is :func:`seed_origin` at the innermost ``vmap`` (a scalar), and the positions an
+    inner ``vmap`` already assigned at every further level.
+    """
+    inner = math.prod(jnp.shape(seed))
+    positions = jnp.arange(axis_size, dtype=jnp.int32).reshape(
+        (axis_size,) + (1,) * jnp.ndim(seed)
+    )
+    return positions * inner + (0 if jnp.ndim(seed) == 0 else seed)
+
+
+def _flat_rows(seed: np.ndarray, when: np.ndarray, arrays: tuple[np.ndarray, ...]):
+    batch = np.ndim(seed)
+    rows = lambda a: np.reshape(a, (-1, *np.shape(a)[batch:]))  # noqa: E731
+    return rows(seed), rows(when), tuple(rows(a) for a in arrays)
+
+
+def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
+    def on_host(when, seed, *arrays) -> None:
+        seed, when, arrays = _flat_rows(seed, when, arrays)
+        host_fn(seed, when, *arrays)
+
+    @custom_batching.custom_vmap
+    def call(when, seed, *arrays):
+        jax.lax.cond(jnp.any(when), lambda: callback(on_host, when, seed, *arrays),
+                     lambda: None)
+        return jnp.zeros((), jnp.int32)
+
+    @call.def_vmap
+    def call_vmap(axis_size, in_batched, when, seed, *arrays):
+        # One host call for the whole batch, each element tagged with its seed position.
+        if not in_batched[1]:
+            seed = seed_positions(axis_size, seed)
+        args = (when, seed, *arrays)
+        flags = (in_batched[0], True, *in_batched[2:])
+        call(*(x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+               for x, b in zip(args, flags, strict=True)))
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    return call
+
+
+def send(host_fn: Callable[..., None], *arrays, when=True) -> None:
+    """Call ``host_fn(seed, when, *arrays)`` on the host with the arrays' values, eagerly or
+    from inside ``jit``/``scan``/``cond``/``while_loop``, and under ``jax.vmap`` (nested or
+    not) **once for the whole batch**.
+
+    ``host_fn`` receives NumPy arrays with one leading *row* axis: one row per batch
+    element (a single row outside ``vmap``). ``seed[rows]`` (``int32``) is each row's seed
+    position, numbered as :func:`emit` numbers them (``NO_SEED`` outside ``vmap``);
+    ``when[rows]`` says which rows asked for the call; ``arrays`` are the given arrays, each
+    with its row axis in front. The call is made when ``when`` holds for at least one row,
+    so ``host_fn`` should usually ignore the other rows. A call under ``vmap`` is batched
+    only if at least one argument depends on the mapped axis (pass something that does,
+    e.g. data derived from a per-seed PRNG key, to count the seeds).
+
+    Unordered, like ``jax.debug.callback``; the arguments carry whatever the host needs to
+    be independent of call order. The cost is that of one host call per execution
+    (~10 µs plus ~20 µs per array): pack values into few arrays, and never call it per env
+    step.
+
+    **Arguments:**
+
+    - `host_fn`: a Python function; its return value is ignored.
+    - `arrays`: array-likes (converted with ``jnp.asarray``).
+    - `when`: a boolean scalar (per batch element): whether to make the call.
+    """
+    _sender(host_fn)(jnp.asarray(when, jnp.bool_), seed_origin(),
+                     *(jnp.asarray(a) for a in arrays))
+
+
+def _clock_now(_: object) -> np.ndarray:
+    t = time.perf_counter_ns()
+    return np.array([t // 1_000_000_000, t % 1_000_000_000], np.int32)
+
+
+@custom_batching.custom_vmap
+def _clock(token: jax.Array) -> jax.Array:
+    # A *pure* callback: it carries no effect, so it may sit in a while_loop whose predicate
+    # is batched (vmapped seeds stopping at different iterations), where io_callback may not.
+    # Its operand (a value computed from the data it waits for) orders it, and XLA neither
+    # merges nor drops it while its result is used.
+    return jax.pure_callback(_clock_now, jax.ShapeDtypeStruct((2,), jnp.int32), token)
+
+
+@_clock.def_vmap
+def _clock_vmap(axis_size, in_batched, token):
+    # One clock read for the whole batch: the batch is computed together.
+    return _clock(jnp.sum(token)), False
+
+
+def clock(token) -> jax.Array:
+    """Read the host clock (``time.perf_counter``) once the float32 scalar ``token`` has
+    been computed; returns ``int32[2]`` (seconds, nanoseconds).
+
+    The one host call of callax that returns a value to the device. Under ``vmap`` it reads
+    the clock once for the whole batch (the result is unbatched).
+    """
+    return _clock(jnp.asarray(token, jnp.float32))

@@ -11,7 +11,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import custom_batching
 from jaxtyping import Array, ArrayLike, Bool, Int, Key
 
 from .. import _host
@@ -66,14 +65,14 @@ def _line(bar: _Bar, steps: int, total_steps: int, n_seeds: int, elapsed: float)
     return " | ".join(parts)
 
 
-def _host_update(kind, handle, steps, active, marker) -> None:
-    # Arrays arrive with any number of leading batch (seed) dimensions; ``marker`` (derived
-    # from the hook's PRNG key) is batched whenever the run is, so its shape is the batch's.
+def _host_update(seed, when, kind, handle, steps, active, marker) -> None:
+    # One row per seed of the batch (``_host.send``); ``marker`` (derived from the hook's
+    # PRNG key) only makes the call batched whenever the run is, so that every seed has a row.
+    del seed, when, marker
     kind = int(np.max(kind))
     handle = int(np.max(handle))
-    batch = np.shape(marker)
-    steps = np.broadcast_to(np.asarray(steps, np.int64), batch).reshape(-1)
-    active = np.broadcast_to(np.asarray(active, bool), batch).reshape(-1)
+    steps = np.asarray(steps, np.int64).reshape(-1)
+    active = np.asarray(active, bool).reshape(-1)
     now = time.monotonic()
     with _lock:
         bar = _bars.get(handle)
@@ -101,24 +100,6 @@ def _host_update(kind, handle, steps, active, marker) -> None:
             stream.write(line + "\n")
         bar.last_steps = int(steps.max())
         stream.flush()
-
-
-@custom_batching.custom_vmap
-def _send(pred, kind, handle, steps, active, marker):
-    def call():
-        _host.callback(_host_update, kind, handle, steps, active, marker)
-
-    jax.lax.cond(jnp.any(pred), call, lambda: None)
-    return jnp.zeros((), jnp.int32)
-
-
-@_send.def_vmap
-def _send_batched(axis_size, in_batched, *args):
-    # One host call for the whole batch of seeds (however deeply vmapped), not one per seed.
-    args = [x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-            for x, batched in zip(args, in_batched, strict=True)]
-    _send(*args)
-    return jnp.zeros((axis_size,), jnp.int32), True
 
 
 class ProgressBarStepState(AbstractCallbackStepState):
@@ -170,9 +151,11 @@ class ProgressBarCallback(AbstractCallback[EmptyCallbackState, ProgressBarStepSt
     def _emit(self, kind: int, step_state: ProgressBarStepState,
               pred: Bool[ArrayLike, ""], active: Bool[ArrayLike, ""], key: Key[Array, ""]
               ) -> None:
+        # One host call for the whole batch of seeds (however deeply vmapped).
         marker = jax.random.key_data(key).reshape(-1)[0]
-        _send(jnp.asarray(pred, jnp.bool_), jnp.asarray(kind, jnp.int32), self.handle,
-              jnp.sum(step_state.steps), jnp.asarray(active, jnp.bool_), marker)
+        _host.send(_host_update, jnp.asarray(kind, jnp.int32), self.handle,
+                   jnp.sum(step_state.steps), jnp.asarray(active, jnp.bool_), marker,
+                   when=jnp.asarray(pred, jnp.bool_))
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
         return EmptyCallbackState()

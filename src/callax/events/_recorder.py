@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import inspect
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -40,9 +39,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import custom_batching
 from jax.extend.core import get_opaque_trace_state
 
+from .. import _host
 from .._summary_writer import JITSummaryWriter, check_tag, scalar_value
 
 __all__ = [
@@ -629,33 +628,14 @@ def discover(fn: Callable, *args: Any, **kwargs: Any) -> EventRecord:
 # Timing phases of a jitted program with the host clock.
 
 
-def _now(_: Any) -> np.ndarray:
-    t = time.perf_counter_ns()
-    return np.array([t // 1_000_000_000, t % 1_000_000_000], np.int32)
-
-
-@custom_batching.custom_vmap
-def _clock(token: jax.Array) -> jax.Array:
-    # A *pure* callback: it carries no effect, so it may sit in a while_loop whose predicate
-    # is batched (vmapped seeds stopping at different iterations), where io_callback may not.
-    # Its operand (a value computed from the data it waits for) orders it, and XLA neither
-    # merges nor drops it while its result is used.
-    return jax.pure_callback(_now, jax.ShapeDtypeStruct((2,), jnp.int32), token)
-
-
-@_clock.def_vmap
-def _clock_vmap(axis_size, in_batched, token):
-    # One clock read for the whole batch: the batch is computed together.
-    return _clock(jnp.sum(token)), False
-
-
 def timestamp(after: Any) -> jax.Array:
     """Read the host clock (``time.perf_counter``) once every array leaf of ``after`` has been
     computed; returns ``int32[2]`` (seconds, nanoseconds).
 
     Inside a jitted program this is a real measurement of *when* the values became available.
-    It is a ``jax.pure_callback`` (no effect), so it also works inside a ``while_loop`` whose
-    predicate ``vmap`` has batched; under ``vmap`` it reads the clock once for the batch.
+    It is ``callax``'s host clock read (a host call without side effects, returning its
+    result to the device), so it also works inside a ``while_loop`` whose predicate ``vmap``
+    has batched; under ``vmap`` it reads the clock once for the batch.
     XLA may start independent work earlier: to time a phase, pass its inputs through
     [`sequenced`][callax.events.sequenced] with the previous timestamp. Costs one host call
     (~30 µs): sample it (for example once per epoch), never per step.
@@ -663,7 +643,7 @@ def timestamp(after: Any) -> jax.Array:
     leaves = [jnp.ravel(x)[0].astype(jnp.float32) for x in jax.tree.leaves(after)
               if _is_numeric(x) and jnp.size(x) > 0]
     token = jax.lax.stop_gradient(sum(leaves, jnp.zeros((), jnp.float32)))
-    return _clock(token)
+    return _host.clock(token)
 
 
 def _is_numeric(x: Any) -> bool:

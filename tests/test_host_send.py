@@ -1,0 +1,159 @@
+"""``callax._host.send`` and ``callax._host.clock``: the generic batched host call and the
+host clock read that events and the progress bar use (one numbering of seeds with ``emit``)."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import callax
+from callax import _host
+from callax._writer import _host as host
+from conftest import read_run, run_dirs
+
+
+class Calls:
+    """Host function recording every call it gets."""
+
+    def __init__(self):
+        self.calls: list[tuple[np.ndarray, ...]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, seed, when, *arrays):
+        with self.lock:
+            self.calls.append((seed.copy(), when.copy(), *(a.copy() for a in arrays)))
+
+    def collect(self):
+        jax.effects_barrier()
+        return self.calls
+
+
+def test_eager_call_has_one_row_with_no_seed():
+    calls = Calls()
+    _host.send(calls, jnp.arange(3.0), 7)
+    (seed, when, values, scalar), = calls.collect()
+    assert seed.tolist() == [host.NO_SEED] and when.tolist() == [True]
+    assert values.shape == (1, 3) and values.tolist() == [[0.0, 1.0, 2.0]]
+    assert scalar.tolist() == [7]
+
+
+def test_when_false_makes_no_call_inside_jit_scan():
+    calls = Calls()
+
+    @jax.jit
+    def run(xs):
+        def body(c, x):
+            _host.send(calls, x, when=x % 2 == 0)
+            return c, None
+
+        jax.lax.scan(body, 0, xs)
+
+    run(jnp.arange(5))
+    assert [int(c[2][0]) for c in calls.collect()] == [0, 2, 4]
+
+
+def test_vmap_makes_one_call_with_seed_positions_and_when_rows():
+    calls = Calls()
+
+    @jax.jit
+    @jax.vmap
+    def run(x):
+        _host.send(calls, x, 2.0 * x, when=x != 1)
+
+    run(jnp.arange(4.0))
+    (seed, when, x, y), = calls.collect()  # one host call for the batch of 4
+    assert seed.tolist() == [0, 1, 2, 3]
+    assert when.tolist() == [True, False, True, True]
+    assert x.tolist() == [0.0, 1.0, 2.0, 3.0] and y.tolist() == [0.0, 2.0, 4.0, 6.0]
+
+    calls.calls.clear()
+    jax.jit(jax.vmap(lambda x: _host.send(calls, x, when=x < 0)))(jnp.arange(4.0))
+    assert calls.collect() == []  # no row asked: no host call
+
+
+def test_unbatched_arguments_are_broadcast_to_every_row():
+    calls = Calls()
+    jax.vmap(lambda x: _host.send(calls, x, jnp.ones(2)))(jnp.arange(3))
+    (seed, _, x, ones), = calls.collect()
+    assert seed.tolist() == [0, 1, 2] and ones.shape == (3, 2)
+
+
+def test_nested_vmap_numbers_seeds_like_emit(tmp_path):
+    """The same nested vmap, once through ``send`` and once through the writer's ``emit``:
+    every seed position carries the same value in both."""
+    calls = Calls()
+    writer = callax.JITSummaryWriter(str(tmp_path))
+
+    @jax.jit
+    def run(x):
+        _host.send(calls, x)
+        writer.add_scalar("x", x, 1)
+
+    jax.vmap(jax.vmap(run))(jnp.arange(6.0).reshape(2, 3) * 10)
+    callax.flush_all()
+    (seed, _, x), = calls.collect()
+    sent = dict(zip(seed.tolist(), x.tolist(), strict=True))
+    assert sorted(sent) == list(range(6))
+    written = {int(d.removeprefix("seed_")): read_run(str(tmp_path / d))["x"][0][1]
+               for d in run_dirs(str(tmp_path))}
+    assert written == sent
+    assert sent == {i: 10.0 * i for i in range(6)}  # row-major: outer axis slowest
+
+
+def test_send_inside_while_loop_with_batched_predicate():
+    calls = Calls()
+
+    def run(n):
+        def body(i):
+            _host.send(calls, i, when=i % 2 == 1)
+            return i + 1
+
+        return jax.lax.while_loop(lambda i: i < n, body, jnp.int32(0))
+
+    jax.jit(jax.vmap(run))(jnp.array([2, 4]))
+    rows = [(s.tolist(), w.tolist(), i.tolist()) for s, w, i in calls.collect()]
+    # Iteration 1 (i = 1 for both seeds), then i = 3 for seed 1 (seed 0's row is inactive
+    # there and its `when` is false, since its loop has stopped).
+    assert ([0, 1], [True, True], [1, 1]) in rows
+    assert any(r[2][1] == 3 and r[1][1] for r in rows)
+
+
+def test_clock_reads_are_unbatched_and_increase():
+    @jax.jit
+    def stamps(x):
+        t0 = _host.clock(jnp.sum(x))
+        y = jnp.sin(x) @ jnp.cos(x).T + t0[1].astype(jnp.float32) * 0.0
+        t1 = _host.clock(jnp.sum(y))
+        return t0, t1
+
+    t0, t1 = jax.vmap(stamps)(jnp.ones((3, 64, 64)))
+    t0, t1 = np.asarray(t0, np.int64), np.asarray(t1, np.int64)
+    assert t0.shape == (3, 2) and (t0 == t0[0]).all()  # one read for the batch
+    ns = lambda t: t[..., 0] * 1_000_000_000 + t[..., 1]  # noqa: E731
+    assert (ns(t1) >= ns(t0)).all()
+
+
+def test_send_rejects_non_arrays_early():
+    with pytest.raises(TypeError):
+        _host.send(Calls(), "not an array")
+
+
+def test_only_the_host_module_crosses_to_the_host():
+    """Every device-to-host transfer of the package goes through ``callax/_host.py``."""
+    import pathlib
+    import re
+
+    crossing = re.compile(r"debug\.callback|pure_callback|io_callback|custom_vmap|"
+                          r"custom_batching|emit_python_callback")
+    root = pathlib.Path(callax.__file__).parent
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py")) if path.name != "_host.py" or path.parent != root
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if crossing.search(line)
+    ]
+    assert offenders == []
