@@ -1,7 +1,9 @@
 """The generic event recorder: declaration, reducers (checked against NumPy on the recorded
 values), eager/jit/scan/vmap, tags read back from TensorBoard files, trace-time errors."""
 
+import inspect
 import os
+import pydoc
 import time
 
 import jax
@@ -134,6 +136,9 @@ def test_declared_events_fields_keys_and_tags():
     assert specs["pair"].tag("a", ()) == "Probe/pair/a"
     assert specs["mean"].tag("value", ("x",)) == "Probe/mean/x"
     assert set(REDUCERS) == {"mean", "nanmean", "min", "max", "sum", "count", "last"}
+    for name, spec in specs.items():  # a user's interface shows its own parameters too
+        assert inspect.signature(getattr(Probe, name)) == spec.signature
+    assert tuple(inspect.signature(Probe.pair).parameters) == ("a", "b")
 
 
 def test_sac_events_interface_matches_the_spec():
@@ -153,6 +158,18 @@ def test_sac_events_interface_matches_the_spec():
     }
     specs = SACEvents.events()
     assert {name: tuple(s.signature.parameters) for name, s in specs.items()} == expected
+    # What users see: inspect.signature, help() and the function's own attributes, on the
+    # class and on an instance (not ``(*args, **kwargs)``).
+    for name, params in expected.items():
+        for fn in (getattr(SACEvents, name), getattr(SACEvents(), name)):
+            assert tuple(inspect.signature(fn).parameters) == params, name
+            assert fn.__name__ == name and fn.__qualname__ == f"SACEvents.{name}"
+            text = pydoc.render_doc(fn, renderer=pydoc.plaintext)
+            assert f"{name}({', '.join(params)}" in text.replace(": 'int | str'", "").replace(
+                ": 'float'", "").replace(": 'int'", ""), text
+            assert fn.__doc__.startswith(SACEvents.__dict__[name].__doc__.strip())
+    assert str(inspect.signature(SACEvents.critic_value)) == (
+        "(critic_key: 'int | str', value: 'float') -> 'None'")
     for spec in specs.values():
         assert set(spec.reducers) == {"nanmean"}
         assert spec.keys == tuple(p for p in expected[spec.name] if p.endswith("_key"))

@@ -33,7 +33,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, overload
 
 import equinox as eqx
 import jax
@@ -111,14 +111,22 @@ class EventSpec:
         return check_tag("/".join(parts))
 
 
-class _EventDeclaration:
-    """What ``event`` puts in the class body; becomes an ``EventSpec`` per interface."""
+_P = ParamSpec("_P")
 
-    def __init__(self, fn: Callable, reducer: str | Mapping[str, str], keys: Sequence[str] | None):
+
+class _EventDeclaration(Generic[_P]):
+    """What ``event`` puts in the class body; becomes an ``EventSpec`` per interface.
+
+    Typed with the method's parameters (after ``self``), so that type checkers and IDEs show
+    an event's real signature wherever it is called."""
+
+    def __init__(self, fn: Callable[Concatenate[Any, _P], None],
+                 reducer: str | Mapping[str, str], keys: Sequence[str] | None):
         self.fn = fn
         self.reducer = reducer
         self.keys = keys
         self.name = fn.__name__
+        self._bound: dict[EventSpec, Callable[..., None]] = {}
         functools.update_wrapper(self, fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -172,9 +180,24 @@ class _EventDeclaration:
         return EventSpec(interface, self.name, keys, fields, reducers, order,
                          signature.replace(parameters=params))
 
-    def __get__(self, obj: Any, owner: type | None = None) -> _BoundEvent:
+    def __get__(self, obj: Any, owner: type | None = None) -> Callable[_P, None]:
         owner = type(obj) if owner is None else owner
-        return _BoundEvent(owner._event_specs[self.name])
+        spec = owner._event_specs[self.name]
+        bound = self._bound.get(spec)
+        if bound is None:
+            bound = self._bound[spec] = _bound_event(spec, self.__doc__)
+        return bound
+
+
+@overload
+def event(fn: Callable[Concatenate[Any, _P], None], *, reducer: str | Mapping[str, str] = ...,
+          keys: Sequence[str] | None = ...) -> _EventDeclaration[_P]: ...
+
+
+@overload
+def event(fn: None = None, *, reducer: str | Mapping[str, str] = ...,
+          keys: Sequence[str] | None = ...
+          ) -> Callable[[Callable[Concatenate[Any, _P], None]], _EventDeclaration[_P]]: ...
 
 
 def event(
@@ -298,44 +321,58 @@ def _stack() -> list[_Collector]:
     return stack
 
 
-class _BoundEvent:
-    """An event ready to be called: checks its arguments, then records them."""
+def _bound_event(spec: EventSpec, doc: str | None) -> Callable[..., None]:
+    """The event ready to be called, as a plain function with the event's own signature
+    (``inspect.signature``, ``help()`` and IDEs show ``(step_key, value)``, not
+    ``(*args, **kwargs)``): it checks its arguments, then records them."""
 
-    def __init__(self, spec: EventSpec):
-        self.spec = spec
-        self.__doc__ = f"Event {spec.describe()}."
+    def call(*args: Any, **kwargs: Any) -> None:
+        return _call_event(spec, args, kwargs)
 
-    def __repr__(self) -> str:
-        return f"<event {self.spec.describe()}>"
+    call.__name__ = spec.name
+    call.__qualname__ = f"{spec.interface}.{spec.name}"
+    call.__module__ = "callax.events"
+    call.__signature__ = spec.signature  # type: ignore[attr-defined]
+    call.__annotations__ = {
+        **{p.name: p.annotation for p in spec.signature.parameters.values()
+           if p.annotation is not p.empty},
+        "return": None,
+    }
+    reducers = ", ".join(f"{f} ({r})" for f, r in zip(spec.fields, spec.reducers, strict=True))
+    keys = f"keys {', '.join(spec.keys)}; " if spec.keys else ""
+    summary = f"Event {spec.describe()}: {keys}fields {reducers}."
+    call.__doc__ = f"{doc.strip()}\n\n{summary}" if doc else summary
+    call.spec = spec  # type: ignore[attr-defined]
+    return call
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        spec = self.spec
+
+def _call_event(spec: EventSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        bound = spec.signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"{spec.describe()}: {error}") from None
+    arguments = bound.arguments
+    key = tuple(_check_key(spec, k, arguments[k]) for k in spec.keys)
+    values = []
+    for field in spec.fields:
+        tag = spec.tag(field, key)
         try:
-            bound = spec.signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{spec.describe()}: {error}") from None
-        arguments = bound.arguments
-        key = tuple(_check_key(spec, k, arguments[k]) for k in spec.keys)
-        values = []
-        for field in spec.fields:
-            tag = spec.tag(field, key)
-            try:
-                values.append(scalar_value(tag, arguments[field]))
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{spec.describe()}, field {field!r}: {error}") from None
-        stack = _stack()
-        if not stack:
-            return None
-        collector = stack[-1]
-        if get_opaque_trace_state() != collector.trace:
-            raise RuntimeError(
-                f"{spec.describe()} was called inside a JAX transformation (a scan/while/cond "
-                "body, vmap, grad, ...) nested in the function given to callax.events.record. "
-                "Record at the level of that function, or wrap the inner body in record() and "
-                "return (and merge) its EventRecord."
-            )
-        collector.calls.append(_Call(spec, key, tuple(values)))
+            values.append(scalar_value(tag, arguments[field]))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{spec.describe()}, field {field!r}: {error}") from None
+    stack = _stack()
+    if not stack:
         return None
+    collector = stack[-1]
+    if get_opaque_trace_state() != collector.trace:
+        raise RuntimeError(
+            f"{spec.describe()} was called inside a JAX transformation (a scan/while/cond "
+            "body, vmap, grad, ...) nested in the function given to callax.events.record. "
+            "Record at the level of that function, or wrap the inner body in record() and "
+            "return (and merge) its EventRecord."
+        )
+    collector.calls.append(_Call(spec, key, tuple(values)))
+    return None
 
 
 # --------------------------------------------------------------------------------------------
