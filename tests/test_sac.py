@@ -475,3 +475,64 @@ def test_sac_learns_pendulum():
     print(f"SAC Pendulum 20k steps x 2 seeds: last-10 mean returns {means}, {elapsed:.1f} s")
     assert not np.isnan(last).any()
     assert np.all(means >= -250), means
+
+
+def test_sac_runs_through_the_shared_driver(monkeypatch):
+    # SAC.learn is run_training with SAC's functions: no training loop of its own.
+    import callax.train._sac as sac_module
+
+    seen = {}
+
+    def spy(env, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("driver reached")
+
+    monkeypatch.setattr(sac_module, "run_training", spy)
+    with pytest.raises(RuntimeError, match="driver reached"):
+        sac_module.SAC(n_steps=3, n_envs=2).learn(Pendulum(), total_timesteps=12,
+                                                  key=jax.random.key(0))
+    assert seen["n_envs"] == 2 and seen["n_steps"] == 3 and seen["n_iterations"] == 2
+    assert callable(seen["step_fn"]) and seen["end_iteration_fn"] is None  # no events
+
+
+def test_no_import_cycles_in_the_package():
+    """Static import graph of ``callax`` (every ``import``, at any depth of a module):
+    no cycle between modules (``_sac`` and ``_sac_async`` used to import each other)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(callax.__file__).parent
+
+    def name_of(path: pathlib.Path) -> str:
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] \
+                    if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                edges |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target
+                          for a in node.names}
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    # A package's __init__ re-exporting its modules is not a cycle of modules.
+    plain = {n for n, p in modules.items() if p.name != "__init__.py"}
+    cycles = []
+    for start in plain:
+        stack = [(start, (start,))]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node] & plain:
+                if nxt == start:
+                    cycles.append(path)
+                elif nxt not in path:
+                    stack.append((nxt, (*path, nxt)))
+    assert cycles == []
+    assert "callax.train._sac" not in graph["callax.train._sac_async"]

@@ -10,7 +10,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Complex64, Float, Int, Key
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
 from .._buffer import ScalarBuffer
 from .._callback import (
@@ -33,33 +33,33 @@ __all__ = [
 ]
 
 
-# The three complex64 elements of `TensorBoardCallbackStepState.packed`.
-_RETURN, _LENGTH, _STEP = 0, 1, 2
-
-
 class TensorBoardCallbackStepState(AbstractCallbackStepState):
     """Per-environment episode statistics of [`callax.TensorBoardCallback`][].
 
-    **Attributes** (read-only views; under ``jax.vmap`` they carry the batch dimensions):
+    **Attributes** (under ``jax.vmap`` they carry the batch dimensions):
 
-    - `step`: env steps taken by this env.
-    - `episode_return`, `episode_length`: of the episode in progress.
-    - `episode_done`: whether the last step ended an episode.
+    - `step`: env steps taken by this env (``int32``).
+    - `episode_return` (``float32``), `episode_length` (``int32``): of the episode in
+      progress.
+    - `episode_done`: whether the last step ended an episode (``bool``).
     - `average_return`, `average_length`: exponential moving averages over *finished*
-      episodes, seeded by the first one (no bias toward 0). ``NaN`` until an episode ends:
-      such an env does not count in the logged mean.
+      episodes (``float32``), seeded by the first one (no bias toward 0). ``NaN`` until an
+      episode ends: such an env does not count in the logged mean.
 
-    The six numbers live in one ``complex64`` array of three elements, `packed`: (episode
-    return, average return), (episode length, average length) and (step, done), the two
-    counts as ``int32`` bit patterns. Each element holds everything its own update reads, so
-    [`next`][callax.TensorBoardCallbackStepState.next] is *elementwise* in `packed`: inside
-    a jitted rollout XLA compiles it to one kernel that updates the loop carry in place (no
-    copy), the least any per-step statistic can cost on XLA:CPU, where every kernel of a
-    loop body has a fixed cost paid once per env step (see the performance page). The
-    constructor converts and broadcasts its six arguments together.
+    Six plain arrays, one per number, each in its natural dtype, so every value is exact on
+    every backend. Inside a jitted rollout XLA fuses
+    [`next`][callax.TensorBoardCallbackStepState.next] into a few elementwise kernels per
+    env step; what that costs against packing all six numbers into one array is measured on
+    the performance page. The constructor converts and broadcasts its six arguments
+    together.
     """
 
-    packed: Complex64[Array, "*batch 3"]
+    step: Int[Array, "*batch"]
+    episode_return: Float[Array, "*batch"]
+    episode_length: Int[Array, "*batch"]
+    episode_done: Bool[Array, "*batch"]
+    average_return: Float[Array, "*batch"]
+    average_length: Float[Array, "*batch"]
 
     def __init__(
         self,
@@ -74,49 +74,15 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
                 average_length)
         shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in args))
 
-        def f32(x):
-            return jnp.broadcast_to(jnp.asarray(x, jnp.float32), shape)
+        def as_(x, dtype):
+            return jnp.broadcast_to(jnp.asarray(x).astype(dtype), shape)
 
-        def bits(x):
-            count = jnp.broadcast_to(jnp.asarray(x).astype(jnp.int32), shape)
-            return jax.lax.bitcast_convert_type(count, jnp.float32)
-
-        done = jnp.broadcast_to(jnp.asarray(episode_done, jnp.bool_), shape)
-        self.packed = jnp.stack(
-            [
-                jax.lax.complex(f32(episode_return), f32(average_return)),
-                jax.lax.complex(bits(episode_length), f32(average_length)),
-                jax.lax.complex(bits(step), done.astype(jnp.float32)),
-            ],
-            axis=-1,
-        )
-
-    def _count(self, field: int) -> Int[Array, "*batch"]:
-        return jax.lax.bitcast_convert_type(jnp.real(self.packed[..., field]), jnp.int32)
-
-    @property
-    def step(self) -> Int[Array, "*batch"]:
-        return self._count(_STEP)
-
-    @property
-    def episode_length(self) -> Int[Array, "*batch"]:
-        return self._count(_LENGTH)
-
-    @property
-    def episode_done(self) -> Bool[Array, "*batch"]:
-        return jnp.imag(self.packed[..., _STEP]) != 0
-
-    @property
-    def episode_return(self) -> Float[Array, "*batch"]:
-        return jnp.real(self.packed[..., _RETURN])
-
-    @property
-    def average_return(self) -> Float[Array, "*batch"]:
-        return jnp.imag(self.packed[..., _RETURN])
-
-    @property
-    def average_length(self) -> Float[Array, "*batch"]:
-        return jnp.imag(self.packed[..., _LENGTH])
+        self.step = as_(step, jnp.int32)
+        self.episode_return = as_(episode_return, jnp.float32)
+        self.episode_length = as_(episode_length, jnp.int32)
+        self.episode_done = as_(episode_done, jnp.bool_)
+        self.average_return = as_(average_return, jnp.float32)
+        self.average_length = as_(average_length, jnp.float32)
 
     @classmethod
     def initial(cls) -> TensorBoardCallbackStepState:
@@ -135,31 +101,24 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         episode the averages become its return and length; after that
         ``average = alpha * average + (1 - alpha) * episode``.
         """
-        # Every operation below maps element i of `packed` to element i (the field is picked
-        # with a mask, never a slice), which is what lets XLA update the carry in place. The
-        # masks also keep the counts' bit patterns (tiny subnormal floats) out of float
-        # arithmetic.
-        packed = self.packed
-        field = jnp.arange(3, dtype=jnp.int32)
-        is_return, is_length, is_step = field == _RETURN, field == _LENGTH, field == _STEP
-        reward = jnp.asarray(reward, jnp.float32)[..., None]
-        done = jnp.asarray(done, jnp.bool_)[..., None]
+        done = jnp.asarray(done, jnp.bool_)
         alpha = jnp.asarray(alpha, jnp.float32)
-        real, average = jnp.real(packed), jnp.imag(packed)
+        episode_return = self.episode_return + jnp.asarray(reward, jnp.float32)
+        episode_length = self.episode_length + 1
 
-        count = jax.lax.bitcast_convert_type(real, jnp.int32) + 1  # length and step
-        episode_return = jnp.where(is_return, real, 0.0) + reward
-        finished = jnp.where(is_return, episode_return,
-                             jnp.where(is_length, count, 0).astype(jnp.float32))
-        updated = jnp.where(jnp.isnan(average), finished,
-                            alpha * average + (1 - alpha) * finished)
-        new_average = jnp.where(is_step, done.astype(jnp.float32),
-                                jnp.where(done, updated, average))
-        new_count = jnp.where(is_length & done, 0, count)
-        new_real = jnp.where(is_return, jnp.where(done, 0.0, episode_return),
-                             jax.lax.bitcast_convert_type(new_count, jnp.float32))
-        return eqx.tree_at(lambda s: s.packed, self, jax.lax.complex(new_real, new_average))
+        def average(old, finished):
+            finished = finished.astype(jnp.float32)
+            smoothed = jnp.where(jnp.isnan(old), finished, alpha * old + (1 - alpha) * finished)
+            return jnp.where(done, smoothed, old)
 
+        return TensorBoardCallbackStepState(
+            step=self.step + 1,
+            episode_return=jnp.where(done, 0.0, episode_return),
+            episode_length=jnp.where(done, 0, episode_length),
+            episode_done=done,
+            average_return=average(self.average_return, episode_return),
+            average_length=average(self.average_length, episode_length),
+        )
 
 
 class TensorBoardCallbackState(AbstractCallbackState):

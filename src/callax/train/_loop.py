@@ -109,6 +109,10 @@ def _default_opt_state(agent_state: Any) -> Any:
     return getattr(agent_state, "opt_state", None)
 
 
+def _identity(agent_state: Any) -> Any:
+    return agent_state
+
+
 def _placeholder(shape: jax.ShapeDtypeStruct) -> Array:
     # The training log seen by the first ``continue_training`` check, before any update.
     if jnp.issubdtype(shape.dtype, jnp.inexact):
@@ -131,6 +135,9 @@ def run_training(
     env_params: Any = None,
     policy_fn: Callable[[Any], Any] = _default_policy,
     opt_state_fn: Callable[[Any], Any] = _default_opt_state,
+    step_fn: Callable[[Any, Rollout, PRNGKeyArray, Int[Array, ""]], Any] | None = None,
+    end_iteration_fn: Callable[[Any, IterationContext], Any] | None = None,
+    agent_state_fn: Callable[[Any], Any] = _identity,
 ) -> TrainingResult:
     """Run ``n_iterations`` iterations of (rollout of ``n_steps`` steps of ``n_envs`` envs,
     update), calling every callback hook at its documented point.
@@ -144,6 +151,16 @@ def run_training(
     - ``update_fn(agent_state, rollout, key) -> (agent_state, training_log)``, with
       ``training_log`` a dict of scalars (passed to ``on_iteration``).
 
+    Off-policy algorithms (SAC) also give ``step_fn(agent_state, transition, key, t) ->
+    agent_state``, called after every env step (after the callbacks' ``on_step``) with that
+    step's transitions (a [`Rollout`][callax.train.Rollout] whose arrays have leading axis
+    ``n_envs``) and ``t``, the step's index in the iteration (an ``int32`` scalar that
+    ``vmap`` never batches: branch on it with ``lax.cond``); the next step acts with the
+    agent state it returns (replay-buffer adds, gradient steps). Optionally
+    ``end_iteration_fn(agent_state, ctx) -> agent_state`` runs after ``on_iteration`` with
+    the same [`IterationContext`][callax.IterationContext] (an algorithm's own logging, e.g.
+    its events; skip side effects where ``ctx.locals["active"]`` is false).
+
     Hook order (all hooks receive their own PRNG key)::
 
         state = cb.reset(ResetContext())
@@ -155,10 +172,12 @@ def run_training(
                 action = act_fn(...); env.step (vmapped, auto-reset)
                 step_state = vmap(cb.on_step)(StepContext(reward=raw reward,
                                                           done=terminated | truncated))
+                agent_state = step_fn(agent_state, transition, key, t)   # if given
             agent_state, log = update_fn(agent_state, rollout)
             iteration += 1
             state = cb.on_iteration(IterationContext(iteration_count=iteration,
                                                      training_log=log))
+            agent_state = end_iteration_fn(agent_state, IterationContext(...))  # if given
             keep_going = cb.continue_training(IterationContext(...same iteration...))
         state = cb.on_training_end(TrainingContext(iteration_count=iteration))
 
@@ -168,8 +187,12 @@ def run_training(
     stop too.
 
     Contexts: ``env`` is ``env``; ``policy`` is ``policy_fn(agent_state)`` (by default the
-    state's ``policy`` attribute); ``opt_state`` is ``opt_state_fn(agent_state)`` (by default
-    its ``opt_state`` attribute). ``StepContext.locals`` holds ``obs`` (where the action was
+    state's ``policy`` attribute; with ``step_fn``, that of the current step); ``opt_state``
+    is ``opt_state_fn(agent_state)`` (by default its ``opt_state`` attribute).
+    ``locals["agent_state"]`` and the result's ``agent_state`` are
+    ``agent_state_fn(agent_state)`` (by default the agent state itself: an algorithm can keep
+    bookkeeping in its agent state and show callbacks only the public part).
+    ``StepContext.locals`` holds ``obs`` (where the action was
     taken), ``action``, ``next_obs``, ``final_obs``, ``terminated`` and ``truncated`` of the
     env. ``IterationContext.locals`` holds ``rollout``, ``agent_state``, ``num_timesteps``
     (env steps so far, over all envs) and ``active``: ``False`` only for a seed that has
@@ -194,6 +217,10 @@ def run_training(
       ``n_iterations * n_steps * n_envs``.
     - `env_params`: environment parameters (``None``: the env's defaults).
     - `policy_fn`, `opt_state_fn`: what the contexts show as ``policy`` and ``opt_state``.
+    - `step_fn`, `end_iteration_fn`: the optional per-step and end-of-iteration functions
+      (see above).
+    - `agent_state_fn`: what ``locals["agent_state"]`` and the result show as the agent
+      state.
 
     **Returns:**
 
@@ -234,7 +261,7 @@ def run_training(
             total_timesteps=total_timesteps,
             iteration_count=carry.iteration,
             opt_state=opt_state_fn(carry.agent_state),
-            locals={"agent_state": carry.agent_state,
+            locals={"agent_state": agent_state_fn(carry.agent_state),
                     "num_timesteps": num_timesteps(carry.iteration)},
         )
 
@@ -248,25 +275,26 @@ def run_training(
             iteration_count=carry.iteration,
             opt_state=opt_state_fn(carry.agent_state),
             training_log=log,
-            locals={"rollout": rollout, "agent_state": carry.agent_state,
+            locals={"rollout": rollout, "agent_state": agent_state_fn(carry.agent_state),
                     "num_timesteps": num_timesteps(carry.iteration), "active": active},
         )
 
     def rollout_and_update(carry: _Carry, key: PRNGKeyArray
                            ) -> tuple[_Carry, Rollout, dict[str, Any]]:
         k_rollout, k_update = jax.random.split(key)
-        policy = policy_fn(carry.agent_state)
+        fixed_policy = policy_fn(carry.agent_state)
 
-        def on_step(step_state, done, reward, locals_, k):
-            ctx = StepContext(step_state, env, policy, done, reward, locals_)
-            return cb.on_step(ctx, key=k)
-
-        def step(inner, k):
-            env_state, obs, step_state = inner
+        def step(inner, xs):
+            agent_state, env_state, obs, step_state = inner
+            k, t = xs
+            if step_fn is None:  # the agent state is a constant of the rollout
+                agent_state, policy = carry.agent_state, fixed_policy
+            else:
+                policy = policy_fn(agent_state)
             # One random draw for all keys of the step (each draw is compiled code).
-            keys = jax.random.split(k, 2 * n_envs + 1)
-            k_act, k_env, k_cb = keys[0], keys[1:n_envs + 1], keys[n_envs + 1:]
-            action, aux = act_fn(carry.agent_state, obs, k_act)
+            keys = jax.random.split(k, 2 * n_envs + (1 if step_fn is None else 2))
+            k_act, k_env, k_cb = keys[0], keys[1:n_envs + 1], keys[n_envs + 1:2 * n_envs + 1]
+            action, aux = act_fn(agent_state, obs, k_act)
             next_obs, env_state, reward, done, info = jax.vmap(
                 lambda k_, s, a: env.step(k_, s, a, env_params)
             )(k_env, env_state, action)
@@ -275,19 +303,31 @@ def run_training(
             locals_ = {"obs": obs, "action": action, "next_obs": next_obs,
                        "final_obs": info["final_obs"], "terminated": terminated,
                        "truncated": truncated}
+
+            def on_step(step_state, done, reward, locals_, k):
+                ctx = StepContext(step_state, env, policy, done, reward, locals_)
+                return cb.on_step(ctx, key=k)
+
             step_state = jax.vmap(on_step)(
                 step_state, terminated | truncated, reward, locals_,
                 k_cb,
             )
             transition = Rollout(obs, action, reward, terminated, truncated,
                                  info["final_obs"], next_obs, aux)
-            return (env_state, next_obs, step_state), transition
+            if step_fn is None:
+                agent_state = None
+            else:
+                agent_state = step_fn(agent_state, transition, keys[-1], t)
+            return (agent_state, env_state, next_obs, step_state), transition
 
-        (env_state, obs, cb_step_state), rollout = jax.lax.scan(
-            step, (carry.env_state, carry.obs, carry.cb_step_state),
-            jax.random.split(k_rollout, n_steps),
+        first = None if step_fn is None else carry.agent_state
+        (agent_state, env_state, obs, cb_step_state), rollout = jax.lax.scan(
+            step, (first, carry.env_state, carry.obs, carry.cb_step_state),
+            (jax.random.split(k_rollout, n_steps), jnp.arange(n_steps, dtype=jnp.int32)),
         )
-        agent_state, log = update_fn(carry.agent_state, rollout, k_update)
+        if step_fn is None:
+            agent_state = carry.agent_state
+        agent_state, log = update_fn(agent_state, rollout, k_update)
         carry = dataclasses.replace(
             carry, agent_state=agent_state, env_state=env_state, obs=obs,
             cb_step_state=cb_step_state, iteration=carry.iteration + 1,
@@ -316,6 +356,10 @@ def run_training(
         carry, rollout, log = rollout_and_update(carry, k_iter)
         cb_state = cb.on_iteration(iteration_ctx(carry, log, rollout, active), key=k_on_iteration)
         carry = dataclasses.replace(carry, cb_state=cb_state)
+        if end_iteration_fn is not None:
+            agent_state = end_iteration_fn(carry.agent_state,
+                                           iteration_ctx(carry, log, rollout, active))
+            carry = dataclasses.replace(carry, agent_state=agent_state)
         keep_going = cb.continue_training(iteration_ctx(carry, log, rollout, active),
                                           key=k_continue)
         return dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_),
@@ -325,7 +369,7 @@ def run_training(
     key, k_end = jax.random.split(key)
     cb_state = cb.on_training_end(training_ctx(carry), key=k_end)
     return TrainingResult(
-        agent_state=carry.agent_state,
+        agent_state=agent_state_fn(carry.agent_state),
         policy=policy_fn(carry.agent_state),
         callback_state=cb_state,
         callback_step_state=carry.cb_step_state,

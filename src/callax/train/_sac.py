@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import equinox as eqx
@@ -19,16 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
 
-from .._callback import (
-    AbstractCallback,
-    IterationContext,
-    ResetContext,
-    StepContext,
-    TrainingContext,
-)
-from .._list import as_callback
+from .._callback import AbstractCallback, IterationContext, StepContext
 from .._summary_writer import JITSummaryWriter
 from ..events._recorder import (
     EventRecord,
@@ -40,154 +33,23 @@ from ..events._recorder import (
     timestamp,
 )
 from ..events._sac import SACEvents
-from ._loop import TrainingResult, as_key
+from ._loop import Rollout, TrainingResult, as_key, run_training
 from ._replay import ReplayBuffer, Transition
+from ._sac_async import learn_async
+from ._sac_base import (
+    TRAINING_LOG_KEYS,
+    SACActor,
+    SACCritic,
+    SACState,
+    check_total_timesteps,
+    td_target,
+)
 
 __all__ = ["SAC", "SACActor", "SACCritic", "SACState", "td_target"]
 
-_LOG_2 = math.log(2.0)
-_TRAINING_LOG_KEYS = ("actor_loss", "critic_loss", "ent_coef", "ent_coef_loss")
 _ERROR_SAMPLE = 32
 """``errors_between_critics`` is the mean over the first 32 transitions of each sampled batch
 (a uniform sample of the buffer): the target critics' extra forward pass stays small."""
-
-
-# --------------------------------------------------------------------------------------------
-# Networks.
-
-
-def _uniform_layers(key: PRNGKeyArray, sizes: Sequence[int], ensemble: tuple[int, ...] = ()
-                    ) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
-    """Dense layers ``sizes[i] -> sizes[i + 1]`` with PyTorch's default initialisation
-    (weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))), as Stable-Baselines3's SAC.
-    All values come from one random draw (one RNG call keeps compilation fast)."""
-    shapes = [((*ensemble, b, a), (*ensemble, b)) for a, b in zip(sizes[:-1], sizes[1:])]
-    total = sum(math.prod(w) + math.prod(b) for w, b in shapes)
-    flat = jax.random.uniform(key, (total,), jnp.float32, minval=-1.0, maxval=1.0)
-    weights, biases, offset = [], [], 0
-    for (w_shape, b_shape), fan_in in zip(shapes, sizes[:-1], strict=True):
-        bound = 1.0 / math.sqrt(fan_in)
-        for shape, out in ((w_shape, weights), (b_shape, biases)):
-            size = math.prod(shape)
-            out.append(flat[offset:offset + size].reshape(shape) * bound)
-            offset += size
-    return tuple(weights), tuple(biases)
-
-
-class SACActor(eqx.Module):
-    """A tanh-squashed diagonal Gaussian policy in the *unit* action space ``[-1, 1]``.
-
-    A ReLU MLP outputs the mean and the log standard deviation (clipped to
-    ``[log_std_min, log_std_max]``) of the Gaussian before the ``tanh``.
-    """
-
-    weights: tuple[Array, ...]
-    biases: tuple[Array, ...]
-    log_std_min: float = eqx.field(static=True)
-    log_std_max: float = eqx.field(static=True)
-
-    def __init__(self, obs_size: int, action_size: int, hidden_sizes: Sequence[int], *,
-                 key: PRNGKeyArray, log_std_min: float = -20.0, log_std_max: float = 2.0):
-        sizes = (obs_size, *hidden_sizes, 2 * action_size)
-        self.weights, self.biases = _uniform_layers(key, sizes)
-        self.log_std_min = float(log_std_min)
-        self.log_std_max = float(log_std_max)
-
-    def distribution(self, obs: Float[Array, "*batch obs_size"]
-                     ) -> tuple[Float[Array, "*batch d"], Float[Array, "*batch d"]]:
-        """``(mean, log_std)`` of the Gaussian before the squashing ``tanh``, for one flat
-        observation or a batch of them (leading axes)."""
-        x = jnp.asarray(obs, jnp.float32)
-        for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
-            x = jax.nn.relu(x @ w.T + b)
-        out = x @ self.weights[-1].T + self.biases[-1]
-        mean, log_std = jnp.split(out, 2, axis=-1)
-        return mean, jnp.clip(log_std, self.log_std_min, self.log_std_max)
-
-    def sample(self, obs: Float[Array, "*batch obs_size"], noise: Float[Array, "*batch d"]
-               ) -> tuple[Float[Array, "*batch d"], Float[Array, "*batch"],
-                          Float[Array, "*batch"]]:
-        """``(action, log_prob, gaussian_entropy)`` for observations and standard normal
-        ``noise``: reparameterised samples squashed into ``[-1, 1]``, their log-probability
-        (with the tanh correction), and the closed-form entropy of the Gaussian before
-        squashing."""
-        mean, log_std = self.distribution(obs)
-        pre_tanh = mean + jnp.exp(log_std) * noise
-        gaussian_logp = jnp.sum(-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi), -1)
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), numerically stable.
-        correction = jnp.sum(2.0 * (_LOG_2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh)), -1)
-        entropy = jnp.sum(log_std + 0.5 * (1.0 + math.log(2 * math.pi)), -1)
-        return jnp.tanh(pre_tanh), gaussian_logp - correction, entropy
-
-    def deterministic(self, obs: Float[Array, "*batch obs_size"]) -> Float[Array, "*batch d"]:
-        """The squashed mean action (for evaluation)."""
-        mean, _ = self.distribution(obs)
-        return jnp.tanh(mean)
-
-
-class SACCritic(eqx.Module):
-    """An ensemble of ReLU Q networks; every weight has a leading critic axis."""
-
-    weights: tuple[Array, ...]
-    biases: tuple[Array, ...]
-
-    def __init__(self, obs_size: int, action_size: int, hidden_sizes: Sequence[int], *,
-                 n_critics: int, key: PRNGKeyArray):
-        sizes = (obs_size + action_size, *hidden_sizes, 1)
-        self.weights, self.biases = _uniform_layers(key, sizes, (n_critics,))
-
-    @property
-    def n_critics(self) -> int:
-        return self.weights[0].shape[0]
-
-    def __call__(self, obs: Float[Array, "*batch obs_size"], action: Float[Array, "*batch d"]
-                 ) -> Float[Array, "*batch n_critics"]:
-        """Every critic's Q value of (flat observation, unit action) pairs (any leading
-        batch axes)."""
-        x = jnp.concatenate([jnp.asarray(obs, jnp.float32), action], axis=-1)
-        h = jnp.einsum("coi,...i->...co", self.weights[0], x) + self.biases[0]
-        for w, b in zip(self.weights[1:], self.biases[1:], strict=True):
-            h = jnp.einsum("coi,...ci->...co", w, jax.nn.relu(h)) + b
-        return h[..., 0]
-
-
-class SACState(eqx.Module):
-    """The agent state of [`SAC`][callax.train.SAC] (``TrainingResult.agent_state``).
-
-    **Attributes:**
-
-    - `actor`, `critic`, `target_critic`: the networks (the target is a Polyak average).
-    - `log_alpha`: log of the entropy coefficient.
-    - `opt_state`: ``{"actor": ..., "critic": ..., "ent_coef": ...}``, each an
-      ``optax.inject_hyperparams`` state (so ``hyperparams["learning_rate"]`` is visible).
-    - `buffer`: the replay buffer.
-    - `n_updates`: gradient steps done.
-    """
-
-    actor: SACActor
-    critic: SACCritic
-    target_critic: SACCritic
-    log_alpha: Float[Array, ""]
-    opt_state: dict[str, Any]
-    buffer: ReplayBuffer
-    n_updates: Int[Array, ""]
-
-    @property
-    def policy(self) -> SACActor:
-        """The actor (what callbacks see as ``policy``)."""
-        return self.actor
-
-
-def td_target(reward: ArrayLike, terminated: ArrayLike, next_value: ArrayLike,
-              gamma: float) -> Array:
-    """``reward + gamma * (1 - terminated) * next_value``.
-
-    ``next_value`` is the soft value of the observation the step *reached* (before any
-    auto-reset), so a truncated step bootstraps from its true last state while a terminated
-    step does not bootstrap at all.
-    """
-    not_done = 1.0 - jnp.asarray(terminated, jnp.float32)
-    return jnp.asarray(reward, jnp.float32) + gamma * not_done * jnp.asarray(next_value)
 
 
 def _ravel(tree: PyTree, members: int | None = None) -> tuple[Array, Any]:
@@ -218,13 +80,6 @@ def _flat_step(opt: optax.GradientTransformation, params: PyTree, grads: PyTree,
     updates, state = opt.update(flat_grads, state, flat_params)
     norm = jnp.sqrt(jnp.sum(flat_grads**2, axis=-1))
     return unravel(flat_params + updates), state, norm
-
-
-def _check_total_timesteps(total_timesteps: Any) -> None:
-    if (not isinstance(total_timesteps, int) or isinstance(total_timesteps, bool)
-            or total_timesteps < 0):
-        raise ValueError(
-            f"total_timesteps must be a non-negative Python int, got {total_timesteps!r}")
 
 
 def _select_agent(pred: Array, new: SACState, old: SACState) -> SACState:
@@ -278,16 +133,12 @@ class _EventAccumulators(eqx.Module):
         return _EventAccumulators(self.updates.reset(), self.other.reset())
 
 
-class _Carry(eqx.Module):
+class _Learner(eqx.Module):
+    """The agent state [`run_training`][callax.train.run_training] carries for SAC: the
+    public ``SACState`` plus the iteration's bookkeeping (training-log sums and the epoch's
+    event accumulators). Callbacks see only ``agent``."""
+
     agent: SACState
-    env_state: PyTree
-    obs: Array
-    cb_state: PyTree
-    cb_step_state: PyTree
-    iteration: Int[Array, ""]
-    num_timesteps: Int[Array, ""]
-    keep_going: Bool[Array, ""]
-    key: PRNGKeyArray
     log_sums: dict[str, Array]
     log_count: Int[Array, ""]
     events: _EventAccumulators | None
@@ -541,7 +392,7 @@ class SAC(eqx.Module):
             SACEvents.time_learner_rollout(rollout_t, rollout_t * percent)
             SACEvents.time_loss_computation(loss_t, loss_t * percent)
             SACEvents.time_backprob(backprop_t, backprop_t * percent)
-        log = {k: aux[k] for k in _TRAINING_LOG_KEYS}
+        log = {k: aux[k] for k in TRAINING_LOG_KEYS}
         return new_agent, log
 
     def _plain_updates(self, agent: SACState, acc: _EventAccumulators | None,
@@ -551,7 +402,7 @@ class SAC(eqx.Module):
         ``acc`` unless it is ``None``. Returns the agent, ``acc``, the sums of the training
         log entries and the number of updates done."""
         n = keys.shape[0]
-        zeros = {name: jnp.zeros((), jnp.float32) for name in _TRAINING_LOG_KEYS}
+        zeros = {name: jnp.zeros((), jnp.float32) for name in TRAINING_LOG_KEYS}
         if n == 0:
             return agent, acc, zeros, jnp.zeros((), jnp.int32)
 
@@ -563,7 +414,7 @@ class SAC(eqx.Module):
                     acc = dataclasses.replace(acc, updates=acc.updates.merge(rec))
                 else:
                     agent, log = self._update(agent, k, target_entropy)
-                sums = {name: sums[name] + log[name] for name in _TRAINING_LOG_KEYS}
+                sums = {name: sums[name] + log[name] for name in TRAINING_LOG_KEYS}
                 return (agent, acc, sums), None
 
             (agent, acc, sums), _ = jax.lax.scan(one, (*agent_events, zeros), keys)
@@ -584,7 +435,7 @@ class SAC(eqx.Module):
         (new_agent, log), rec = record(self._update)(agent, key, target_entropy, timed=True,
                                                      dequeue_time=dequeue_time)
         agent = _select_agent(learning, new_agent, agent)
-        sums = {k: jnp.where(learning, log[k], 0.0) for k in _TRAINING_LOG_KEYS}
+        sums = {k: jnp.where(learning, log[k], 0.0) for k in TRAINING_LOG_KEYS}
         acc = dataclasses.replace(acc, other=acc.other.merge(rec.where(learning)))
         return agent, acc, sums, jnp.where(learning, 1, 0).astype(jnp.int32)
 
@@ -716,7 +567,7 @@ class SAC(eqx.Module):
         A [`callax.train.TrainingResult`][] whose ``agent_state`` is a
         ``SACState`` (networks, optimizer states, replay buffer).
         """
-        _check_total_timesteps(total_timesteps)
+        check_total_timesteps(total_timesteps)
         if events is not None and not isinstance(events, JITSummaryWriter):
             raise TypeError(f"events must be a callax.JITSummaryWriter or None, got {events!r}")
         self._spaces(env, env_params)  # fail on a discrete env before compiling anything
@@ -724,148 +575,102 @@ class SAC(eqx.Module):
 
     def _learn(self, env: Any, total_timesteps: int, key: PRNGKeyArray, callback: Any,
                events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+        """The run as three functions of a ``_Learner`` given to ``run_training``: acting,
+        a per-step function (replay add and gradient steps) and the iteration's end."""
         steps_per_iteration = self.n_envs * self.n_steps
         n_iterations = -(-total_timesteps // steps_per_iteration)
-        cb = as_callback(callback)
-        key = as_key(key)
         (action_size,), _, low, high = self._spaces(env, env_params)
         target_entropy = self._target_entropy(action_size)
-        n_envs = self.n_envs
-
-        (key, k_init, k_env, k_reset, k_step_reset, k_start, k_continue, k_loop
-         ) = jax.random.split(key, 8)
-        agent = self.init(env, k_init, env_params)
-        obs, env_state = jax.vmap(lambda k: env.reset(k, env_params))(
-            jax.random.split(k_env, n_envs))
-        cb_state = cb.reset(ResetContext(), key=k_reset)
-        cb_step_state = jax.vmap(lambda k: cb.step_reset(ResetContext(), key=k))(
-            jax.random.split(k_step_reset, n_envs))
-
         recording = events is not None
-        empty_events = None
-        if recording:
-            empty_events = self._discover_events(agent, k_loop, target_entropy,
-                                                 asynchronous=False)
+        zeros = {k: jnp.zeros((), jnp.float32) for k in TRAINING_LOG_KEYS}
 
-        def training_log(carry: _Carry) -> dict[str, Array]:
-            count = carry.log_count.astype(jnp.float32)
-            log = {k: jnp.where(count > 0, v / jnp.maximum(count, 1.0), jnp.nan)
-                   for k, v in carry.log_sums.items()}
-            log["n_updates"] = carry.agent.n_updates
-            return log
+        def init_fn(k: PRNGKeyArray) -> _Learner:
+            k_init, k_events = jax.random.split(k)
+            agent = self.init(env, k_init, env_params)
+            acc = None
+            if recording:
+                acc = self._discover_events(agent, k_events, target_entropy,
+                                            asynchronous=False)
+            return _Learner(agent, zeros, jnp.zeros((), jnp.int32), acc)
 
-        def locals_(carry: _Carry, **extra: Any) -> dict[str, Any]:
-            return {"agent_state": carry.agent, "num_timesteps": carry.num_timesteps, **extra}
+        def act_fn(learner: _Learner, obs: Array, k: PRNGKeyArray) -> tuple[Array, Array]:
+            # Random uniform actions until `learning_starts` env steps have been taken.
+            use_policy = learner.agent.buffer.total_added >= self.learning_starts
+            action = self._act(learner.agent.actor, obs, k, use_policy, action_size)
+            return self._to_env(action, low, high), action  # aux: the unit-space action
 
-        def training_ctx(carry: _Carry) -> TrainingContext:
-            return TrainingContext(
-                state=carry.cb_state, step_state=carry.cb_step_state, env=env,
-                policy=carry.agent.actor, total_timesteps=total_timesteps,
-                iteration_count=carry.iteration, opt_state=carry.agent.opt_state,
-                locals=locals_(carry),
-            )
+        def add_log(learner: _Learner, sums: dict[str, Array], n: Array) -> _Learner:
+            sums = {k: learner.log_sums[k] + sums[k] for k in TRAINING_LOG_KEYS}
+            return dataclasses.replace(learner, log_sums=sums, log_count=learner.log_count + n)
 
-        def iteration_ctx(carry: _Carry, active: Array) -> IterationContext:
-            return IterationContext(
-                state=carry.cb_state, step_state=carry.cb_step_state, env=env,
-                policy=carry.agent.actor, iteration_count=carry.iteration,
-                opt_state=carry.agent.opt_state, training_log=training_log(carry),
-                locals=locals_(carry, active=active),
-            )
-
-        def add_log(carry: _Carry, sums: dict[str, Array], n: Array) -> _Carry:
-            sums = {k: carry.log_sums[k] + sums[k] for k in _TRAINING_LOG_KEYS}
-            return dataclasses.replace(carry, log_sums=sums, log_count=carry.log_count + n)
-
-        # Keys of one env step (drawn for a whole iteration at once): action noise, one per
-        # env for env.step, one per env for on_step, one per gradient step.
-        keys_per_step = 1 + 2 * n_envs + self.gradient_steps
-
-        def env_step(carry: _Carry, keys: Key[Array, " n"]) -> tuple[_Carry, Array]:
-            """One step of every env (callbacks' on_step, buffer add); returns whether
-            updates run after it."""
-            agent = carry.agent
-            use_policy = carry.num_timesteps >= self.learning_starts
-            transition, next_obs, env_state, cb_step_state = self._step_envs(
-                env, env_params, cb, agent.actor, carry.obs, carry.env_state,
-                carry.cb_step_state, keys, use_policy, low, high)
-            buffer = agent.buffer.add(transition)
-            num_timesteps = carry.num_timesteps + n_envs
-            carry = dataclasses.replace(
-                carry, agent=dataclasses.replace(agent, buffer=buffer), env_state=env_state,
-                obs=next_obs, cb_step_state=cb_step_state, num_timesteps=num_timesteps,
-            )
-            return carry, num_timesteps >= self.learning_starts
-
-        def plain_updates(carry: _Carry, keys: Key[Array, " n"], learning: Array) -> _Carry:
-            agent, acc, sums, count = self._plain_updates(carry.agent, carry.events, keys,
+        def plain_updates(learner: _Learner, keys: Key[Array, " n"], learning: Array
+                          ) -> _Learner:
+            agent, acc, sums, count = self._plain_updates(learner.agent, learner.events, keys,
                                                           learning, target_entropy)
-            return add_log(dataclasses.replace(carry, agent=agent, events=acc), sums, count)
+            return add_log(dataclasses.replace(learner, agent=agent, events=acc), sums, count)
 
-        def timed_update(carry: _Carry, key: PRNGKeyArray, learning: Array) -> _Carry:
-            agent, acc, sums, count = self._timed_update(carry.agent, carry.events, key,
-                                                         learning, target_entropy)
-            return add_log(dataclasses.replace(carry, agent=agent, events=acc), sums, count)
+        def timed_then_plain(learner: _Learner, keys: Key[Array, " n"], learning: Array
+                             ) -> _Learner:
+            agent, acc, sums, count = self._timed_update(learner.agent, learner.events,
+                                                         keys[0], learning, target_entropy)
+            learner = add_log(dataclasses.replace(learner, agent=agent, events=acc), sums,
+                              count)
+            return plain_updates(learner, keys[1:], learning)
 
-        def iteration(carry: _Carry, key: PRNGKeyArray) -> _Carry:
-            keys = jax.random.split(key, self.n_steps * keys_per_step).reshape(
-                self.n_steps, keys_per_step)
-            update_keys = slice(1 + 2 * n_envs, None)
-            if recording:
-                # The first step of each epoch times its first update.
-                carry, learning = env_step(carry, keys[0])
-                carry = timed_update(carry, keys[0, update_keys][0], learning)
-                carry = plain_updates(carry, keys[0, update_keys][1:], learning)
-                keys = keys[1:]
+        def step_fn(learner: _Learner, step: Rollout, k: PRNGKeyArray, t: Array) -> _Learner:
+            transition = Transition(step.obs, step.aux, jnp.asarray(step.reward, jnp.float32),
+                                    step.final_obs, step.terminated)
+            agent = learner.agent
+            buffer = agent.buffer.add(transition)
+            learner = dataclasses.replace(learner, agent=dataclasses.replace(agent,
+                                                                             buffer=buffer))
+            learning = buffer.total_added >= self.learning_starts
+            keys = jax.random.split(k, self.gradient_steps)
+            if not recording:
+                return plain_updates(learner, keys, learning)
 
-            def step(carry: _Carry, k: Key[Array, " n"]) -> tuple[_Carry, None]:
-                carry, learning = env_step(carry, k)
-                return plain_updates(carry, k[update_keys], learning), None
+            # The first step of each epoch times its first update (`t` is never batched, so
+            # this stays a real branch under vmap).
+            def branch(fn):
+                def run(operands):
+                    agent, rest = operands
+                    out = fn(dataclasses.replace(learner, agent=agent), keys, learning)
+                    return out.agent, (out.log_sums, out.log_count, out.events), None
 
-            if keys.shape[0]:
-                carry, _ = jax.lax.scan(step, carry, keys)
-            return dataclasses.replace(carry, iteration=carry.iteration + 1)
+                return run
 
-        zeros = {k: jnp.zeros((), jnp.float32) for k in _TRAINING_LOG_KEYS}
-        carry = _Carry(agent, env_state, obs, cb_state, cb_step_state,
-                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                       jnp.asarray(True), k_loop, zeros, jnp.zeros((), jnp.int32),
-                       empty_events)
-        carry = dataclasses.replace(
-            carry, cb_state=cb.on_training_start(training_ctx(carry), key=k_start))
-        keep_going = cb.continue_training(iteration_ctx(carry, jnp.asarray(True)),
-                                          key=k_continue)
-        carry = dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_))
+            agent, (sums, count, acc), _ = _cond_without_buffer_data(
+                t == 0, branch(timed_then_plain), branch(plain_updates), learner.agent,
+                (learner.log_sums, learner.log_count, learner.events))
+            return _Learner(agent, sums, count, acc)
 
-        def cond(carry: _Carry) -> Array:
-            return (carry.iteration < n_iterations) & carry.keep_going
+        def update_fn(learner: _Learner, rollout: Rollout, k: PRNGKeyArray
+                      ) -> tuple[_Learner, dict[str, Array]]:
+            # The gradient steps ran after every env step; here the iteration's training log
+            # (means over its gradient steps) is read out and the sums start again.
+            count = learner.log_count.astype(jnp.float32)
+            log = {name: jnp.where(count > 0, v / jnp.maximum(count, 1.0), jnp.nan)
+                   for name, v in learner.log_sums.items()}
+            log["n_updates"] = learner.agent.n_updates
+            return dataclasses.replace(learner, log_sums=zeros,
+                                       log_count=jnp.zeros((), jnp.int32)), log
 
-        def body(carry: _Carry) -> _Carry:
-            active = cond(carry)
-            key, k_iter, k_on_iteration, k_continue = jax.random.split(carry.key, 4)
-            carry = dataclasses.replace(carry, log_sums=zeros,
-                                        log_count=jnp.zeros((), jnp.int32))
-            carry = iteration(carry, k_iter)
-            cb_state = cb.on_iteration(iteration_ctx(carry, active), key=k_on_iteration)
-            carry = dataclasses.replace(carry, cb_state=cb_state)
-            if recording:
-                _, rec = record(self._epoch_events)(carry.agent)
-                carry.events.epoch().merge(rec).write(events, carry.num_timesteps, when=active)
-                carry = dataclasses.replace(carry, events=carry.events.reset())
-            keep_going = cb.continue_training(iteration_ctx(carry, active), key=k_continue)
-            return dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_),
-                                       key=key)
+        def end_iteration_fn(learner: _Learner, ctx: IterationContext) -> _Learner:
+            # The epoch's events, in one host call at x = total env steps (none for a seed
+            # that has stopped while other vmapped seeds go on).
+            _, rec = record(self._epoch_events)(learner.agent)
+            learner.events.epoch().merge(rec).write(events, ctx.locals["num_timesteps"],
+                                                    when=ctx.locals["active"])
+            return dataclasses.replace(learner, events=learner.events.reset())
 
-        carry = jax.lax.while_loop(cond, body, carry)
-        k_end = jax.random.split(key)[0]
-        cb_state = cb.on_training_end(training_ctx(carry), key=k_end)
-        return TrainingResult(
-            agent_state=carry.agent,
-            policy=carry.agent.actor,
-            callback_state=cb_state,
-            callback_step_state=carry.cb_step_state,
-            iterations=carry.iteration,
-            total_timesteps=carry.num_timesteps,
+        return run_training(
+            env, init_fn=init_fn, act_fn=act_fn, update_fn=update_fn, callback=callback,
+            key=key, n_envs=self.n_envs, n_steps=self.n_steps, n_iterations=n_iterations,
+            total_timesteps=total_timesteps, env_params=env_params,
+            policy_fn=lambda learner: learner.agent.actor,
+            opt_state_fn=lambda learner: learner.agent.opt_state,
+            step_fn=step_fn, end_iteration_fn=end_iteration_fn if recording else None,
+            agent_state_fn=lambda learner: learner.agent,
         )
 
     def learn_async(
@@ -900,8 +705,6 @@ class SAC(eqx.Module):
         ``callback_step_state`` of the result covers ``num_actors * n_envs`` envs, actor by
         actor, as of the last item ingested from each actor.
         """
-        from ._sac_async import learn_async
-
         return learn_async(self, env, total_timesteps=total_timesteps, key=key,
                            callback=callback, events=events, env_params=env_params,
                            num_actors=num_actors, steps_per_put=steps_per_put,

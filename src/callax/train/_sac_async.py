@@ -47,7 +47,7 @@ from ..events._recorder import record
 from ..events._sac import SACEvents
 from ._loop import TrainingResult, as_key
 from ._replay import ReplayBuffer, Transition
-from ._sac import _TRAINING_LOG_KEYS, SAC, SACActor, SACState, _check_total_timesteps
+from ._sac_base import TRAINING_LOG_KEYS, SACActor, SACState, check_total_timesteps
 
 __all__ = ["learn_async"]
 
@@ -84,7 +84,7 @@ def _with_buffer(agent: SACState, buffer: ReplayBuffer) -> SACState:
 
 
 def learn_async(
-    sac: SAC,
+    sac: eqx.Module,
     env: Any,
     *,
     total_timesteps: int,
@@ -105,7 +105,9 @@ def learn_async(
 
     **Arguments:**
 
-    - `sac`: the hyperparameters (``n_envs`` is the number of envs *per actor*).
+    - `sac`: the [`callax.train.SAC`][] trainer (its hyperparameters and update functions;
+      ``n_envs`` is the number of envs *per actor*). Passed in, not imported: this module
+      is imported by the trainer's module.
     - `env`, `total_timesteps`, `key`, `callback`, `events`, `env_params`: as in
       [`SAC.learn`][callax.train.SAC.learn].
     - `num_actors`: actor threads.
@@ -123,7 +125,7 @@ def learn_async(
                         ("queue_size", queue_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    _check_total_timesteps(total_timesteps)
+    check_total_timesteps(total_timesteps)
     if sac.n_steps % steps_per_put:
         raise ValueError(f"steps_per_put ({steps_per_put}) must divide n_steps ({sac.n_steps}) "
                          "so that iterations end between queue items")
@@ -141,7 +143,7 @@ def learn_async(
     n_iterations = -(-total_timesteps // steps_per_iteration)
     updates_per_item = steps_per_put * sac.gradient_steps
     recording = events is not None
-    log_keys = (*_TRAINING_LOG_KEYS, "policy_lag")
+    log_keys = (*TRAINING_LOG_KEYS, "policy_lag")
 
     key, k_init, k_env, k_reset, k_step_reset, k_start, k_continue, k_actors, k_learner = (
         jax.random.split(key, 9))
@@ -198,19 +200,19 @@ def learn_async(
         flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), transitions)
         agent = dataclasses.replace(agent, buffer=agent.buffer.add(flat))
         keys = jax.random.split(key, updates_per_item)
-        new_sums = {k: jnp.zeros((), jnp.float32) for k in _TRAINING_LOG_KEYS}
+        new_sums = {k: jnp.zeros((), jnp.float32) for k in TRAINING_LOG_KEYS}
         n = jnp.zeros((), jnp.int32)
         if timed:
             agent, acc, s, c = sac._timed_update(agent, acc, keys[0], learning, target_entropy,
                                                  dequeue_time=dequeue_time)
-            new_sums = {k: new_sums[k] + s[k] for k in _TRAINING_LOG_KEYS}
+            new_sums = {k: new_sums[k] + s[k] for k in TRAINING_LOG_KEYS}
             n, keys = n + c, keys[1:]
         agent, acc, s, c = sac._plain_updates(agent, acc, keys, learning, target_entropy)
-        new_sums = {k: new_sums[k] + s[k] for k in _TRAINING_LOG_KEYS}
+        new_sums = {k: new_sums[k] + s[k] for k in TRAINING_LOG_KEYS}
         if acc is not None:
             _, rec = record(SACEvents.estimated_queue_sizes)(before, after)
             acc = dataclasses.replace(acc, other=acc.other.merge(rec))
-        sums = {**{k: sums[k] + new_sums[k] for k in _TRAINING_LOG_KEYS},
+        sums = {**{k: sums[k] + new_sums[k] for k in TRAINING_LOG_KEYS},
                 "policy_lag": sums["policy_lag"] + lag}
         return _strip_buffer(agent), agent.buffer, acc, sums, count + n + c
 
@@ -222,7 +224,7 @@ def learn_async(
         k_on_iteration, k_continue = jax.random.split(key)
         c = count.astype(jnp.float32)
         log = {k: jnp.where(c > 0, sums[k] / jnp.maximum(c, 1.0), jnp.nan)
-               for k in _TRAINING_LOG_KEYS}
+               for k in TRAINING_LOG_KEYS}
         log["policy_lag"] = sums["policy_lag"] / jnp.maximum(items, 1).astype(jnp.float32)
         log["n_updates"] = agent.n_updates
         ctx = _iteration_ctx(cb_state, step_state, agent, iteration, log, num_timesteps)
