@@ -2,7 +2,8 @@
 
 ``callax train --algo ppo --env cartpole --seeds 2`` trains with every seed vmapped in one
 jitted program and writes one TensorBoard run per seed (``<logdir>/<name>/seed_<i>``).
-``callax summary DIR`` prints what the event files under ``DIR`` hold.
+``callax summary DIR`` prints what the event files under ``DIR`` hold. Neither needs TensorBoard:
+event files are read back with callax's own reader (``callax._writer._read``).
 
 Arguments are checked before JAX is even imported: bad input fails in milliseconds with a
 one-line error and exit status 2.
@@ -18,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -186,8 +188,19 @@ def _train(args: argparse.Namespace) -> int:
         print(f"seed {seed}: final mean return {final} after {steps[seed]:,} steps")
     print(f"wall time {trained_at - start:.1f} s (compile {compiled_at - start:.1f} s, "
           f"train {run_time:.1f} s), {sum(steps) / max(run_time, 1e-9):,.0f} steps/s")
-    print(f"tensorboard --logdir {args.logdir}")
+    print(_view_command(args.logdir))
     return 0
+
+
+def _view_command(logdir: str) -> str:
+    """The shell command that opens ``logdir`` in TensorBoard, with its install if needed."""
+    import importlib.util
+    import shlex
+
+    view = f"tensorboard --logdir {shlex.quote(logdir)}"
+    if importlib.util.find_spec("tensorboard") is None:
+        return f"python -m pip install tensorboard && {view}"
+    return view
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -203,16 +216,13 @@ def _event_dirs(root: str) -> list[str]:
 
 
 def read_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` of the event files directly in ``directory``, read with
-    TensorBoard's ``EventAccumulator`` (every point kept)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """``{tag: [(step, value), ...]}`` of the event files directly in ``directory``: every
+    point TensorBoard's ``EventAccumulator`` would keep, read without TensorBoard (so the core
+    install suffices). A truncated last record, as in a file still being written, is not an
+    error: the points before it are read. A corrupt record is skipped with a warning."""
+    from ._writer._read import read_scalars as read
 
-    accumulator = EventAccumulator(directory, size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in sorted(accumulator.Tags()["scalars"])
-    }
+    return read(directory)
 
 
 def summarize(root: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -277,7 +287,11 @@ def _summary(args: argparse.Namespace) -> int:
     root = args.dir
     if not os.path.isdir(root):
         raise UsageError(f"no such directory: {root!r}")
-    summary = summarize(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = summarize(root)
+    for warning in caught:  # corrupt records: one line each, not a source listing
+        print(f"callax: warning: {warning.message}", file=sys.stderr)
     if not summary:
         raise UsageError(f"no TensorBoard event files under {root!r}")
     if args.json:
