@@ -59,10 +59,77 @@ def test_train_writes_one_run_per_seed(ppo_run):
         final = read_run(os.path.join(root, f"seed_{seed}"))["episode/return"][-1][1]
         assert f"seed {seed}: final mean return {final:.1f} after {PPO_STEPS:,} steps" in out
     assert "steps/s" in out and "wall time" in out
-    assert lines[-1] == f"tensorboard --logdir {logdir}"
+    assert lines[-1] == f"tensorboard --logdir {logdir}"  # TensorBoard is installed here
     # progress went to stderr, with a final 100% line
     assert f"{PPO_STEPS:,}/{PPO_STEPS:,} steps (100%)" in err
     assert "2 seeds" in err
+
+
+def assert_reads_like_tensorboard(directory):
+    """``cli.read_scalars`` (callax's reader) gives EventAccumulator's points exactly."""
+    got, expected = cli.read_scalars(directory), read_run(directory)
+    assert sorted(got) == sorted(expected) and list(got) == sorted(got)
+    for tag, points in expected.items():
+        assert len(got[tag]) == len(points), tag
+        for (step, value), (e_step, e_value) in zip(got[tag], points, strict=True):
+            assert step == e_step and (value == e_value or math.isnan(value) and
+                                       math.isnan(e_value)), (tag, step)
+
+
+def test_read_scalars_matches_tensorboard_on_train_runs(ppo_run):
+    logdir, _, _ = ppo_run
+    for seed in (0, 1):
+        assert_reads_like_tensorboard(os.path.join(logdir, "ppo_run", f"seed_{seed}"))
+
+
+def test_view_command_names_the_install_when_tensorboard_is_missing(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    assert cli._view_command("/tmp/my runs") == "tensorboard --logdir '/tmp/my runs'"
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    assert cli._view_command("/tmp/runs") == (
+        "python -m pip install tensorboard && tensorboard --logdir /tmp/runs")
+
+
+def test_summary_needs_no_tensorboard(ppo_run):
+    """``callax summary`` with ``tensorboard`` made unimportable prints the same JSON."""
+    logdir, _, _ = ppo_run
+    code = ("import sys; sys.modules['tensorboard'] = None\n"
+            "from callax import cli\n"
+            f"sys.exit(cli.main(['summary', {str(logdir)!r}, '--json']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    out, _ = run_main(["summary", str(logdir), "--json"])
+    assert json.loads(result.stdout) == json.loads(out)
+
+
+def test_summary_warns_about_a_corrupt_record_in_one_line(ppo_run, tmp_path, capsys):
+    logdir, _, _ = ppo_run
+    source = os.path.join(logdir, "ppo_run", "seed_0")
+    (name,) = os.listdir(source)
+    with open(os.path.join(source, name), "rb") as file:
+        data = bytearray(file.read())
+    data[-10] ^= 0xFF  # inside the last record's data
+    (tmp_path / name).write_bytes(bytes(data))
+    assert cli.main(["summary", str(tmp_path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("callax: warning: "), err
+    assert "data CRC mismatch" in err and name in err
+    # every point is there but those of the last record
+    from tensorboardX.proto.event_pb2 import Event
+
+    from callax._writer._read import read_records
+
+    last = Event.FromString(list(read_records(os.path.join(source, name)))[-1])
+    lost = {value.tag for value in last.summary.value}
+    assert lost
+    summary = json.loads(out)["."]
+    for tag, points in read_run(source).items():
+        assert summary[tag]["points"] == len(points) - (tag in lost), tag
 
 
 def test_summary_table_matches_event_files(ppo_run):
@@ -137,6 +204,7 @@ def test_train_sac_pendulum_records_sac_events(tmp_path):
     assert any(tag.startswith("SACEvents/") for tag in run)
     assert run["episode/return"][-1][0] == 2000
     assert "seed 0: final mean return -" in out
+    assert_reads_like_tensorboard(os.path.join(tmp_path, "sac", "seed_0"))
 
 
 BAD_INPUT = [
