@@ -14,6 +14,10 @@ rounds (so load from other processes hits all alike):
 Prints the median env steps/s of each variant and the ratios of median times
 ``plain / packed``, ``plain / none`` and ``packed / none`` per env count. This is the worst
 case for the step state: a rollout without any learning work to hide its cost.
+
+Run it pinned to one core (``taskset -c 0 python benchmarks/bench_step_state.py``) for
+ratios that agree within ~2 % from one process to the next; on all cores XLA:CPU's thread
+hand-offs make them vary by several percent (see ``docs/performance.md``).
 """
 
 from __future__ import annotations
