@@ -24,10 +24,18 @@ from ._list import (
 )
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
 from .callbacks import (
+    AbstractEvalStopper as AbstractEvalStopper,
+    CheckpointCallback as CheckpointCallback,
+    EvalCallback as EvalCallback,
+    EvalResult as EvalResult,
     ProgressBarCallback as ProgressBarCallback,
+    StopTrainingOnNoModelImprovement as StopTrainingOnNoModelImprovement,
+    StopTrainingOnRewardThreshold as StopTrainingOnRewardThreshold,
     TensorBoardCallback as TensorBoardCallback,
     TensorBoardCallbackState as TensorBoardCallbackState,
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
+    evaluate_policy as evaluate_policy,
+    load_checkpoint as load_checkpoint,
 )
 from .events import SACEvents as SACEvents
 

@@ -1,8 +1,25 @@
 """Ready-made callbacks."""
 
+from ._checkpoint import (
+    CheckpointCallback as CheckpointCallback,
+    CheckpointCallbackState as CheckpointCallbackState,
+    load_checkpoint as load_checkpoint,
+)
+from ._eval import (
+    EvalCallback as EvalCallback,
+    EvalCallbackState as EvalCallbackState,
+    evaluate_policy as evaluate_policy,
+)
 from ._progress import (
     ProgressBarCallback as ProgressBarCallback,
     ProgressBarStepState as ProgressBarStepState,
+)
+from ._stop import (
+    AbstractEvalStopper as AbstractEvalStopper,
+    EvalResult as EvalResult,
+    NoImprovementState as NoImprovementState,
+    StopTrainingOnNoModelImprovement as StopTrainingOnNoModelImprovement,
+    StopTrainingOnRewardThreshold as StopTrainingOnRewardThreshold,
 )
 from ._tensorboard import (
     TensorBoardCallback as TensorBoardCallback,
