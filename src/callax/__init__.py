@@ -28,14 +28,17 @@ from .callbacks import (
     CheckpointCallback as CheckpointCallback,
     EvalCallback as EvalCallback,
     EvalResult as EvalResult,
+    HistogramCallback as HistogramCallback,
     ProgressBarCallback as ProgressBarCallback,
     StopTrainingOnNoModelImprovement as StopTrainingOnNoModelImprovement,
     StopTrainingOnRewardThreshold as StopTrainingOnRewardThreshold,
     TensorBoardCallback as TensorBoardCallback,
     TensorBoardCallbackState as TensorBoardCallbackState,
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
+    add_histograms as add_histograms,
     evaluate_policy as evaluate_policy,
     load_checkpoint as load_checkpoint,
+    rollout_histograms as rollout_histograms,
 )
 from .events import SACEvents as SACEvents
 

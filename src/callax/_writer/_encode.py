@@ -108,3 +108,34 @@ def encode_scalar_rows(
         data = b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step) + prefix + row.tobytes()
         out.append(frame(data))
     return b"".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Histograms (TensorBoard's ``HistogramProto`` inside a ``Summary.Value``).
+
+
+def _packed_doubles(field: int, values: np.ndarray) -> bytes:
+    data = np.ascontiguousarray(values, dtype="<f8").tobytes()
+    return bytes([field << 3 | 2]) + varint(len(data)) + data
+
+
+def encode_histogram(tag: str, step: int, wall_time: float, minimum: float, maximum: float,
+                     num: float, total: float, sum_squares: float, bucket_limit: np.ndarray,
+                     bucket: np.ndarray) -> bytes:
+    """One framed event holding one histogram.
+
+    ``bucket[i]`` counts the values in ``(bucket_limit[i - 1], bucket_limit[i]]`` (the first
+    bucket starts at ``minimum``), as TensorBoard's histogram dashboard reads them.
+    """
+    histo = (
+        b"\x09" + _F64.pack(minimum) + b"\x11" + _F64.pack(maximum)
+        + b"\x19" + _F64.pack(num) + b"\x21" + _F64.pack(total)
+        + b"\x29" + _F64.pack(sum_squares)
+        + _packed_doubles(6, bucket_limit) + _packed_doubles(7, bucket)
+    )
+    raw = tag.encode("utf-8")
+    value = b"\x0a" + varint(len(raw)) + raw + b"\x2a" + varint(len(histo)) + histo
+    summary = b"\x0a" + varint(len(value)) + value
+    data = (b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step)
+            + b"\x2a" + varint(len(summary)) + summary)
+    return frame(data)

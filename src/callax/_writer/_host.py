@@ -359,3 +359,44 @@ def _close_all_at_exit() -> None:
         if _error is not None:
             warnings.warn(f"callax: writing TensorBoard events failed: {_error!r}",
                           RuntimeWarning, stacklevel=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Histograms.
+
+
+def _write_histograms(run: Run, tags: tuple[str, ...], seed: int, step: int,
+                      stats: np.ndarray, counts: np.ndarray, now: float) -> None:
+    # ``stats[n, 6]``: min, max, num, sum, sum of squares, bucket width; ``counts[n, B]``.
+    from ._encode import encode_histogram
+
+    out = []
+    with run._lock:
+        for tag, row, bucket in zip(tags, stats.tolist(), counts, strict=True):
+            key = (seed, ("histogram", tag))
+            if step <= run._last_step.get(key, -1) or row[2] <= 0:
+                continue  # TensorBoard would purge earlier points of a repeated step
+            run._last_step[key] = step
+            minimum, maximum, num, total, squares, width = row
+            limits = minimum + width * np.arange(1, len(bucket) + 1, dtype=np.float64)
+            limits[-1] = max(maximum, limits[-1])
+            out.append(encode_histogram(tag, step, now, minimum, maximum, num, total, squares,
+                                        limits, bucket))
+        if out:
+            run._file(seed).write(b"".join(out))
+
+
+def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
+                     stats: np.ndarray, counts: np.ndarray) -> None:
+    """Queue histograms: for each row ``b``, ``tags[j]`` at ``steps[b]`` from ``stats[b, j]``
+    (min, max, num, sum, sum of squares, bucket width) and ``counts[b, j]`` (per bucket), to
+    seed position ``seeds[b]`` of run ``handle``. Written by the writer thread, in order with
+    the run's scalars; errors surface at the next flush, like scalars'."""
+    run = get_run(handle)
+    now = time.time()
+
+    def job() -> None:
+        for b, seed in enumerate(seeds.tolist()):
+            _write_histograms(run, tags, seed, int(steps[b]), stats[b], counts[b], now)
+
+    _submit(job)

@@ -10,6 +10,11 @@ from ._eval import (
     EvalCallbackState as EvalCallbackState,
     evaluate_policy as evaluate_policy,
 )
+from ._histogram import (
+    HistogramCallback as HistogramCallback,
+    add_histograms as add_histograms,
+    rollout_histograms as rollout_histograms,
+)
 from ._progress import (
     ProgressBarCallback as ProgressBarCallback,
     ProgressBarStepState as ProgressBarStepState,

@@ -1,0 +1,108 @@
+"""Histograms from inside jit/vmap: hand-encoded events read back by TensorBoard's
+EventAccumulator (``Histograms``), one host call per write for all tags and seeds."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import callax
+from callax import HistogramCallback, JITSummaryWriter, add_histograms
+from callax.callbacks import _histogram
+from callax.envs import CartPoleParams, make
+from callax.train import PPO
+from conftest import run_dirs, sync
+
+
+def histograms(directory):
+    sync()
+    accumulator = EventAccumulator(directory, size_guidance={"histograms": 0})
+    accumulator.Reload()
+    return {tag: accumulator.Histograms(tag) for tag in accumulator.Tags()["histograms"]}
+
+
+def check(histogram, values, bins):
+    values = np.asarray(values, np.float32).astype(np.float64).ravel()  # as on device
+    h = histogram.histogram_value
+    assert h.min == pytest.approx(values.min(), rel=1e-6)
+    assert h.max == pytest.approx(values.max(), rel=1e-6)
+    assert h.num == values.size
+    assert h.sum == pytest.approx(values.sum(), rel=1e-5, abs=1e-5)
+    assert h.sum_squares == pytest.approx((values ** 2).sum(), rel=1e-5)
+    assert len(h.bucket) == len(h.bucket_limit) == bins
+    edges = np.concatenate([[h.min], h.bucket_limit])
+    expected, _ = np.histogram(values, bins=edges)
+    np.testing.assert_array_equal(np.asarray(h.bucket), expected)
+
+
+def test_eager_histograms_match_numpy(logdir):
+    writer = JITSummaryWriter(logdir)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 3)), rng.uniform(-2, 5, size=17)
+    add_histograms(writer, {"h/a": a, "h/b": b}, 3, bins=7)
+    add_histograms(writer, {"h/a": a + 1, "h/b": np.full(4, 2.5)}, 4, bins=7)
+    add_histograms(writer, {"h/a": a}, 5, when=False, bins=7)
+    found = histograms(logdir)
+    assert set(found) == {"h/a", "h/b"}
+    assert [e.step for e in found["h/a"]] == [3, 4]
+    check(found["h/a"][0], a, 7)
+    check(found["h/a"][1], a + 1, 7)
+    check(found["h/b"][0], b, 7)
+    constant = found["h/b"][1].histogram_value  # all values equal: one full bucket
+    assert (constant.min, constant.max, constant.num) == (2.5, 2.5, 4)
+    assert sum(constant.bucket) == 4
+
+
+def test_jit_vmap_one_host_call_for_all_seeds_and_tags(logdir, monkeypatch):
+    calls = []
+    write = _histogram.host.write_histograms
+    monkeypatch.setattr(_histogram.host, "write_histograms",
+                        lambda *a: (calls.append(len(a[2])), write(*a)))
+    writer = JITSummaryWriter(logdir)
+    data = jnp.arange(2 * 3 * 10, dtype=jnp.float32).reshape(2, 3, 10) ** 1.5
+
+    @jax.jit
+    @jax.vmap
+    def run(x):
+        def body(_, t):
+            add_histograms(writer, {"x": x * (t + 1), "neg": -x}, t + 1, bins=5)
+            return None, None
+        jax.lax.scan(body, None, jnp.arange(2))
+
+    run(data)
+    assert run_dirs(logdir) == ["seed_0", "seed_1"]
+    assert calls == [2, 2]  # one host call per scan step, carrying both seeds
+    for seed in (0, 1):
+        found = histograms(f"{logdir}/seed_{seed}")
+        assert [e.step for e in found["x"]] == [1, 2]
+        check(found["x"][1], np.asarray(data[seed]) * 2, 5)
+        check(found["neg"][0], -np.asarray(data[seed]), 5)
+
+
+def test_histogram_callback_logs_rollout_actions_and_values(logdir):
+    ppo = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
+    cb = HistogramCallback(logdir, every=2, bins=4)
+    callax.flush_all()
+    ppo.learn(make("cartpole"), total_timesteps=4 * 32, key=jax.random.key(0), callback=cb,
+              env_params=CartPoleParams(max_steps_in_episode=20))
+    found = histograms(logdir)
+    assert set(found) == {"rollout/actions", "rollout/rewards", "rollout/values"}
+    for tag in found:
+        assert [e.step for e in found[tag]] == [64, 128]
+        assert all(e.histogram_value.num == 32 for e in found[tag])
+    actions = found["rollout/actions"][0].histogram_value
+    assert 0 <= actions.min <= actions.max <= 1 and sum(actions.bucket) == 32
+    assert found["rollout/rewards"][1].histogram_value.min == 1.0  # CartPole: 1 per step
+
+
+def test_bad_arguments(logdir):
+    writer = JITSummaryWriter(logdir)
+    with pytest.raises(ValueError, match="bins"):
+        add_histograms(writer, {"a": jnp.ones(3)}, 0, bins=0)
+    with pytest.raises(TypeError, match="writer"):
+        add_histograms(logdir, {"a": jnp.ones(3)}, 0)
+    with pytest.raises(ValueError, match="every"):
+        HistogramCallback(writer, every=0)
