@@ -29,6 +29,7 @@ from .callbacks import (
     EvalCallback as EvalCallback,
     EvalResult as EvalResult,
     HistogramCallback as HistogramCallback,
+    HParamsCallback as HParamsCallback,
     ProgressBarCallback as ProgressBarCallback,
     StopTrainingOnNoModelImprovement as StopTrainingOnNoModelImprovement,
     StopTrainingOnRewardThreshold as StopTrainingOnRewardThreshold,
@@ -37,6 +38,7 @@ from .callbacks import (
     TensorBoardCallbackStepState as TensorBoardCallbackStepState,
     add_histograms as add_histograms,
     evaluate_policy as evaluate_policy,
+    hparams_of as hparams_of,
     load_checkpoint as load_checkpoint,
     rollout_histograms as rollout_histograms,
 )

@@ -400,3 +400,32 @@ def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, step
             _write_histograms(run, tags, seed, int(steps[b]), stats[b], counts[b], now)
 
     _submit(job)
+
+
+# --------------------------------------------------------------------------------------------
+# Prebuilt summaries (hyperparameters).
+
+
+def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...],
+                    step: int = 0) -> None:
+    """Queue serialized ``Summary`` protos, each as one event at ``step``, to every seed
+    position of ``seeds`` in run ``handle`` (written by the writer thread, in order with the
+    run's scalars)."""
+    import struct
+
+    from ._encode import frame, varint
+
+    run = get_run(handle)
+    now = time.time()
+    records = b"".join(
+        frame(b"\x09" + struct.pack("<d", now) + b"\x10" + varint(step)
+              + b"\x2a" + varint(len(summary)) + summary)
+        for summary in summaries
+    )
+
+    def job() -> None:
+        with run._lock:
+            for seed in seeds.tolist():
+                run._file(seed).write(records)
+
+    _submit(job)

@@ -15,6 +15,10 @@ from ._histogram import (
     add_histograms as add_histograms,
     rollout_histograms as rollout_histograms,
 )
+from ._hparams import (
+    HParamsCallback as HParamsCallback,
+    hparams_of as hparams_of,
+)
 from ._progress import (
     ProgressBarCallback as ProgressBarCallback,
     ProgressBarStepState as ProgressBarStepState,

@@ -1,0 +1,112 @@
+"""Hyperparameters linked to runs, read back through TensorBoard's own server (its Rust data
+server, ``--load_fast=true``) and its HParams plugin's HTTP API: the dashboard's data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import jax
+import pytest
+
+import callax
+from callax import HParamsCallback, TensorBoardCallback, hparams_of
+from callax.envs import CartPoleParams, make
+from callax.train import PPO
+from conftest import read_run, run_dirs
+
+TINY = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
+SHORT = CartPoleParams(max_steps_in_episode=20)
+
+
+def learn(key, callbacks):
+    return TINY.learn(make("cartpole"), total_timesteps=4 * 32, key=key, callback=callbacks,
+                      env_params=SHORT)
+
+
+learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, route: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/data/plugin/hparams/{route}", json.dumps(body).encode(),
+        {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+SESSION_GROUPS = {"experimentName": "", "colParams": [], "startIndex": 0, "sliceSize": 100,
+                  "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                      "STATUS_RUNNING"]}
+
+
+def tensorboard_session_groups(logdir: str, expected: int) -> list[dict]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast=true", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a generous bound on a loaded machine
+        groups: list[dict] = []
+        while time.monotonic() < deadline:
+            try:
+                groups = post(port, "session_groups", SESSION_GROUPS).get("sessionGroups", [])
+            except OSError:
+                groups = []
+            if len(groups) == expected and all(g.get("metricValues") for g in groups):
+                return groups
+            if server.poll() is not None:
+                pytest.fail(f"tensorboard exited: {server.stderr.read()}")
+            time.sleep(0.5)
+        pytest.fail(f"tensorboard showed {len(groups)} session groups, expected {expected}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_hparams_dashboard_shows_each_runs_hparams_and_final_metrics(logdir):
+    configs = {"ppo": hparams_of(TINY),
+               "other": {"learning_rate": 0.5, "algorithm": "X", "normalize_obs": True}}
+    for name, hparams in configs.items():
+        tb = TensorBoardCallback(log_dir=os.path.join(logdir, name))
+        learn_vmap(jax.random.split(jax.random.key(0), 2),
+                   [tb, HParamsCallback(tb.tb_writer, hparams)])
+    callax.flush_all()
+    runs = run_dirs(logdir)
+    assert len(runs) == 4 and all(r.endswith(("seed_0", "seed_1")) for r in runs)
+    groups = {g["name"]: g for g in tensorboard_session_groups(logdir, expected=4)}
+    assert sorted(groups) == runs
+    for run, group in groups.items():
+        expected = configs[run.split("/")[0]]
+        assert group["hparams"] == {k: float(v) if isinstance(v, int) and not isinstance(
+            v, bool) else v for k, v in expected.items()}
+        assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
+        # Final metrics: the last point of each scalar tag of the run, as written.
+        scalars = read_run(os.path.join(logdir, run))
+        metrics = {m["name"]["tag"]: (m["trainingStep"], m["value"])
+                   for m in group["metricValues"]}
+        assert set(metrics) == set(scalars) and "episode/return" in metrics
+        for tag, (step, value) in metrics.items():
+            assert (step, pytest.approx(value, rel=1e-6)) == scalars[tag][-1]
+
+
+def test_hparams_of_and_bad_values():
+    hparams = hparams_of(TINY)
+    assert hparams["algorithm"] == "PPO" and hparams["n_steps"] == 16
+    assert hparams["hidden_sizes"] == "(8,)" and "clip_range_vf" not in hparams  # None
+    with pytest.raises(TypeError, match="'lr'"):
+        HParamsCallback("unused", {"lr": [1, 2]})
+    with pytest.raises(TypeError, match="mapping"):
+        hparams_of(3)
