@@ -26,6 +26,7 @@ from ._summary_writer import JITSummaryWriter as JITSummaryWriter
 from .callbacks import (
     AbstractEvalStopper as AbstractEvalStopper,
     CheckpointCallback as CheckpointCallback,
+    ConsoleTableCallback as ConsoleTableCallback,
     EvalCallback as EvalCallback,
     EvalResult as EvalResult,
     HistogramCallback as HistogramCallback,

@@ -75,6 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None,
                        help="run name, a directory under DIR (default: <algo>_<env>_<time>)")
     train.add_argument("--no-progress", action="store_true", help="no progress line")
+    train.add_argument("--table", action="store_true",
+                       help="print Stable-Baselines3's console table on stdout (about every "
+                       "4096 steps)")
 
     summary = sub.add_parser("summary", help="summarise the scalars of the event files in DIR")
     summary.add_argument("dir", metavar="DIR", help="a run, or a directory of runs")
@@ -155,6 +158,12 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_progress:
         per_iteration = algo.n_envs * algo.n_steps
         callbacks.append(ProgressBarCallback(total, every=max(1, 4096 // per_iteration)))
+    if getattr(args, "table", False):
+        from .callbacks import ConsoleTableCallback
+
+        # About every 4096 steps, and at least four tables in a short run.
+        steps = min(4096, total // 4)
+        callbacks.append(ConsoleTableCallback(every=max(1, steps // (algo.n_envs * algo.n_steps))))
     options: dict[str, Any] = {}
     if args.algo == "sac":
         # HOOK POINT (SAC events): SAC records Maze-style SACEvents through a JIT writer;

@@ -5,6 +5,12 @@ from ._checkpoint import (
     CheckpointCallbackState as CheckpointCallbackState,
     load_checkpoint as load_checkpoint,
 )
+from ._console import (
+    ConsoleTableCallback as ConsoleTableCallback,
+    ConsoleTableState as ConsoleTableState,
+    ConsoleTableStepState as ConsoleTableStepState,
+    format_table as format_table,
+)
 from ._eval import (
     EvalCallback as EvalCallback,
     EvalCallbackState as EvalCallbackState,

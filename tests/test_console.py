@@ -1,0 +1,94 @@
+"""ConsoleTableCallback: SB3's console table from inside jit/vmap, checked against the
+TensorBoard callback's event files."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import jax
+import pytest
+
+from callax import ConsoleTableCallback, TensorBoardCallback
+from callax.callbacks import format_table
+from callax.envs import CartPoleParams, make
+from callax.train import PPO
+from conftest import read_run
+
+TINY = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
+SHORT = CartPoleParams(max_steps_in_episode=20)
+
+
+def learn(key, callbacks):
+    return TINY.learn(make("cartpole"), total_timesteps=4 * 32, key=key, callback=callbacks,
+                      env_params=SHORT)
+
+
+learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
+
+
+def parse(text: str) -> list[dict[str, list[str]]]:
+    """Tables printed: ``{key: [value per seed]}`` each, keys as ``group/name``."""
+    tables, current, group = [], None, ""
+    for line in text.splitlines():
+        if set(line) == {"-"}:
+            if current is None:
+                current = {}
+            else:
+                tables.append(current)
+                current = None
+            continue
+        if current is None or not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].endswith("/"):
+            group = cells[0]
+        elif cells[0] and not cells[0].startswith("seed"):
+            current[group + cells[0]] = cells[1:]
+    return tables
+
+
+def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
+    stream = io.StringIO()
+    tb = TensorBoardCallback(log_dir=logdir)
+    learn_vmap(jax.random.split(jax.random.key(0), 2),
+               [tb, ConsoleTableCallback(every=2, stream=stream)])
+    jax.effects_barrier()
+    tables = parse(stream.getvalue())
+    assert len(tables) == 2
+    assert re.search(r"\|\s+\| seed 0\s+\| seed 1\s+\|", stream.getvalue())
+    for table, step in zip(tables, (64, 128), strict=True):
+        assert table["time/total_timesteps"] == [str(step)] * 2
+        assert table["time/iterations"] == [str(step // 32)] * 2
+        assert {"time/fps", "time/time_elapsed", "train/loss", "train/approx_kl"} <= set(table)
+        # CartPole pays 1 a step: the mean episode return is the mean length, <= 20 here.
+        assert table["rollout/ep_rew_mean"] == table["rollout/ep_len_mean"]
+        assert all(0 < float(v) <= 20 for v in table["rollout/ep_len_mean"])
+    for seed in (0, 1):
+        run = dict(read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")["train/loss"])
+        # The table shows 3 significant digits.
+        assert [float(t["train/loss"][seed]) for t in tables] == [
+            pytest.approx(run[s], rel=6e-3) for s in (64, 128)]
+
+
+def test_format_table_groups_keys_like_sb3():
+    text = format_table({"time/fps": [1234.0], "train/loss": [0.5], "rollout/ep_rew_mean":
+                         [float("nan")]})
+    lines = text.splitlines()
+    assert lines[0] == lines[-1] and set(lines[0]) == {"-"}
+    assert lines[1:3] == ["| rollout/        |      |", "|     ep_rew_mean | nan  |"]
+    assert "|     fps         | 1234 |" in lines and "|     loss        | 0.5  |" in lines
+    with pytest.raises(ValueError, match="every"):
+        ConsoleTableCallback(every=0)
+
+
+def test_callax_train_table(tmp_path, monkeypatch):
+    from callax import cli
+    from test_cli import run_main
+
+    monkeypatch.setattr(cli, "_make_algo", lambda algo, env: TINY)
+    out, _ = run_main(["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps",
+                       "256", "--logdir", str(tmp_path), "--no-progress", "--table"])
+    tables = parse(out)  # a short run: four tables (every 2 of 8 iterations)
+    assert [t["time/total_timesteps"] for t in tables] == [["64"], ["128"], ["192"], ["256"]]
+    assert all("train/loss" in t and "time/fps" in t for t in tables)
