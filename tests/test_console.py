@@ -13,7 +13,7 @@ from callax import ConsoleTableCallback, TensorBoardCallback
 from callax.callbacks import format_table
 from callax.envs import CartPoleParams, make
 from callax.train import PPO
-from conftest import read_run
+from conftest import read_run, run_dirs
 
 TINY = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
 SHORT = CartPoleParams(max_steps_in_episode=20)
@@ -92,3 +92,16 @@ def test_callax_train_table(tmp_path, monkeypatch):
     tables = parse(out)  # a short run: four tables (every 2 of 8 iterations)
     assert [t["time/total_timesteps"] for t in tables] == [["64"], ["128"], ["192"], ["256"]]
     assert all("train/loss" in t and "time/fps" in t for t in tables)
+    # The run is linked to the algorithm's hyperparameters (parsed by TensorBoard's hparams
+    # plugin from what its event accumulator loaded).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    (run,) = [d for d in run_dirs(str(tmp_path)) if d.endswith("seed_0")]
+    accumulator = EventAccumulator(str(tmp_path / run))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG]
+    hparams = metadata.parse_session_start_info_plugin_data(content).hparams
+    assert hparams["algorithm"].string_value == "PPO" and hparams["env"].string_value == (
+        "cartpole")
+    assert hparams["n_steps"].number_value == TINY.n_steps

@@ -158,6 +158,11 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_progress:
         per_iteration = algo.n_envs * algo.n_steps
         callbacks.append(ProgressBarCallback(total, every=max(1, 4096 // per_iteration)))
+    # The HParams dashboard lists each seed's run with the algorithm's settings.
+    from .callbacks import HParamsCallback, hparams_of
+
+    callbacks.append(HParamsCallback(tensorboard.tb_writer,
+                                     {**hparams_of(algo), "env": args.env}))
     if getattr(args, "table", False):
         from .callbacks import ConsoleTableCallback
 
