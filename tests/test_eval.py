@@ -156,5 +156,7 @@ def test_bad_arguments(tmp_path):
         EvalCallback(object())
     with pytest.raises(TypeError, match="writer"):
         EvalCallback(CARTPOLE, writer=3)
+    with pytest.raises(TypeError, match="act="):  # e.g. SAC's actor: give an `act`
+        evaluate_policy(object(), CARTPOLE, jax.random.key(0))
     with pytest.raises(ValueError, match="best_model_save_path"):
         EvalCallback(CARTPOLE).best_model_path()
