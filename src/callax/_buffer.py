@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from . import _host
+from ._host import vary
 from ._summary_writer import JITSummaryWriter, tag_layout
 
 __all__ = ["ScalarBuffer"]
@@ -34,14 +34,15 @@ class ScalarBuffer(eqx.Module):
 
     @classmethod
     def empty(cls, capacity: int, width: int) -> ScalarBuffer:
-        """An empty buffer of ``capacity`` rows × ``width`` scalars."""
+        """An empty buffer of ``capacity`` rows × ``width`` scalars (inside ``pmap`` /
+        ``shard_map``: varying over the manual axes, so it can be a loop carry)."""
         if capacity < 1 or width < 1:
             raise ValueError(f"capacity and width must be >= 1, got {capacity}, {width}")
         return cls(
-            values=jnp.zeros((capacity, width), jnp.float32),
-            valid=jnp.zeros((capacity, width), jnp.bool_),
-            steps=jnp.zeros((capacity,), jnp.int32),
-            count=jnp.zeros((), jnp.int32),
+            values=vary(jnp.zeros((capacity, width), jnp.float32)),
+            valid=vary(jnp.zeros((capacity, width), jnp.bool_)),
+            steps=vary(jnp.zeros((capacity,), jnp.int32)),
+            count=vary(jnp.zeros((), jnp.int32)),
             layout=jnp.zeros((), jnp.int32),
         )
 
@@ -93,8 +94,8 @@ class ScalarBuffer(eqx.Module):
 
     def _send(self, writer: JITSummaryWriter, when, sync: bool = False) -> None:
         rows = jnp.arange(self.capacity) < self.count
-        _host.emit(self.layout, writer.handle, self.steps, self.values,
-                   self.valid & rows[:, None], when, sync)
+        writer._emit(self.layout, self.steps, self.values, self.valid & rows[:, None], when,
+                     sync)
 
     def flush(self, writer: JITSummaryWriter, *, sync: bool = True) -> ScalarBuffer:
         """Send the buffered rows (if any) and empty the buffer.

@@ -16,7 +16,9 @@ same seed numbering) and :func:`clock` (host clock reads returning to the device
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,18 +49,59 @@ def _under_trace() -> bool:
     return is_traced(jnp.zeros((), jnp.int32))
 
 
-def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False) -> jax.Array:
+_run_names = itertools.count()
+
+
+def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_process: bool
+                 ) -> int:
+    """Open a run on the host and return its handle, the name decided once for every process.
+
+    With several processes (``jax.distributed``), process 0 names the run (time stamp,
+    ``avoid_existing`` suffix) and publishes it in the distributed key-value store; the other
+    processes wait for it (the n-th run opened by each process is the same run). With
+    ``per_process`` each process then writes ``<run>/process_<p>``.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return host.open_run(log_dir, avoid_existing=avoid_existing)
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # pragma: no cover - processes without a coordinator
+        raise RuntimeError("callax: several JAX processes but no jax.distributed client")
+    key = f"callax/run/{next(_run_names)}"
+    if index == 0:
+        handle = host.open_run(log_dir, avoid_existing=avoid_existing)
+        name = host.get_run(handle).log_dir
+        client.key_value_set(key, name)
+    else:
+        name = client.blocking_key_value_get(key, 300_000)
+        handle = None
+    if per_process:
+        directory = os.path.join(name, f"process_{index}")
+        if handle is not None:
+            host.get_run(handle).log_dir = directory
+        else:
+            handle = host.open_run(directory)
+    elif handle is None:
+        handle = host.open_run(name)
+    return handle
+
+
+def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
+             per_process: bool = False) -> jax.Array:
     """Register a run and return its handle as an ``int32`` scalar.
 
     Called eagerly, the run is opened now. Called while tracing (inside ``jax.jit``), the run
     is opened by a host callback each time the compiled function executes, so every execution
-    writes to a fresh run directory.
+    writes to a fresh run directory. With several processes the run's name is decided once
+    (by process 0) and shared; ``per_process`` gives each process ``<run>/process_<p>``.
     """
     if not _under_trace():
-        return jnp.asarray(host.open_run(log_dir, avoid_existing=avoid_existing), jnp.int32)
+        return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process), jnp.int32)
 
     def _open() -> np.ndarray:
-        return np.asarray(host.open_run(log_dir, avoid_existing=avoid_existing), np.int32)
+        return np.asarray(_shared_name(log_dir, avoid_existing, per_process), np.int32)
 
     return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
 
@@ -210,39 +253,185 @@ def _host_write(packed) -> None:
             host.flush(h)
 
 
-@custom_batching.custom_vmap
-def _emit(layout, handle, seed, steps, values, valid, pred, sync):
-    def send():
-        callback(_host_write, _pack(layout, handle, seed, steps, values, valid, pred, sync))
-
-    jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
-    return jnp.zeros((), jnp.int32)
+REDUCE_MODES = (None, "mean", "first")
+"""How :func:`emit` treats enclosing manual axes (``pmap``/``shard_map``) that are not seed
+axes: ``None`` (every manual axis numbers seeds), ``"mean"`` (average over the other axes,
+written once) or ``"first"`` (the values of the axes' first device, written once)."""
 
 
-@_emit.def_vmap
-def _emit_vmap(axis_size, in_batched, layout, handle, seed, steps, values, valid, pred,
-               sync):
-    # One host call for the whole batch; each element is tagged with its flat position.
+def manual_axes() -> tuple[tuple[str, int], ...]:
+    """The manual mesh axes enclosing the code being traced (``jax.pmap``, ``shard_map``),
+    as ``(name, size)`` in mesh order; ``()`` under plain ``jit`` or eagerly."""
+    mesh = jax.sharding.get_abstract_mesh()
+    manual = set(getattr(mesh, "manual_axes", ()) or ())
+    if not manual:
+        return ()
+    return tuple((name, int(mesh.shape[name])) for name in mesh.axis_names if name in manual)
+
+
+def vary(tree):
+    """Mark every array of ``tree`` as varying over all enclosing manual axes (a no-op
+    outside ``pmap``/``shard_map``). Initial callback states get this so that a loop carry
+    updated with device-varying data (``shard_map``'s ``check_vma=True``) keeps its type."""
+    names = {name for name, _ in manual_axes()}
+    if not names:
+        return tree
+
+    def leaf(x):
+        x = jnp.asarray(x)
+        kind = getattr(jax.typeof(x), "manual_axis_type", None)
+        missing = names - set(getattr(kind, "varying", ()) or ())
+        if not missing:
+            return x
+        return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def split_axes(axis_names: tuple[str, ...] | None, reduce: str | None
+               ) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """Split the enclosing manual axes into *seed axes* (each device writes its own seeds)
+    and *replicated axes* (reduced with ``reduce`` and written once), at trace time.
+
+    ``axis_names=None`` means every manual axis when ``reduce`` is ``None`` and none
+    otherwise. Raises if a named axis does not enclose the call, or if devices along a
+    replicated axis would write the same (run, seed, tag, step) because ``reduce`` is None.
+    """
+    if reduce not in REDUCE_MODES:
+        raise ValueError(f"reduce must be one of {REDUCE_MODES}, got {reduce!r}")
+    axes = manual_axes()
+    if axis_names is None:
+        seed_names = {name for name, _ in axes} if reduce is None else set()
+    else:
+        seed_names = set(axis_names)
+        unknown = seed_names - {name for name, _ in axes}
+        if unknown:
+            raise ValueError(
+                f"axis_names {sorted(unknown)} do not name a manual axis (pmap/shard_map) "
+                f"enclosing this write; enclosing manual axes: {[n for n, _ in axes]}")
+    seed_axes = tuple(a for a in axes if a[0] in seed_names)
+    replicated = tuple(a for a in axes if a[0] not in seed_names and a[1] > 1)
+    if replicated and reduce is None:
+        names = [n for n, _ in replicated]
+        raise ValueError(
+            f"the {math.prod(s for _, s in replicated)} device calls along manual axes "
+            f"{names} would write the same (run, seed, tag, step), and all but one would be "
+            "dropped: include these axes in axis_names (one seed per device) or pass "
+            "reduce='mean' or reduce='first' (one run for replicated training)")
+    return seed_axes, replicated
+
+
+def device_position(axes: tuple[tuple[str, int], ...]) -> tuple[jax.Array, int]:
+    """This device call's index over ``axes`` (device-major, the first axis slowest, as the
+    flat position of a sharded array's element) and the number of positions."""
+    index = jnp.zeros((), jnp.int32)
+    for name, size in axes:
+        index = index * size + jax.lax.axis_index(name).astype(jnp.int32)
+    return index, math.prod(size for _, size in axes)
+
+
+def global_seed(seed: jax.Array, axes: tuple[tuple[str, int], ...]) -> jax.Array:
+    """The global seed index of batch elements at local (vmap) positions ``seed``: device
+    position over ``axes`` times the local batch size plus the local position. A scalar
+    ``NO_SEED`` (no vmap) becomes the device position; with no axes ``seed`` is unchanged."""
+    if not axes:
+        return seed
+    device, _ = device_position(axes)
+    if jnp.ndim(seed) == 0:
+        return device
+    return device * math.prod(jnp.shape(seed)) + seed
+
+
+def _reduce(axes, reduce, values, valid, pred):
+    """Reduce a batch over the replicated ``axes``; only their first device keeps ``pred``."""
+    names = tuple(name for name, _ in axes)
+    first = device_position(axes)[0] == 0
+    if reduce == "mean":
+        count = jax.lax.psum(valid.astype(jnp.float32), names)
+        total = jax.lax.psum(jnp.where(valid, values, 0.0), names)
+        values = total / jnp.maximum(count, 1.0)
+        valid = count > 0
+        pred = jax.lax.psum(pred.astype(jnp.int32), names) > 0
+    return values, valid, pred & first
+
+
+def _process_filter(seed_axes, per_process: bool, pred):
+    # Without seed axes a call is replicated or gathered data (every process computes the
+    # same) or process-local data (written under process_<p>, opt-in): by default only
+    # process 0 writes.
+    if seed_axes or per_process or jax.process_count() == 1:
+        return pred
+    return pred & (jnp.int32(jax.process_index()) == 0)
+
+
+def _gathered(*arrays):
+    """On a mesh with ``Explicit`` axes (``jax.set_mesh``), reshard the operands of a host
+    call to replicated: the call runs on one device and gets every element anyway, and
+    operands of mixed shardings cannot be packed into one array otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    explicit = jax.sharding.AxisType.Explicit
+    if not any(t == explicit for t in (getattr(mesh, "axis_types", ()) or ())):
+        return arrays
+    spec = jax.sharding.PartitionSpec()
+    return tuple(jax.sharding.reshard(jnp.asarray(a), spec) for a in arrays)
+
+
+@functools.cache
+def _emitter(axis_names: tuple[str, ...] | None, reduce: str | None, per_process: bool):
+    """The ``custom_vmap`` function behind :func:`emit` for one static configuration."""
+
+    @custom_batching.custom_vmap
+    def _emit(layout, handle, seed, steps, values, valid, pred, sync):
+        seed_axes, replicated = split_axes(axis_names, reduce)
+        if replicated:
+            values, valid, pred = _reduce(replicated, reduce, values, valid, pred)
+        pred = _process_filter(seed_axes, per_process, pred)
+        seed = global_seed(seed, seed_axes)
+        layout, handle, seed, steps, values, valid, pred, sync = _gathered(
+            layout, handle, seed, steps, values, valid, pred, sync)
+
+        def send():
+            callback(_host_write, _pack(layout, handle, seed, steps, values, valid, pred, sync))
+
+        jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
+        return jnp.zeros((), jnp.int32)
+
+    _emit.def_vmap(functools.partial(batching_rule, _emit))
+    return _emit
+
+
+def batching_rule(fn, axis_size, in_batched, layout, handle, seed, *rest):
+    """A ``custom_vmap`` rule for host calls shaped ``fn(layout, handle, seed, *rest)``: call
+    ``fn`` once for the whole batch, every argument batched, each element's ``seed`` its
+    flat (local) position. ``fn``'s unbatched body then turns local positions into global
+    seeds with :func:`global_seed`."""
     def batched(x, is_batched):
         return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
     if not in_batched[2]:
         seed = seed_positions(axis_size, seed)
-    args = (layout, handle, seed, steps, values, valid, pred, sync)
+    args = (layout, handle, seed, *rest)
     flags = (*in_batched[:2], True, *in_batched[3:])
-    _emit(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
+    fn(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
     return jnp.zeros((axis_size,), jnp.int32), True
 
 
-def emit(layout, handle, steps, values, valid, pred=True, sync=False) -> None:
+def emit(layout, handle, steps, values, valid, pred=True, sync=False, *,
+         axis_names: tuple[str, ...] | None = None, reduce: str | None = None,
+         per_process: bool = False) -> None:
     """Send ``steps[K]``, ``values[K, width]`` (where ``valid[K, width]`` and ``pred``) to the
     host, for the tags of ``layout`` (see :func:`register_layout`; columns past the number of
     tags are ignored). A step of ``-1`` means "one more than the tag's last step".
 
     With ``sync``, the same host call then waits until the run's files hold everything handed
     over (a separate flush callback could be reordered before the write by XLA).
+
+    Under ``jax.vmap``, ``jax.pmap`` and ``shard_map`` each batch element is written to
+    ``seed_<i>``, ``i`` its global index (see :func:`split_axes`, :func:`global_seed`);
+    ``reduce`` writes replicated training once. With several processes, a call with no seed
+    axis is written by process 0 only unless ``per_process``.
     """
-    _emit(
+    _emitter(None if axis_names is None else tuple(axis_names), reduce, bool(per_process))(
         jnp.asarray(layout, jnp.int32),
         jnp.asarray(handle, jnp.int32),
         seed_origin(),
@@ -329,6 +518,25 @@ def _flat_rows(seed: np.ndarray, when: np.ndarray, arrays: tuple[np.ndarray, ...
     return rows(seed), rows(when), tuple(rows(a) for a in arrays)
 
 
+def _gather_manual(when, seed, arrays):
+    """Inside ``pmap``/``shard_map``: number seeds globally over every enclosing manual axis
+    (as :func:`emit` does), gather every device's rows to all devices (one leading axis,
+    device-major) and let only the first device call the host, so ``host_fn`` sees the
+    whole batch in one call. Outside manual axes nothing changes. Returns ``when, seed,
+    arrays`` and whether this device makes the call."""
+    axes = manual_axes()
+    if not axes:
+        return when, seed, arrays, jnp.bool_(True)
+    names = tuple(name for name, _ in axes)
+    seed = global_seed(seed, axes)
+
+    def gather(x):
+        return jax.lax.all_gather(vary(x), names)
+
+    first = device_position(axes)[0] == 0
+    return gather(when), gather(seed), tuple(gather(a) for a in arrays), first
+
+
 def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
     def on_host(when, seed, *arrays) -> None:
         seed, when, arrays = _flat_rows(seed, when, arrays)
@@ -336,7 +544,9 @@ def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
 
     @custom_batching.custom_vmap
     def call(when, seed, *arrays):
-        jax.lax.cond(jnp.any(when), lambda: callback(on_host, when, seed, *arrays),
+        when, seed, arrays, first = _gather_manual(when, seed, arrays)
+        when, seed, *arrays = _gathered(when, seed, *arrays)
+        jax.lax.cond(jnp.any(when) & first, lambda: callback(on_host, when, seed, *arrays),
                      lambda: None)
         return jnp.zeros((), jnp.int32)
 
@@ -361,7 +571,9 @@ def send(host_fn: Callable[..., None], *arrays, when=True) -> None:
 
     ``host_fn`` receives NumPy arrays with one leading *row* axis: one row per batch
     element (a single row outside ``vmap``). ``seed[rows]`` (``int32``) is each row's seed
-    position, numbered as :func:`emit` numbers them (``NO_SEED`` outside ``vmap``);
+    position, numbered as :func:`emit` numbers them (``NO_SEED`` outside any mapped axis;
+    under ``pmap``/``shard_map`` the global index over every enclosing manual axis, the rows
+    of all devices gathered into the one call made by the first device);
     ``when[rows]`` says which rows asked for the call; ``arrays`` are the given arrays, each
     with its row axis in front. The call is made when ``when`` holds for at least one row,
     so ``host_fn`` should usually ignore the other rows. A call under ``vmap`` is batched

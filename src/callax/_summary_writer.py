@@ -69,6 +69,17 @@ def scalar_value(tag: str, value: object) -> jax.Array:
     return array.astype(jnp.float32)
 
 
+def stack_scalars(values: list, dtype=jnp.float32) -> jax.Array:
+    """``jnp.stack`` of scalars that may carry different shardings (an explicit mesh under
+    ``jax.set_mesh``: a vmapped value sharded over the batch next to a replicated one, which
+    ``jnp.stack`` rejects). Elementwise selects take the sharding of their operands."""
+    index = jnp.arange(len(values))
+    row = jnp.zeros((len(values),), dtype)
+    for i, value in enumerate(values):
+        row = jnp.where(index == i, jnp.asarray(value, dtype), row)
+    return row
+
+
 def _step(global_step: ArrayLike | None) -> jax.Array:
     if global_step is None:
         return jnp.asarray(host.AUTO_STEP, jnp.int32)
@@ -104,25 +115,64 @@ class JITSummaryWriter(eqx.Module):
     """
 
     handle: Int[Array, ""]
+    axis_names: tuple[str, ...] | None = eqx.field(static=True)
+    reduce: str | None = eqx.field(static=True)
+    per_process: bool = eqx.field(static=True)
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, *, _handle=None):
+    def __init__(
+        self,
+        log_dir: str | os.PathLike | None = None,
+        *,
+        axis_names: tuple[str, ...] | None = None,
+        reduce: str | None = None,
+        per_process: bool = False,
+        _handle=None,
+    ):
         """**Arguments:**
 
         - `log_dir`: the run directory. Defaults to ``runs/<date>_<time>_<host>``.
+        - `axis_names`: the manual axes (``jax.pmap``/``shard_map`` axis names) over which
+          devices hold *different* seeds. Default: every enclosing manual axis, or none
+          when `reduce` is set. Each device's batch elements go to ``seed_<i>``, ``i`` the
+          global index (device-major, then the vmap position): the same directories as
+          ``jax.jit`` of the vmapped function on a sharded batch.
+        - `reduce`: for the enclosing manual axes *not* in `axis_names` (replicated,
+          data-parallel training): ``"mean"`` writes the mean over their devices,
+          ``"first"`` the first device's values, once. ``None`` (default): such axes are
+          an error at trace time, since their devices would write the same points.
+        - `per_process`: with several processes, each process writes its own
+          ``<log_dir>/process_<p>`` (process-local data). Default: data that is not split
+          over seed axes is written by process 0 only.
         """
+        if reduce not in _host.REDUCE_MODES:
+            raise ValueError(f"reduce must be one of {_host.REDUCE_MODES}, got {reduce!r}")
+        if axis_names is not None:
+            if isinstance(axis_names, str):
+                axis_names = (axis_names,)
+            axis_names = tuple(axis_names)
+            if not all(isinstance(a, str) for a in axis_names):
+                raise TypeError(f"axis_names must be a tuple of str, got {axis_names!r}")
+        self.axis_names = axis_names
+        self.reduce = reduce
+        self.per_process = bool(per_process)
         if _handle is not None:
             self.handle = jnp.asarray(_handle, jnp.int32)
             return
         if log_dir is None:
-            self.handle = _host.open_run(default_log_dir)
+            self.handle = _host.open_run(default_log_dir, per_process=self.per_process)
         else:
             if not isinstance(log_dir, str | os.PathLike):
                 raise TypeError(f"log_dir must be a path, got {log_dir!r}")
-            self.handle = _host.open_run(os.fspath(log_dir))
+            self.handle = _host.open_run(os.fspath(log_dir), per_process=self.per_process)
 
     @classmethod
-    def _from_handle(cls, handle: Int[ArrayLike, ""]) -> JITSummaryWriter:
-        return cls(_handle=handle)
+    def _from_handle(cls, handle: Int[ArrayLike, ""], **options) -> JITSummaryWriter:
+        return cls(_handle=handle, **options)
+
+    def _emit(self, layout, steps, values, valid, pred=True, sync=False) -> None:
+        _host.emit(layout, self.handle, steps, values, valid, pred, sync,
+                   axis_names=self.axis_names, reduce=self.reduce,
+                   per_process=self.per_process)
 
     @property
     def log_dir(self) -> str:
@@ -168,7 +218,7 @@ class JITSummaryWriter(eqx.Module):
         if not flat:
             return
         tags = tuple(flat)
-        values = jnp.stack(list(flat.values()))[None, :]
+        values = stack_scalars(list(flat.values()))[None, :]
         self.write_rows(tags, _step(global_step)[None], values)
 
     def write_rows(
@@ -194,7 +244,7 @@ class JITSummaryWriter(eqx.Module):
             raise ValueError(f"steps must have shape ({values.shape[0]},), got {steps.shape}")
         if valid is None:
             valid = jnp.ones(values.shape, jnp.bool_)
-        _host.emit(layout, self.handle, steps, values, valid, when)
+        self._emit(layout, steps, values, valid, when)
 
     def flush(self) -> None:
         """Make every point written so far readable on disk.

@@ -22,8 +22,8 @@ from .._callback import (
     StepContext,
     TrainingContext,
 )
-from .._host import open_run
-from .._summary_writer import JITSummaryWriter, flatten_scalars
+from .._host import open_run, vary
+from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 
 __all__ = [
     "TensorBoardCallback",
@@ -188,6 +188,9 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         *,
         flush_every: int = 32,
         max_scalars: int = 64,
+        axis_names: tuple[str, ...] | None = None,
+        reduce: str | None = None,
+        per_process: bool = False,
     ):
         """**Arguments:**
 
@@ -200,6 +203,11 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         - `flush_every`: iterations buffered on device between host transfers (``1``: send
           every iteration at once). This is also how many iterations a crash can lose.
         - `max_scalars`: capacity of one buffered row (tags per iteration).
+        - `axis_names`, `reduce`, `per_process`: how training under ``jax.pmap`` /
+          ``shard_map`` and with several processes is written, as for
+          [`callax.JITSummaryWriter`][] (default: one run per global seed,
+          ``<run>/seed_<i>``; ``reduce="mean"`` for data-parallel training of one agent).
+          See the "Scaling out" page.
         """
         if int(flush_every) < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
@@ -218,7 +226,10 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             return os.path.join(log_dir, "_".join([stamp, *(p for p in parts if p)]))
 
-        self.tb_writer = JITSummaryWriter._from_handle(open_run(run_dir, avoid_existing=True))
+        options = dict(axis_names=axis_names, reduce=reduce, per_process=per_process)
+        JITSummaryWriter(_handle=0, **options)  # validate the options before opening a run
+        self.tb_writer = JITSummaryWriter._from_handle(
+            open_run(run_dir, avoid_existing=True, per_process=per_process), **options)
         self.alpha = float(alpha)
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
@@ -228,10 +239,13 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
                    ) -> TensorBoardCallbackStepState:
-        return TensorBoardCallbackStepState.initial()
+        # Varying over enclosing manual axes: the rollout updates it with per-device data.
+        return vary(TensorBoardCallbackStepState.initial())
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
-        return ctx.state.next(ctx.reward, ctx.done, self.alpha)
+        # ``vary``: a field set from replicated data (``done`` under ``shard_map``) keeps the
+        # carry's type (a no-op at run time and outside manual axes).
+        return vary(ctx.state.next(ctx.reward, ctx.done, self.alpha))
 
     def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]
                      ) -> TensorBoardCallbackState:
@@ -258,8 +272,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             values.append(value)
             valid.append(jnp.asarray(True))
         buffer = ctx.state.buffer.append(
-            self.tb_writer, tuple(tags), jnp.sum(step_state.step), jnp.stack(values),
-            jnp.stack(valid), when=ctx.locals.get("active", True)
+            self.tb_writer, tuple(tags), jnp.sum(step_state.step), stack_scalars(values),
+            stack_scalars(valid, jnp.bool_), when=ctx.locals.get("active", True)
         )
         return TensorBoardCallbackState(buffer)
 

@@ -1,0 +1,132 @@
+"""Run by tests/test_scale.py in a subprocess with 4 host devices: trains the same scripted
+seeds under several layouts and prints every run's points as JSON (one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import callax  # noqa: E402
+import callax.events  # noqa: E402
+from callax import _host  # noqa: E402
+from conftest import read_run, run_dirs  # noqa: E402
+from minimal_loop import drive  # noqa: E402
+
+DEVICES, PER_DEVICE = 4, 2
+SEEDS = DEVICES * PER_DEVICE
+ITERS, STEPS, ENVS = 3, 4, 2
+
+
+def scripted(seed):
+    """Rewards and dones of one seed (tests/test_scale.py recomputes them in NumPy)."""
+    rewards = (seed + 1.0) * jnp.arange(ITERS * STEPS * ENVS, dtype=jnp.float32).reshape(
+        ITERS, STEPS, ENVS) / 10.0
+    dones = (jnp.arange(ITERS * STEPS * ENVS).reshape(ITERS, STEPS, ENVS) % 3) == 2
+    return rewards, dones
+
+
+def train(seed, callback):
+    rewards, dones = scripted(seed)
+    drive(callback, rewards, dones, jax.random.key(0), log_scale=seed + 1.0)
+    return jnp.zeros(())
+
+
+def make_callback(root, name, **options):
+    return callax.TensorBoardCallback(name, log_dir=root, flush_every=2, **options)
+
+
+def collect(root):
+    return {d: read_run(os.path.join(root, d)) for d in run_dirs(root)}
+
+
+def main(root):
+    out = {}
+    seeds = jnp.arange(SEEDS, dtype=jnp.float32)
+    mesh = jax.make_mesh((DEVICES,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(seeds, NamedSharding(mesh, P("d")))
+    by_device = seeds.reshape(DEVICES, PER_DEVICE)
+
+    # 1. jit of a vmapped loop over a sharded batch (Auto mesh).
+    cb = make_callback(root, "jit")
+    jax.jit(jax.vmap(lambda s: train(s, cb)))(sharded).block_until_ready()
+    # 2. vmap(2) inside pmap(4).
+    cb = make_callback(root, "pmap")
+    jax.pmap(jax.vmap(lambda s: train(s, cb)), axis_name="d")(by_device).block_until_ready()
+    # 3. vmap(2) inside shard_map(4), check_vma=True (the default).
+    cb = make_callback(root, "shard_map")
+    jax.jit(jax.shard_map(jax.vmap(lambda s: train(s, cb)), mesh=mesh, in_specs=P("d"),
+                          out_specs=P("d")))(sharded).block_until_ready()
+    # 4. Explicit mesh (jax.make_mesh's default) set with jax.set_mesh, sharded jit.
+    explicit = jax.make_mesh((DEVICES,), ("d",))
+    with jax.set_mesh(explicit):
+        cb = make_callback(root, "explicit")
+        batch = jax.device_put(seeds, NamedSharding(explicit, P("d")))
+        try:
+            jax.jit(jax.vmap(lambda s: train(s, cb)))(batch).block_until_ready()
+            out["explicit_error"] = None
+        except ValueError as error:  # see test_vmap_on_four_devices_writes_eight_global_seeds
+            out["explicit_error"] = str(error)
+        # 5. shard_map on the explicit mesh, one seed per device (JAX cannot close over
+        #    arrays on an Explicit mesh inside shard_map: the callback is an argument).
+        cb = make_callback(root, "explicit_shard_map")
+        jax.jit(jax.shard_map(lambda s, c: jax.vmap(lambda x: train(x, c))(s),
+                              in_specs=(P("d"), P()), out_specs=P("d")))(
+            jax.device_put(jnp.arange(DEVICES, dtype=jnp.float32),
+                           NamedSharding(explicit, P("d"))), cb).block_until_ready()
+    # 6. pmap without vmap: one seed per device.
+    cb = make_callback(root, "pmap_novmap")
+    jax.pmap(lambda s: train(s, cb))(jnp.arange(DEVICES, dtype=jnp.float32))
+    # 7. Data-parallel single agent: every device sees seed 0's rewards scaled by its index,
+    #    reduce="mean" writes the mean, reduce="first" device 0's values.
+    for mode in ("mean", "first"):
+        cb = make_callback(root, f"reduce_{mode}", reduce=mode)
+        jax.pmap(lambda s: train(s, cb), axis_name="d")(jnp.arange(DEVICES, dtype=jnp.float32))
+    # 8. JITSummaryWriter.add_scalar under pmap: one point per device in its own seed_<d>.
+    writer = callax.JITSummaryWriter(os.path.join(root, "writer_pmap"))
+    jax.pmap(lambda x: writer.add_scalar("x", x, 0))(jnp.arange(DEVICES, dtype=jnp.float32))
+    # 9. Collision: the devices of a replicated axis without reduce fail at trace time.
+    writer = callax.JITSummaryWriter(os.path.join(root, "collide"), axis_names=())
+    try:
+        jax.pmap(lambda x: writer.add_scalar("x", x, 0), axis_name="d")(
+            jnp.arange(DEVICES, dtype=jnp.float32))
+        out["collision_error"] = None
+    except ValueError as error:
+        out["collision_error"] = str(error)
+    # 10. _host.send (SACEvents' and ProgressBarCallback's host call) under pmap(vmap) and
+    #     shard_map(vmap): one host call with every global seed's row; the clock read too.
+    for name, run in (
+        ("pmap", lambda f: jax.pmap(jax.vmap(f), axis_name="d")(by_device)),
+        ("shard_map", lambda f: jax.jit(jax.shard_map(jax.vmap(f), mesh=mesh, in_specs=P("d"),
+                                                      out_specs=P("d")))(sharded)),
+    ):
+        calls = []
+
+        def host_fn(seed, when, value, calls=calls):
+            calls.append([seed.tolist(), when.tolist(), value.tolist()])
+
+        def sent(s):
+            stamp = callax.events.timestamp(s)
+            _host.send(host_fn, 10.0 * s + 0.0 * stamp[0], when=s >= 0)
+            return s
+
+        run(sent)
+        jax.effects_barrier()
+        out[f"send_{name}"] = calls
+    callax.flush_all()
+    out["runs"] = collect(root)
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main(sys.argv[1])

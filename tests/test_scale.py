@@ -1,0 +1,145 @@
+"""Scale-out on 4 host devices: global seed numbering under sharded jit, pmap and shard_map
+(check_vma=True, Explicit meshes), replicated training (reduce=) and trace-time collision
+errors. One subprocess (tests/scale_script.py) runs every layout; this file checks its
+event files against an independent NumPy computation of each seed's values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import callax
+
+HERE = os.path.dirname(__file__)
+DEVICES, PER_DEVICE, ITERS, STEPS, ENVS = 4, 2, 3, 4, 2
+ALPHA = 0.9
+
+
+def expected(seed: int) -> dict[str, list[tuple[int, float]]]:
+    """Each tag's points for one scripted seed, computed with plain NumPy loops."""
+    flat = np.arange(ITERS * STEPS * ENVS, dtype=np.float64).reshape(ITERS, STEPS, ENVS)
+    rewards = (seed + 1.0) * flat / 10.0
+    dones = flat % 3 == 2
+    episode_return, episode_length = np.zeros(ENVS), np.zeros(ENVS)
+    average_return, average_length = np.full(ENVS, np.nan), np.full(ENVS, np.nan)
+    out: dict[str, list[tuple[int, float]]] = {
+        "episode/return": [], "episode/length": [], "train/loss": [], "train/iteration": []}
+    for i in range(ITERS):
+        for t in range(STEPS):
+            for e in range(ENVS):
+                episode_return[e] += rewards[i, t, e]
+                episode_length[e] += 1
+                if dones[i, t, e]:
+                    for avg, value in ((average_return, episode_return[e]),
+                                       (average_length, episode_length[e])):
+                        avg[e] = value if np.isnan(avg[e]) else ALPHA * avg[e] + (
+                            1 - ALPHA) * value
+                    episode_return[e], episode_length[e] = 0.0, 0
+        step = (i + 1) * STEPS * ENVS
+        finished = ~np.isnan(average_return)
+        if finished.any():
+            out["episode/return"].append((step, average_return[finished].mean()))
+            out["episode/length"].append((step, average_length[finished].mean()))
+        out["train/loss"].append((step, (seed + 1.0) * i))
+        out["train/iteration"].append((step, float(i)))
+    return out
+
+
+def assert_points(actual, want) -> None:
+    assert sorted(actual) == sorted(want)
+    for tag, points in want.items():
+        got = actual[tag]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in points], rtol=1e-5,
+                                   err_msg=tag)
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("scale"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, os.path.join(HERE, "scale_script.py"), root],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("layout", ["jit", "pmap", "shard_map", "explicit"])
+def test_vmap_on_four_devices_writes_eight_global_seeds(layouts, layout):
+    if layout == "explicit" and layouts["explicit_error"]:
+        # jax 0.10.2: batching a scan whose carry holds several arrays, inside a while_loop,
+        # under jit(vmap) of an Explicit-sharded batch, fails in JAX's own batching rule
+        # (unmapped_aval puts the mesh axis on an aval without a mesh), since the step state
+        # became six plain arrays; shard_map on the same mesh works (explicit_shard_map).
+        pytest.xfail(layouts["explicit_error"][:200])
+    runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
+    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES * PER_DEVICE)]
+    for i in range(DEVICES * PER_DEVICE):
+        assert_points(runs[f"{layout}/seed_{i}"], expected(i))
+
+
+@pytest.mark.parametrize("layout", ["pmap_novmap", "explicit_shard_map"])
+def test_one_seed_per_device_without_vmap(layouts, layout):
+    runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
+    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES)]
+    for i in range(DEVICES):
+        assert_points(runs[f"{layout}/seed_{i}"], expected(i))
+
+
+def test_reduce_first_writes_device_zero_once(layouts):
+    assert list(k for k in layouts["runs"] if k.startswith("reduce_first")) == ["reduce_first"]
+    assert_points(layouts["runs"]["reduce_first"], expected(0))
+
+
+def test_reduce_mean_writes_the_mean_over_devices_once(layouts):
+    assert list(k for k in layouts["runs"] if k.startswith("reduce_mean")) == ["reduce_mean"]
+    per_device = [expected(d) for d in range(DEVICES)]
+    want = {tag: [(step, float(np.mean([p[tag][k][1] for p in per_device])))
+                  for k, (step, _) in enumerate(points)]
+            for tag, points in per_device[0].items()}
+    assert_points(layouts["runs"]["reduce_mean"], want)
+
+
+def test_add_scalar_under_pmap_writes_every_device(layouts):
+    runs = {d: p for d, p in layouts["runs"].items() if d.startswith("writer_pmap")}
+    assert runs == {f"writer_pmap/seed_{d}": {"x": [[0, float(d)]]} for d in range(DEVICES)}
+
+
+def test_replicated_axis_without_reduce_fails_at_trace_time(layouts):
+    error = layouts["collision_error"]
+    assert error is not None and "['d']" in error and "reduce=" in error
+    assert not any(d.startswith("collide") for d in layouts["runs"])
+
+
+def test_options_are_checked_early(tmp_path):
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        callax.JITSummaryWriter(str(tmp_path / "a"), reduce="sum")
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        callax.TensorBoardCallback("b", log_dir=tmp_path, reduce="max")
+    with pytest.raises(TypeError, match="axis_names"):
+        callax.JITSummaryWriter(str(tmp_path / "c"), axis_names=(1,))
+
+
+def test_unknown_axis_name_fails_at_trace_time(tmp_path):
+    writer = callax.JITSummaryWriter(str(tmp_path), axis_names=("batch",))
+    with pytest.raises(ValueError, match="do not name a manual axis"):
+        jax.jit(lambda x: writer.add_scalar("x", x, 0))(1.0)
+
+
+@pytest.mark.parametrize("layout", ["pmap", "shard_map"])
+def test_send_gathers_every_global_seed_into_one_host_call(layouts, layout):
+    calls = layouts[f"send_{layout}"]
+    assert len(calls) == 1
+    seed, when, value = calls[0]
+    seeds = DEVICES * PER_DEVICE
+    assert np.ravel(seed).tolist() == list(range(seeds))
+    assert all(np.ravel(when))
+    np.testing.assert_allclose(np.ravel(value), 10.0 * np.arange(seeds))
