@@ -1,0 +1,49 @@
+"""One of two processes started by tests/test_scale_mp.py (``jax.distributed`` with gloo on
+127.0.0.1, 2 host devices each): shard_map x vmap training over 4 global devices, and
+process-local writes with and without ``per_process``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+port, process, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process,
+                           initialization_timeout=60)
+
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import callax  # noqa: E402
+from scale_script import train  # noqa: E402
+
+SEEDS = 8
+if process == 1:
+    time.sleep(1.5)  # a different time stamp: the run name must still be process 0's
+# No name: "<date>_<time>" decided once, by process 0.
+callback = callax.TensorBoardCallback(log_dir=os.path.join(root, "train"), flush_every=2)
+mesh = jax.make_mesh((4,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+sharding = NamedSharding(mesh, P("d"))
+seeds = np.arange(SEEDS, dtype=np.float32)
+batch = jax.make_array_from_callback((SEEDS,), sharding, lambda index: seeds[index])
+step = jax.jit(jax.shard_map(jax.vmap(lambda s: train(s, callback)), mesh=mesh,
+                             in_specs=P("d"), out_specs=P("d")))
+step(batch).block_until_ready()
+
+# Process-local data: by default only process 0 writes; per_process=True gives each process
+# its own sub-directory.
+shared = callax.JITSummaryWriter(os.path.join(root, "local"))
+shared.add_scalar("process", float(process), 0)
+mine = callax.JITSummaryWriter(os.path.join(root, "per_process"), per_process=True)
+mine.add_scalar("process", float(process), 0)
+callax.flush_all()
+print("DONE", process, flush=True)
+jax.distributed.shutdown()

@@ -1,0 +1,113 @@
+"""Two real JAX processes (gloo on 127.0.0.1) training with shard_map x vmap: one run name
+for both, each global seed written by exactly one process, no step twice (also through
+TensorBoard's data server), process-local data written once or per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import read_run, run_dirs
+from test_scale import assert_points, expected
+
+HERE = os.path.dirname(__file__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mp_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("scale_mp"))
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "scale_mp_script.py"),
+                               str(port), str(p), root], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in range(2)]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+        assert "DONE" in out
+    return root
+
+
+def writers(directory: str) -> set[str]:
+    """The process ids in the names of a directory's event files (``...<pid>.<n>.callax``)."""
+    return {f.split(".")[-3] for f in os.listdir(directory) if ".tfevents." in f}
+
+
+def test_one_run_name_and_one_process_per_seed(mp_root):
+    train = os.path.join(mp_root, "train")
+    (name,) = os.listdir(train)
+    assert run_dirs(train) == sorted(f"{name}/seed_{i}" for i in range(8))
+    for i in range(8):
+        directory = os.path.join(train, name, f"seed_{i}")
+        assert len(writers(directory)) == 1, (i, os.listdir(directory))
+        assert_points(read_run(directory), expected(i))
+
+
+def test_process_local_data_written_once_or_per_process(mp_root):
+    assert read_run(os.path.join(mp_root, "local")) == {"process": [(0, 0.0)]}
+    assert len(writers(os.path.join(mp_root, "local"))) == 1
+    assert run_dirs(os.path.join(mp_root, "per_process")) == ["process_0", "process_1"]
+    for p in range(2):
+        run = read_run(os.path.join(mp_root, "per_process", f"process_{p}"))
+        assert run == {"process": [(0, float(p))]}
+    assert writers(os.path.join(mp_root, "per_process", "process_0")) != writers(
+        os.path.join(mp_root, "per_process", "process_1"))
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_data_server_sees_every_step_once(mp_root):
+    if shutil.which("tensorboard") is None:
+        pytest.skip("tensorboard not installed")
+    port = free_port()
+    server = subprocess.Popen(
+        ["tensorboard", "--logdir", os.path.join(mp_root, "train"), "--port", str(port),
+         "--host", "127.0.0.1", "--load_fast", "true", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+        deadline = time.monotonic() + 60
+        tags = {}
+        while time.monotonic() < deadline:
+            try:
+                tags = _get(f"{base}/tags")
+            except OSError:
+                tags = {}
+            if len(tags) == 8 and all("train/loss" in t for t in tags.values()):
+                break
+            time.sleep(0.5)
+        assert len(tags) == 8, tags
+        for run in tags:
+            seed = int(run.rsplit("seed_", 1)[1])
+            query = urllib.parse.urlencode({"run": run, "tag": "train/loss"})
+            points = _get(f"{base}/scalars?{query}")
+            steps = [p[1] for p in points]
+            assert steps == [8, 16, 24], (run, steps)
+            assert [p[2] for p in points] == [(seed + 1.0) * i for i in range(3)]
+    finally:
+        server.kill()
+        server.wait()
