@@ -74,12 +74,6 @@ def layouts(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["jit", "pmap", "shard_map", "explicit"])
 def test_vmap_on_four_devices_writes_eight_global_seeds(layouts, layout):
-    if layout == "explicit" and layouts["explicit_error"]:
-        # jax 0.10.2: batching a scan whose carry holds several arrays, inside a while_loop,
-        # under jit(vmap) of an Explicit-sharded batch, fails in JAX's own batching rule
-        # (unmapped_aval puts the mesh axis on an aval without a mesh), since the step state
-        # became six plain arrays; shard_map on the same mesh works (explicit_shard_map).
-        pytest.xfail(layouts["explicit_error"][:200])
     runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
     assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES * PER_DEVICE)]
     for i in range(DEVICES * PER_DEVICE):

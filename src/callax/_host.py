@@ -288,6 +288,19 @@ def vary(tree):
     return jax.tree_util.tree_map(leaf, tree)
 
 
+def on_mesh(tree):
+    """Under a mesh with ``Explicit`` axes (``jax.set_mesh``), give every array of ``tree``
+    the mesh's replicated sharding (a no-op elsewhere). Scalars made inside ``jit`` carry no
+    mesh; as the initial carry of a ``scan`` that ``vmap`` batches over an Explicit-sharded
+    axis, JAX 0.10 then fails to place the batch axis on them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    explicit = jax.sharding.AxisType.Explicit
+    if not any(t == explicit for t in (getattr(mesh, "axis_types", ()) or ())):
+        return tree
+    spec = jax.sharding.PartitionSpec()
+    return jax.tree_util.tree_map(lambda x: jax.sharding.reshard(jnp.asarray(x), spec), tree)
+
+
 def split_axes(axis_names: tuple[str, ...] | None, reduce: str | None
                ) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
     """Split the enclosing manual axes into *seed axes* (each device writes its own seeds)

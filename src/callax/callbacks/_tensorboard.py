@@ -22,7 +22,7 @@ from .._callback import (
     StepContext,
     TrainingContext,
 )
-from .._host import open_run, vary
+from .._host import on_mesh, open_run, vary
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 
 __all__ = [
@@ -239,8 +239,9 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
                    ) -> TensorBoardCallbackStepState:
-        # Varying over enclosing manual axes: the rollout updates it with per-device data.
-        return vary(TensorBoardCallbackStepState.initial())
+        # Varying over enclosing manual axes: the rollout updates it with per-device data;
+        # on the mesh of an Explicit ``jax.set_mesh``.
+        return vary(on_mesh(TensorBoardCallbackStepState.initial()))
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
         # ``vary``: a field set from replicated data (``done`` under ``shard_map``) keeps the
