@@ -3,6 +3,7 @@ seeds under several layouts and prints every run's points as JSON (one line)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -118,6 +119,39 @@ def main(root):
         run(sent)
         jax.effects_barrier()
         out[f"send_{name}"] = calls
+    # 11. ProgressBarCallback under shard_map(vmap) (check_vma=True): one line per update
+    #     for all 8 seeds (the host call gathers every device's rows).
+    bar = callax.ProgressBarCallback(ITERS * STEPS * ENVS, every=1, min_interval=0.0)
+
+    def progress(s):
+        rewards, dones = scripted(s)
+        key = jax.random.fold_in(jax.random.key(0), s.astype(jnp.int32))
+        drive(bar, rewards, dones, key)
+        return s
+
+    saved, captured = sys.stderr, io.StringIO()
+    sys.stderr = captured
+    try:
+        jax.jit(jax.shard_map(jax.vmap(progress), mesh=mesh, in_specs=P("d"),
+                              out_specs=P("d")))(sharded).block_until_ready()
+        jax.effects_barrier()
+    finally:
+        sys.stderr = saved
+    out["progress"] = captured.getvalue().strip().splitlines()
+    # 12. SACEvents recorded per seed and written with EventRecord.write, under
+    #     shard_map(vmap) and under jit(vmap) on the Explicit mesh.
+    def events(s, writer):
+        _, rec = callax.events.record(lambda: callax.events.SACEvents.policy_loss(0, 2.0 * s))()
+        rec.write(writer, 1)
+        return s
+
+    writer = callax.JITSummaryWriter(os.path.join(root, "sac_shard_map"))
+    jax.jit(jax.shard_map(jax.vmap(lambda s: events(s, writer)), mesh=mesh, in_specs=P("d"),
+                          out_specs=P("d")))(sharded).block_until_ready()
+    with jax.set_mesh(explicit):
+        writer = callax.JITSummaryWriter(os.path.join(root, "sac_explicit"))
+        jax.jit(jax.vmap(lambda s: events(s, writer)))(
+            jax.device_put(seeds, NamedSharding(explicit, P("d")))).block_until_ready()
     callax.flush_all()
     out["runs"] = collect(root)
     print("RESULT " + json.dumps(out))

@@ -137,3 +137,21 @@ def test_send_gathers_every_global_seed_into_one_host_call(layouts, layout):
     assert np.ravel(seed).tolist() == list(range(seeds))
     assert all(np.ravel(when))
     np.testing.assert_allclose(np.ravel(value), 10.0 * np.arange(seeds))
+
+
+def test_progress_bar_under_shard_map_prints_one_line_for_all_seeds(layouts):
+    lines = layouts["progress"]
+    total = ITERS * STEPS * ENVS
+    assert len(lines) == ITERS  # one per iteration; the final line is not repeated
+    for i, line in enumerate(lines):
+        assert f"{(i + 1) * STEPS * ENVS}/{total} steps" in line and "8 seeds" in line
+
+
+@pytest.mark.parametrize("layout", ["sac_shard_map", "sac_explicit"])
+def test_sac_events_recorded_per_global_seed(layouts, layout):
+    runs = {d: p for d, p in layouts["runs"].items() if d.split("/")[0] == layout}
+    seeds = DEVICES * PER_DEVICE
+    assert sorted(runs) == sorted(f"{layout}/seed_{i}" for i in range(seeds))
+    for i in range(seeds):
+        (tag,) = runs[f"{layout}/seed_{i}"]
+        assert runs[f"{layout}/seed_{i}"][tag] == [[1, 2.0 * i]], tag
