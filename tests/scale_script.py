@@ -88,6 +88,10 @@ def main(root):
     for mode in ("mean", "first"):
         cb = make_callback(root, f"reduce_{mode}", reduce=mode)
         jax.pmap(lambda s: train(s, cb), axis_name="d")(jnp.arange(DEVICES, dtype=jnp.float32))
+    #    The same with shard_map (check_vma=True), one seed per device.
+    cb = make_callback(root, "reduce_mean_shard_map", reduce="mean")
+    jax.jit(jax.shard_map(lambda s: train(s[0], cb), mesh=mesh, in_specs=P("d"),
+                          out_specs=P()))(jnp.arange(DEVICES, dtype=jnp.float32))
     # 8. JITSummaryWriter.add_scalar under pmap: one point per device in its own seed_<d>.
     writer = callax.JITSummaryWriter(os.path.join(root, "writer_pmap"))
     jax.pmap(lambda x: writer.add_scalar("x", x, 0))(jnp.arange(DEVICES, dtype=jnp.float32))
@@ -119,8 +123,9 @@ def main(root):
         run(sent)
         jax.effects_barrier()
         out[f"send_{name}"] = calls
-    # 11. ProgressBarCallback under shard_map(vmap) (check_vma=True): one line per update
-    #     for all 8 seeds (the host call gathers every device's rows).
+    # 11. ProgressBarCallback under shard_map(vmap) (check_vma=True) and under jit(vmap) on
+    #     the Explicit mesh: one line per update for all 8 seeds (the host call gathers
+    #     every device's rows).
     bar = callax.ProgressBarCallback(ITERS * STEPS * ENVS, every=1, min_interval=0.0)
 
     def progress(s):
@@ -129,15 +134,21 @@ def main(root):
         drive(bar, rewards, dones, key)
         return s
 
-    saved, captured = sys.stderr, io.StringIO()
-    sys.stderr = captured
-    try:
-        jax.jit(jax.shard_map(jax.vmap(progress), mesh=mesh, in_specs=P("d"),
-                              out_specs=P("d")))(sharded).block_until_ready()
-        jax.effects_barrier()
-    finally:
-        sys.stderr = saved
-    out["progress"] = captured.getvalue().strip().splitlines()
+    def printed(run):
+        saved, captured = sys.stderr, io.StringIO()
+        sys.stderr = captured
+        try:
+            run().block_until_ready()
+            jax.effects_barrier()
+        finally:
+            sys.stderr = saved
+        return captured.getvalue().strip().splitlines()
+
+    out["progress_shard_map"] = printed(lambda: jax.jit(jax.shard_map(
+        jax.vmap(progress), mesh=mesh, in_specs=P("d"), out_specs=P("d")))(sharded))
+    with jax.set_mesh(explicit):
+        out["progress_explicit"] = printed(lambda: jax.jit(jax.vmap(progress))(
+            jax.device_put(seeds, NamedSharding(explicit, P("d")))))
     # 12. SACEvents recorded per seed and written with EventRecord.write, under
     #     shard_map(vmap) and under jit(vmap) on the Explicit mesh.
     def events(s, writer):
@@ -152,6 +163,35 @@ def main(root):
         writer = callax.JITSummaryWriter(os.path.join(root, "sac_explicit"))
         jax.jit(jax.vmap(lambda s: events(s, writer)))(
             jax.device_put(seeds, NamedSharding(explicit, P("d")))).block_until_ready()
+    # 13. JITSummaryWriter.add_dict of a per-seed and a constant value (different
+    #     shardings on the Explicit mesh) under shard_map(vmap) and Explicit jit(vmap);
+    #     ScalarBuffer as a scan carry (check_vma=True: it starts varying) flushed at the end.
+    def mixed(s, writer):
+        writer.add_dict("m", {"seed": s, "one": 1.0}, global_step=0)
+        return s
+
+    def buffered(s, writer):
+        def row(buffer, i):
+            # s * 0 + i: both on the batch sharding (jnp.stack needs one on an Explicit mesh)
+            values = jnp.stack([s * i, s * 0.0 + i])
+            return buffer.append(writer, ("u", "v"), i, values, jnp.ones(2, bool)), None
+
+        buffer, _ = jax.lax.scan(row, callax.ScalarBuffer.empty(2, 2), jnp.arange(3))
+        buffer.flush(writer)
+        return s
+
+    for name, fn in (("mixed", mixed), ("buffer", buffered)):
+        writer = callax.JITSummaryWriter(os.path.join(root, f"{name}_shard_map"))
+        jax.jit(jax.shard_map(jax.vmap(lambda s, w=writer, f=fn: f(s, w)), mesh=mesh,
+                              in_specs=P("d"), out_specs=P("d")))(sharded).block_until_ready()
+        with jax.set_mesh(explicit):
+            writer = callax.JITSummaryWriter(os.path.join(root, f"{name}_explicit"))
+            jax.jit(jax.vmap(lambda s, w=writer, f=fn: f(s, w)))(
+                jax.device_put(seeds, NamedSharding(explicit, P("d")))).block_until_ready()
+    # 14. pmap inside vmap: element [v, d] is global seed d * 2 + v (device-major).
+    writer = callax.JITSummaryWriter(os.path.join(root, "vmap_pmap"))
+    jax.vmap(jax.pmap(lambda x: writer.add_scalar("x", x, 0), axis_name="d"))(
+        seeds.reshape(PER_DEVICE, DEVICES))
     callax.flush_all()
     out["runs"] = collect(root)
     print("RESULT " + json.dumps(out))

@@ -93,13 +93,14 @@ def test_reduce_first_writes_device_zero_once(layouts):
     assert_points(layouts["runs"]["reduce_first"], expected(0))
 
 
-def test_reduce_mean_writes_the_mean_over_devices_once(layouts):
-    assert list(k for k in layouts["runs"] if k.startswith("reduce_mean")) == ["reduce_mean"]
+@pytest.mark.parametrize("layout", ["reduce_mean", "reduce_mean_shard_map"])
+def test_reduce_mean_writes_the_mean_over_devices_once(layouts, layout):
+    assert [k for k in layouts["runs"] if k.split("/")[0] == layout] == [layout]
     per_device = [expected(d) for d in range(DEVICES)]
     want = {tag: [(step, float(np.mean([p[tag][k][1] for p in per_device])))
                   for k, (step, _) in enumerate(points)]
             for tag, points in per_device[0].items()}
-    assert_points(layouts["runs"]["reduce_mean"], want)
+    assert_points(layouts["runs"][layout], want)
 
 
 def test_add_scalar_under_pmap_writes_every_device(layouts):
@@ -139,8 +140,9 @@ def test_send_gathers_every_global_seed_into_one_host_call(layouts, layout):
     np.testing.assert_allclose(np.ravel(value), 10.0 * np.arange(seeds))
 
 
-def test_progress_bar_under_shard_map_prints_one_line_for_all_seeds(layouts):
-    lines = layouts["progress"]
+@pytest.mark.parametrize("layout", ["shard_map", "explicit"])
+def test_progress_bar_prints_one_line_for_all_seeds(layouts, layout):
+    lines = layouts[f"progress_{layout}"]
     total = ITERS * STEPS * ENVS
     assert len(lines) == ITERS  # one per iteration; the final line is not repeated
     for i, line in enumerate(lines):
@@ -155,3 +157,28 @@ def test_sac_events_recorded_per_global_seed(layouts, layout):
     for i in range(seeds):
         (tag,) = runs[f"{layout}/seed_{i}"]
         assert runs[f"{layout}/seed_{i}"][tag] == [[1, 2.0 * i]], tag
+
+
+@pytest.mark.parametrize("layout", ["shard_map", "explicit"])
+def test_writer_add_dict_of_per_seed_and_constant_values(layouts, layout):
+    runs = {d: p for d, p in layouts["runs"].items() if d.split("/")[0] == f"mixed_{layout}"}
+    seeds = DEVICES * PER_DEVICE
+    assert runs == {f"mixed_{layout}/seed_{i}": {"m/seed": [[0, float(i)]],
+                                                 "m/one": [[0, 1.0]]} for i in range(seeds)}
+
+
+@pytest.mark.parametrize("layout", ["shard_map", "explicit"])
+def test_scalar_buffer_as_loop_carry(layouts, layout):
+    runs = {d: p for d, p in layouts["runs"].items() if d.split("/")[0] == f"buffer_{layout}"}
+    seeds = DEVICES * PER_DEVICE
+    assert runs == {f"buffer_{layout}/seed_{i}": {"u": [[k, float(i * k)] for k in range(3)],
+                                                  "v": [[k, float(k)] for k in range(3)]}
+                    for i in range(seeds)}
+
+
+def test_pmap_inside_vmap_numbers_seeds_device_major(layouts):
+    runs = {d: p for d, p in layouts["runs"].items() if d.startswith("vmap_pmap")}
+    # Element [v, d] of the (2, 4) input holds v * 4 + d and is seed d * 2 + v.
+    want = {f"vmap_pmap/seed_{d * PER_DEVICE + v}": {"x": [[0, float(v * DEVICES + d)]]}
+            for v in range(PER_DEVICE) for d in range(DEVICES)}
+    assert runs == want
