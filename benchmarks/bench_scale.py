@@ -1,24 +1,33 @@
 """What logging costs in each multi-device layout, in one process on 4 host devices.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/bench_scale.py \\
-        [--rounds 11] [--iterations 64] [--flush-every 8]
+        [--rounds 11] [--iterations 64] [--flush-every 8] [--width 128]
 
-One small training program (per seed: ``n_envs`` envs, a ``lax.scan`` of env steps with
-synthetic rewards and a little matmul work per iteration) runs 8 seeds on 4 devices in four
-layouts, each with and without [`callax.TensorBoardCallback`][]:
+One small training program (per seed: ``ENVS`` envs, a ``lax.scan`` of ``STEPS`` env steps
+with synthetic rewards, then a few ``width x width`` matmuls as the "learning" work) runs 8
+seeds on 4 devices in four layouts, each with and without [`callax.TensorBoardCallback`][]:
 
 - ``jit``: ``jax.jit(jax.vmap(...))`` of a batch sharded over the mesh (``NamedSharding``);
 - ``pmap``: ``jax.pmap(jax.vmap(...))``, 2 seeds per device;
 - ``shard_map``: ``jax.jit(jax.shard_map(jax.vmap(...)))``, 2 seeds per device;
-- ``reduce``: data-parallel training of one agent, ``jax.pmap`` with
-  ``reduce="mean"`` (one run).
+- ``reduce``: data-parallel training of one agent, ``jax.pmap`` with ``reduce="mean"``
+  (one run; every device computes the same here).
 
 Every variant is compiled first, then all are timed in interleaved rounds (a fresh run
-directory each round: the callback is an argument, nothing recompiles). Prints per layout
-the host calls per run (counted on the host; a run makes ``flushes`` flushes plus a final
-sync call per device), the collectives that logging adds to the
-compiled program (``all-gather``/``all-reduce``/... in the optimized HLO, with vs without
-the callback) and the ratio of median times ``with / without``.
+directory each round: the callback is an argument, nothing recompiles). Prints per layout:
+
+- host calls per flush that carry rows (counted on the host), and the calls of the final
+  ``sync`` flush at the end of training (one per device that makes host calls);
+- the collectives logging adds to the compiled program (``all-gather``, ``all-reduce``, ...
+  in the optimized HLO, with minus without the callback): the gathers to one device;
+- median wall time per run without the callback, and the ratios to it of the run with the
+  callback (``flush_every``) and with one flush only (``flush_every=iterations``: the step
+  state's updates, one transfer and the final sync);
+- the time one more flush adds: ``(with - once) / (flushes - 1)``, medians over rounds.
+
+The program is small (about a millisecond of work per iteration for all 8 seeds), so the
+ratios are an upper bound of what logging costs in real training; the time per flush is the
+number to compare with your iterations.
 """
 
 from __future__ import annotations
@@ -34,17 +43,18 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import callax
-from callax import IterationContext, ResetContext, StepContext, TrainingContext, _host
+from callax import IterationContext, ResetContext, StepContext, TrainingContext
+from callax._writer import _host as host
 
-DEVICES, PER_DEVICE, ENVS, STEPS = 4, 2, 8, 32
+DEVICES, PER_DEVICE, ENVS, STEPS, MATMULS = 4, 2, 8, 32, 4
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute",
                "reduce-scatter")
 
 
-def train(seed, cb, iterations: int):
+def train(seed, cb, iterations: int, width: int):
     """One seed's training: returns a scalar so nothing is dead code."""
     key = jax.random.fold_in(jax.random.key(0), seed.astype(jnp.int32))
-    weights = jax.random.normal(key, (32, 32)) * 0.1
+    weights = jax.random.normal(key, (width, width)) / width
     if cb is not None:
         state = cb.reset(ResetContext(), key=key)
         step_state = jax.vmap(lambda _: cb.step_reset(ResetContext(), key=key))(
@@ -64,7 +74,8 @@ def train(seed, cb, iterations: int):
                 return jax.vmap(lambda c: cb.on_step(c, key=key))(ctx), None
 
             step_state, _ = jax.lax.scan(step, step_state, (rewards, dones))
-        weights = jnp.tanh(weights @ weights + rewards.mean())  # the "learning" work
+        for _ in range(MATMULS):  # the "learning" work
+            weights = jnp.tanh(weights @ weights + rewards.mean())
         loss = jnp.mean(weights ** 2)
         if cb is not None:
             ctx = IterationContext(state, step_state, None, None, i + 1, None,
@@ -82,7 +93,7 @@ def train(seed, cb, iterations: int):
     return jnp.sum(losses) + jnp.sum(weights)
 
 
-def layouts(iterations: int):
+def layouts(iterations: int, width: int):
     """``{name: (build(with_callback) -> fn(seeds, cb), seeds, options)}``."""
     mesh = jax.make_mesh((DEVICES,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
     seeds = jnp.arange(DEVICES * PER_DEVICE, dtype=jnp.float32)
@@ -91,7 +102,7 @@ def layouts(iterations: int):
 
     def seeded(with_cb):
         return lambda s, cb: jax.vmap(lambda x: train(x, cb if with_cb else None,
-                                                      iterations))(s)
+                                                      iterations, width))(s)
 
     return {
         "jit": (lambda w: jax.jit(seeded(w)), sharded, {}),
@@ -101,7 +112,7 @@ def layouts(iterations: int):
                                                       in_specs=(P("d"), P()),
                                                       out_specs=P("d"))), sharded, {}),
         "reduce": (lambda w: jax.pmap(
-            lambda s, cb: train(s, cb if w else None, iterations), axis_name="d",
+            lambda s, cb: train(s, cb if w else None, iterations, width), axis_name="d",
             in_axes=(0, None)), jnp.zeros((DEVICES,)), {"reduce": "mean"}),
     }
 
@@ -119,63 +130,78 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds")
     parser.add_argument("--iterations", type=int, default=64, help="iterations per run")
     parser.add_argument("--flush-every", type=int, default=8, help="TensorBoardCallback's")
+    parser.add_argument("--width", type=int, default=128, help="matmul size of the work")
     args = parser.parse_args()
     if jax.device_count() < DEVICES:
         raise SystemExit("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
     flushes = -(-args.iterations // args.flush_every)
 
-    calls = [0]
-    write = _host._host_write
+    # Count on the host side of callax (no JAX there): a host call that carries rows queues
+    # them with host.write; the final sync call flushes its run with host.flush.
+    counts = {"rows": 0, "sync": 0}
+    write, flush = host.write, host.flush
 
-    def counting_write(packed):
-        calls[0] += 1
-        write(packed)
+    def counting_write(*a, **k):
+        counts["rows"] += 1
+        return write(*a, **k)
 
-    _host._host_write = counting_write  # before tracing: the emitter looks it up then
+    def counting_flush(handle):
+        counts["sync"] += 1
+        return flush(handle)
 
+    host.write, host.flush = counting_write, counting_flush
     root = tempfile.mkdtemp(prefix="callax_bench_scale_")
 
-    def callback(name, options):
-        return callax.TensorBoardCallback(name, log_dir=root, flush_every=args.flush_every,
+    def callback(name, options, flush_every):
+        return callax.TensorBoardCallback(name, log_dir=root, flush_every=flush_every,
                                           **options)
 
+    variants = {"with": args.flush_every, "once": args.iterations}
     cases = {}
-    for name, (build, seeds, options) in layouts(args.iterations).items():
+    for name, (build, seeds, options) in layouts(args.iterations, args.width).items():
         with_cb, without = build(True), build(False)
-        cb = callback(name, options)
-        jax.block_until_ready(with_cb(seeds, cb))
+        for every in variants.values():
+            jax.block_until_ready(with_cb(seeds, callback(name, options, every)))
+        cb = callback(name, options, args.flush_every)
         jax.block_until_ready(without(seeds, cb))
-        callax.flush_all()
-        gathers = count_collectives(with_cb, seeds, cb) - count_collectives(without, seeds, cb)
-        cases[name] = (with_cb, without, seeds, options, gathers)
+        jax.effects_barrier()
+        added = count_collectives(with_cb, seeds, cb) - count_collectives(without, seeds, cb)
+        cases[name] = (with_cb, without, seeds, options, added)
 
-    times = {(name, v): [] for name in cases for v in ("with", "without")}
-    host_calls = {name: [] for name in cases}
+    times = {(name, v): [] for name in cases for v in (*variants, "without")}
+    calls = {(name, kind): [] for name in cases for kind in counts}
     for _ in range(args.rounds):
         for name, (with_cb, without, seeds, options, _) in cases.items():
-            cb = callback(name, options)
-            calls[0] = 0
-            start = time.perf_counter()
-            jax.block_until_ready(with_cb(seeds, cb))
-            jax.effects_barrier()
-            times[name, "with"].append(time.perf_counter() - start)
-            host_calls[name].append(calls[0])
+            for variant, every in variants.items():
+                cb = callback(name, options, every)
+                counts.update(rows=0, sync=0)
+                start = time.perf_counter()
+                jax.block_until_ready(with_cb(seeds, cb))
+                jax.effects_barrier()
+                times[name, variant].append(time.perf_counter() - start)
+                if variant == "with":
+                    for kind, n in counts.items():
+                        calls[name, kind].append(n)
             start = time.perf_counter()
             jax.block_until_ready(without(seeds, cb))
             times[name, "without"].append(time.perf_counter() - start)
         callax.flush_all()
 
     print(f"jax {jax.__version__}, {DEVICES} host devices, {DEVICES * PER_DEVICE} seeds, "
-          f"{args.iterations} iterations, flush_every={args.flush_every} ({flushes} flushes),"
-          f" {args.rounds} rounds")
-    print(f"{'layout':>10} {'host calls/run':>15} {'added collectives':>18} "
-          f"{'median with (ms)':>17} {'without (ms)':>13} {'with/without':>13}")
-    for name, (*_, gathers) in cases.items():
-        with_t = statistics.median(times[name, "with"]) * 1e3
-        without_t = statistics.median(times[name, "without"]) * 1e3
-        per_run = statistics.median(host_calls[name])
-        print(f"{name:>10} {per_run:>15.0f} {gathers:>18d} {with_t:>17.2f} "
-              f"{without_t:>13.2f} {with_t / without_t:>13.3f}")
+          f"{args.iterations} iterations of {STEPS} steps x {ENVS} envs, width {args.width},"
+          f" flush_every={args.flush_every} ({flushes} flushes), {args.rounds} rounds")
+    print(f"{'layout':>10} {'calls/flush':>12} {'final sync':>11} {'collectives':>12} "
+          f"{'without ms':>11} {'with/without':>13} {'once/without':>13} {'ms/flush':>9}")
+    for name, (*_, added) in cases.items():
+        t = {v: statistics.median(times[name, v]) * 1e3 for v in (*variants, "without")}
+        per_flush = statistics.median(calls[name, "rows"]) / flushes
+        sync = statistics.median(calls[name, "sync"])
+        extra = statistics.median(
+            (w - o) * 1e3 / max(flushes - 1, 1)
+            for w, o in zip(times[name, "with"], times[name, "once"], strict=True))
+        print(f"{name:>10} {per_flush:>12.2f} {sync:>11.0f} {added:>12d} "
+              f"{t['without']:>11.2f} {t['with'] / t['without']:>13.3f} "
+              f"{t['once'] / t['without']:>13.3f} {extra:>9.2f}")
     print(f"(event files in {root})")
 
 

@@ -192,6 +192,21 @@ def main(root):
     writer = callax.JITSummaryWriter(os.path.join(root, "vmap_pmap"))
     jax.vmap(jax.pmap(lambda x: writer.add_scalar("x", x, 0), axis_name="d"))(
         seeds.reshape(PER_DEVICE, DEVICES))
+    # 15. A large flush (64 rows x 64 tags, ~130 kB) under sharded jit while the devices
+    #     also run a collective each iteration: through jax.debug.callback's lowering this
+    #     deadlocked (its operand copy waits for a worker thread the other devices hold).
+    writer = callax.JITSummaryWriter(os.path.join(root, "large"))
+    tags = tuple(f"t{j:02d}" for j in range(64))
+
+    def large(s):
+        def body(c, i):
+            rows = s + jnp.arange(64 * 64, dtype=jnp.float32).reshape(64, 64) / 64.0
+            writer.write_rows(tags, i * 64 + jnp.arange(64), rows + i)
+            return c + jnp.tanh(jnp.ones((64, 64)) * s) @ jnp.ones((64, 64)), None
+
+        return jax.lax.scan(body, jnp.zeros((64, 64)), jnp.arange(3))[0].sum()
+
+    jax.jit(jax.vmap(large))(sharded).block_until_ready()
     callax.flush_all()
     out["runs"] = collect(root)
     print("RESULT " + json.dumps(out))

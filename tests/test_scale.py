@@ -182,3 +182,18 @@ def test_pmap_inside_vmap_numbers_seeds_device_major(layouts):
     want = {f"vmap_pmap/seed_{d * PER_DEVICE + v}": {"x": [[0, float(v * DEVICES + d)]]}
             for v in range(PER_DEVICE) for d in range(DEVICES)}
     assert runs == want
+
+
+def test_large_flushes_under_sharded_jit(layouts):
+    runs = {d: p for d, p in layouts["runs"].items() if d.split("/")[0] == "large"}
+    seeds = DEVICES * PER_DEVICE
+    assert sorted(runs) == sorted(f"large/seed_{i}" for i in range(seeds))
+    rows = [(it, r) for it in range(3) for r in range(64)]
+    for i in range(seeds):
+        assert len(runs[f"large/seed_{i}"]) == 64
+        for j in (0, 17, 63):
+            points = runs[f"large/seed_{i}"][f"t{j:02d}"]
+            assert [p[0] for p in points] == [it * 64 + r for it, r in rows]
+            np.testing.assert_allclose([p[1] for p in points],
+                                       [i + (r * 64 + j) / 64.0 + it for it, r in rows],
+                                       rtol=1e-6)

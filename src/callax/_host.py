@@ -127,6 +127,46 @@ def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
     fn(*(np.asarray(a) for a in arrays))
 
 
+def _partitioned_sharding(axis_context, avals_out):
+    """Where a host call runs in a program partitioned over several devices, as
+    ``jax.debug.callback`` places it: on device 0 once under sharded ``jit`` (the operands are
+    gathered there), on every device under a fully manual ``shard_map``. ``None`` where the
+    direct path does not handle the context (partly manual ``shard_map``) or the JAX
+    internals differ: the caller then uses ``jax.debug.callback``'s lowering.
+
+    Going through ``jax.debug.callback`` there copies every operand into a new ``jax.Array``
+    (``device_put``) and waits for it. Under sharded ``jit`` on host devices that copy needs a
+    runtime worker thread while the other devices hold them, waiting for the next collective:
+    measured to deadlock (XLA's rendezvous aborts the process after 40 s) once a flush
+    carries ~100 kB on 4 host devices of a 2-core machine (``benchmarks/bench_scale.py``).
+    """
+    try:
+        from jax._src import config, sharding_impls
+        from jax._src.lib import xla_client as xc
+
+        shardy = config.use_shardy_partitioner.value
+        if isinstance(axis_context, sharding_impls.SPMDAxisContext):
+            if set(axis_context.manual_axes) != set(axis_context.mesh.axis_names):
+                return None
+            if shardy:
+                from jax._src import callback as callback_lib
+
+                return callback_lib._get_sdy_array_list_for_callbacks(avals_out)
+            sharding = xc.OpSharding()
+            sharding.type = xc.OpSharding.Type.MANUAL
+            return sharding
+        if shardy:
+            return sharding_impls.SdyArrayList((sharding_impls.SdyArray(
+                mesh_shape=(), dim_shardings=(), logical_device_ids=(0,)),))
+        sharding = xc.OpSharding()
+        sharding.type = xc.OpSharding.Type.MAXIMAL
+        sharding.tile_assignment_dimensions = [1]
+        sharding.tile_assignment_devices = [0]
+        return sharding
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
+        return None
+
+
 def _make_host_call() -> tuple[Callable[..., None], bool]:
     """Build :func:`callback`; return it and whether it is the direct path.
 
@@ -137,8 +177,9 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
     effect, lowered with ``mlir.emit_python_callback``, so XLA hands the host function the
     NumPy views of its operands directly. It relies on two JAX internals (the debug effect
     and the sharding contexts); where they are missing it falls back to
-    ``jax.debug.callback``. Under SPMD partitioning (several devices) it defers to
-    ``jax.debug.callback``'s lowering, which knows where to run the call.
+    ``jax.debug.callback``. Under SPMD partitioning (several devices) it places the call as
+    ``jax.debug.callback`` does (see :func:`_partitioned_sharding`), deferring to its
+    lowering only inside a partly manual ``shard_map``.
     """
     try:
         from jax._src import debugging, sharding_impls
@@ -175,11 +216,14 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
 
     def _lowering(ctx, *args, fn):
         axis_context = ctx.module_context.axis_context
+        sharding = None
         if isinstance(axis_context, spmd_context) or (
             isinstance(axis_context, sharding_context) and axis_context.num_devices > 1
         ):
-            return debug_lowering(ctx, *args, effect=effect, partitioned=False,
-                                  callback=functools.partial(_call_with_numpy, fn))
+            sharding = _partitioned_sharding(axis_context, ctx.avals_out)
+            if sharding is None:
+                return debug_lowering(ctx, *args, effect=effect, partitioned=False,
+                                      callback=functools.partial(_call_with_numpy, fn))
 
         def on_host(*arrays):
             fn(*arrays)
@@ -187,7 +231,7 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
 
         results, _, _ = emit_python_callback(
             ctx, on_host, None, list(args), ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=False,
+            has_side_effect=True, returns_token=False, sharding=sharding,
         )
         return results
 
