@@ -25,9 +25,10 @@ directory each round: the callback is an argument, nothing recompiles). Prints p
   state's updates, one transfer and the final sync);
 - the time one more flush adds: ``(with - once) / (flushes - 1)``, medians over rounds.
 
-The program is small (about a millisecond of work per iteration for all 8 seeds), so the
-ratios are an upper bound of what logging costs in real training; the time per flush is the
-number to compare with your iterations.
+The program is small (a few milliseconds per iteration for all 8 seeds: ``without ms`` /
+``iterations``), so the ratios are an upper bound of what logging costs in real training;
+the time per flush is the number to compare with your iterations. On a shared machine the
+time columns are noisy: run several times and compare the medians.
 """
 
 from __future__ import annotations

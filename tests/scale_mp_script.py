@@ -21,6 +21,9 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
+
+from scaling_processes import processes  # noqa: E402  (docs/scaling.md's example)
 
 import callax  # noqa: E402
 from scale_script import train  # noqa: E402
@@ -44,6 +47,8 @@ shared = callax.JITSummaryWriter(os.path.join(root, "local"))
 shared.add_scalar("process", float(process), 0)
 mine = callax.JITSummaryWriter(os.path.join(root, "per_process"), per_process=True)
 mine.add_scalar("process", float(process), 0)
+# The multi-process example of docs/scaling.md (examples/scaling_processes.py).
+jax.block_until_ready(processes(os.path.join(root, "examples")))
 callax.flush_all()
 print("DONE", process, flush=True)
 jax.distributed.shutdown()

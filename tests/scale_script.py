@@ -16,6 +16,9 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
+
+from scaling import LAYOUTS  # noqa: E402  (examples/scaling.py, shown in docs/scaling.md)
 
 import callax  # noqa: E402
 import callax.events  # noqa: E402
@@ -207,6 +210,9 @@ def main(root):
         return jax.lax.scan(body, jnp.zeros((64, 64)), jnp.arange(3))[0].sum()
 
     jax.jit(jax.vmap(large))(sharded).block_until_ready()
+    # 16. The examples of docs/scaling.md (examples/scaling.py), every layout.
+    for run in LAYOUTS.values():
+        jax.block_until_ready(run(os.path.join(root, "examples")))
     callax.flush_all()
     out["runs"] = collect(root)
     print("RESULT " + json.dumps(out))

@@ -197,3 +197,48 @@ def test_large_flushes_under_sharded_jit(layouts):
             np.testing.assert_allclose([p[1] for p in points],
                                        [i + (r * 64 + j) / 64.0 + it for it, r in rows],
                                        rtol=1e-6)
+
+
+# The examples of docs/scaling.md (examples/scaling.py), recomputed here in NumPy.
+EXAMPLE_STEPS, EXAMPLE_POINTS, EXAMPLE_LR = 40, 32, 0.1
+
+
+def gradient_descent_losses(slope: float, shards: int) -> list[tuple[int, float]]:
+    """The loss at every step of the examples' fit of y = slope * x + 0.5 from w = 0, the
+    data split into ``shards`` equal parts whose losses and gradients are averaged."""
+    x = np.linspace(-1.0, 1.0, EXAMPLE_POINTS).reshape(shards, -1)
+    y = slope * x + 0.5
+    w = np.zeros(2)
+    out = []
+    for step in range(EXAMPLE_STEPS):
+        r = w[0] * x + w[1] - y
+        out.append((step, float(np.mean(np.mean(r ** 2, axis=1)))))
+        grad = np.array([np.mean(np.mean(2 * r * x, axis=1)), np.mean(np.mean(2 * r, axis=1))])
+        w = w - EXAMPLE_LR * grad
+    return out
+
+
+@pytest.mark.parametrize("layout", ["jit", "pmap", "shard_map"])
+def test_docs_example_layouts_write_eight_seeds(layouts, layout):
+    prefix = f"examples/{layout}"
+    runs = {d: p for d, p in layouts["runs"].items() if d.rsplit("/", 1)[0] == prefix}
+    assert sorted(runs) == sorted(f"{prefix}/seed_{i}" for i in range(8))
+    for i in range(8):
+        assert_points(runs[f"{prefix}/seed_{i}"],
+                      {"train/loss": gradient_descent_losses(1.0 + i, 1)})
+
+
+def test_docs_example_data_parallel_writes_one_run(layouts):
+    runs = {d: p for d, p in layouts["runs"].items() if d.startswith("examples/data_parallel")}
+    assert list(runs) == ["examples/data_parallel"]
+    assert_points(runs["examples/data_parallel"],
+                  {"train/loss": gradient_descent_losses(2.0, DEVICES)})
+
+
+def test_docs_example_seeds_and_data(layouts):
+    prefix = "examples/seeds_and_data"
+    runs = {d: p for d, p in layouts["runs"].items() if d.startswith(prefix)}
+    assert sorted(runs) == sorted(f"{prefix}/seed_{i}" for i in range(4))
+    for i in range(4):
+        assert_points(runs[f"{prefix}/seed_{i}"],
+                      {"train/loss": gradient_descent_losses(1.0 + i, 2)})

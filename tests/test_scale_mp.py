@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from conftest import read_run, run_dirs
-from test_scale import assert_points, expected
+from test_scale import assert_points, expected, gradient_descent_losses
 
 HERE = os.path.dirname(__file__)
 
@@ -73,6 +73,26 @@ def test_process_local_data_written_once_or_per_process(mp_root):
         assert run == {"process": [(0, float(p))]}
     assert writers(os.path.join(mp_root, "per_process", "process_0")) != writers(
         os.path.join(mp_root, "per_process", "process_1"))
+
+
+def test_docs_example_processes(mp_root):
+    examples = os.path.join(mp_root, "examples")
+    assert run_dirs(os.path.join(examples, "processes")) == [f"seed_{i}" for i in range(8)]
+    by_process = []
+    for i in range(8):
+        directory = os.path.join(examples, "processes", f"seed_{i}")
+        (pid,) = writers(directory)
+        by_process.append(pid)
+        assert_points(read_run(directory),
+                      {"train/loss": gradient_descent_losses(1.0 + i, 1)})
+    # Seeds 0-3 live on process 0's devices, 4-7 on process 1's: each process writes its own.
+    assert len(set(by_process[:4])) == 1 and len(set(by_process[4:])) == 1
+    assert by_process[0] != by_process[4]
+    local = os.path.join(examples, "processes_local")
+    assert run_dirs(local) == ["process_0", "process_1"]
+    for p in range(2):
+        assert read_run(os.path.join(local, f"process_{p}")) == {
+            "host/process_index": [(0, float(p))]}
 
 
 def _get(url: str):
