@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
 
+from scaling import fit  # noqa: E402
 from scaling_processes import processes  # noqa: E402  (docs/scaling.md's example)
 
 import callax  # noqa: E402
@@ -47,6 +48,10 @@ shared = callax.JITSummaryWriter(os.path.join(root, "local"))
 shared.add_scalar("process", float(process), 0)
 mine = callax.JITSummaryWriter(os.path.join(root, "per_process"), per_process=True)
 mine.add_scalar("process", float(process), 0)
+# Sharded jit over both processes' devices: XLA runs the host call once, on device 0
+# (process 0), with every seed's rows gathered there.
+writer = callax.JITSummaryWriter(os.path.join(root, "jit"))
+jax.block_until_ready(jax.jit(jax.vmap(lambda s: fit(s, jax.numpy.zeros(2), writer)))(batch))
 # The multi-process example of docs/scaling.md (examples/scaling_processes.py).
 jax.block_until_ready(processes(os.path.join(root, "examples")))
 callax.flush_all()

@@ -95,6 +95,18 @@ def test_docs_example_processes(mp_root):
             "host/process_index": [(0, float(p))]}
 
 
+def test_sharded_jit_over_processes_is_written_by_process_zero(mp_root):
+    root = os.path.join(mp_root, "jit")
+    assert run_dirs(root) == [f"seed_{i}" for i in range(8)]
+    pids = set()
+    for i in range(8):
+        pids |= writers(os.path.join(root, f"seed_{i}"))
+        assert_points(read_run(os.path.join(root, f"seed_{i}")),
+                      {"train/loss": gradient_descent_losses(1.0 + i, 1)})
+    # One process wrote them all: the one that wrote the process-local data by default.
+    assert pids == writers(os.path.join(mp_root, "local"))
+
+
 def _get(url: str):
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())

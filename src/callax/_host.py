@@ -440,17 +440,25 @@ def _emitter(axis_names: tuple[str, ...] | None, reduce: str | None, per_process
     @custom_batching.custom_vmap
     def _emit(layout, handle, seed, steps, values, valid, pred, sync):
         seed_axes, replicated = split_axes(axis_names, reduce)
+
+        def send(values, valid, pred):
+            if replicated:
+                values, valid, pred = _reduce(replicated, reduce, values, valid, pred)
+            pred_ = _process_filter(seed_axes, per_process, pred)
+            args = _gathered(layout, handle, global_seed(seed, seed_axes), steps, values,
+                             valid, pred_, sync)
+            jax.lax.cond(jnp.any(pred_ | sync),
+                         lambda: callback(_host_write, _pack(*args)), lambda: None)
+
         if replicated:
-            values, valid, pred = _reduce(replicated, reduce, values, valid, pred)
-        pred = _process_filter(seed_axes, per_process, pred)
-        seed = global_seed(seed, seed_axes)
-        layout, handle, seed, steps, values, valid, pred, sync = _gathered(
-            layout, handle, seed, steps, values, valid, pred, sync)
-
-        def send():
-            callback(_host_write, _pack(layout, handle, seed, steps, values, valid, pred, sync))
-
-        jax.lax.cond(jnp.any(pred | sync), send, lambda: None)
+            # The reduction's collectives run only when some device of the replicated axes
+            # sends (one scalar all-reduce per call decides, so all devices agree), not at
+            # every buffered row.
+            names = tuple(name for name, _ in replicated)
+            anyone = jax.lax.psum(jnp.any(pred | sync).astype(jnp.int32), names) > 0
+            jax.lax.cond(anyone, send, lambda *_: None, values, valid, pred)
+        else:
+            send(values, valid, pred)
         return jnp.zeros((), jnp.int32)
 
     _emit.def_vmap(functools.partial(batching_rule, _emit))
