@@ -412,13 +412,25 @@ def _reduce(axes, reduce, values, valid, pred):
     return values, valid, pred & first
 
 
-def _process_filter(seed_axes, per_process: bool, pred):
-    # Without seed axes a call is replicated or gathered data (every process computes the
-    # same) or process-local data (written under process_<p>, opt-in): by default only
-    # process 0 writes.
-    if seed_axes or per_process or jax.process_count() == 1:
-        return pred
-    return pred & (jnp.int32(jax.process_index()) == 0)
+def _host_write_process_0(packed) -> None:
+    """:func:`_host_write` on process 0 only (a no-op in the other processes)."""
+    if jax.process_index() == 0:
+        _host_write(packed)
+
+
+def _host_writer(seed_axes, per_process: bool) -> Callable[..., None]:
+    """The host function of a write: without seed axes a call holds replicated or gathered
+    data (every process computes the same) or process-local data (``per_process``, written
+    under ``process_<p>``); by default only process 0 writes it.
+
+    Decided on the host, not in the traced program: a program partitioned over the devices
+    of several processes must be the same program in every process (a predicate that
+    differs per process leaves the others waiting in a collective: measured to deadlock
+    sharded ``jit`` over 2 processes).
+    """
+    if seed_axes or per_process:
+        return _host_write
+    return _host_write_process_0
 
 
 def _gathered(*arrays):
@@ -444,11 +456,11 @@ def _emitter(axis_names: tuple[str, ...] | None, reduce: str | None, per_process
         def send(values, valid, pred):
             if replicated:
                 values, valid, pred = _reduce(replicated, reduce, values, valid, pred)
-            pred_ = _process_filter(seed_axes, per_process, pred)
+            host_fn = _host_writer(seed_axes, per_process)
             args = _gathered(layout, handle, global_seed(seed, seed_axes), steps, values,
-                             valid, pred_, sync)
-            jax.lax.cond(jnp.any(pred_ | sync),
-                         lambda: callback(_host_write, _pack(*args)), lambda: None)
+                             valid, pred, sync)
+            jax.lax.cond(jnp.any(pred | sync),
+                         lambda: callback(host_fn, _pack(*args)), lambda: None)
 
         if replicated:
             # The reduction's collectives run only when some device of the replicated axes
