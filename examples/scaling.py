@@ -12,8 +12,10 @@ set below before JAX is imported).
 
 from __future__ import annotations
 
+# --8<-- [start:setup]
 import os
 
+# Without 4 accelerators: simulate 4 CPU devices (before JAX is imported).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import argparse  # noqa: E402
@@ -25,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import callax  # noqa: E402
 
 SEEDS, DEVICES, STEPS, POINTS, LR = 8, 4, 40, 32, 0.1
+# --8<-- [end:setup]
 
 
 # --8<-- [start:fit]
