@@ -48,6 +48,8 @@ shared = callax.JITSummaryWriter(os.path.join(root, "local"))
 shared.add_scalar("process", float(process), 0)
 mine = callax.JITSummaryWriter(os.path.join(root, "per_process"), per_process=True)
 mine.add_scalar("process", float(process), 0)
+# The same for writes through _host.send (histograms here): process 0 only.
+callax.add_histograms(shared, {"process": jax.numpy.full((3,), float(process))}, 1)
 # Sharded jit over both processes' devices: XLA runs the host call once, on device 0
 # (process 0), with every seed's rows gathered there.
 writer = callax.JITSummaryWriter(os.path.join(root, "jit"))

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import read_run, run_dirs
 from test_scale import assert_points, expected, gradient_descent_losses
@@ -67,6 +68,12 @@ def test_one_run_name_and_one_process_per_seed(mp_root):
 def test_process_local_data_written_once_or_per_process(mp_root):
     assert read_run(os.path.join(mp_root, "local")) == {"process": [(0, 0.0)]}
     assert len(writers(os.path.join(mp_root, "local"))) == 1
+    accumulator = EventAccumulator(os.path.join(mp_root, "local"),
+                                   size_guidance={"histograms": 0})
+    accumulator.Reload()
+    (histogram,) = accumulator.Histograms("process")  # process 0's, once (host.send)
+    assert (histogram.step, histogram.histogram_value.num) == (1, 3)
+    assert histogram.histogram_value.max == 0.0
     assert run_dirs(os.path.join(mp_root, "per_process")) == ["process_0", "process_1"]
     for p in range(2):
         run = read_run(os.path.join(mp_root, "per_process", f"process_{p}"))

@@ -619,11 +619,20 @@ def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
         seed, when, arrays = _flat_rows(seed, when, arrays)
         host_fn(seed, when, *arrays)
 
+    def on_process_0(when, seed, *arrays) -> None:
+        if jax.process_index() == 0:
+            on_host(when, seed, *arrays)
+
     @custom_batching.custom_vmap
     def call(when, seed, *arrays):
+        # Under manual axes exactly one device of the whole mesh calls (the rows of all
+        # devices gathered). Otherwise the call is replicated or gathered data, or the
+        # program of one process: with several processes only process 0 calls host_fn
+        # (decided on the host, so that every process compiles the same program).
+        fn = on_host if manual_axes() else on_process_0
         when, seed, arrays, first = _gather_manual(when, seed, arrays)
         when, seed, *arrays = _gathered(when, seed, *arrays)
-        jax.lax.cond(jnp.any(when) & first, lambda: callback(on_host, when, seed, *arrays),
+        jax.lax.cond(jnp.any(when) & first, lambda: callback(fn, when, seed, *arrays),
                      lambda: None)
         return jnp.zeros((), jnp.int32)
 
@@ -650,7 +659,8 @@ def send(host_fn: Callable[..., None], *arrays, when=True) -> None:
     element (a single row outside ``vmap``). ``seed[rows]`` (``int32``) is each row's seed
     position, numbered as :func:`emit` numbers them (``NO_SEED`` outside any mapped axis;
     under ``pmap``/``shard_map`` the global index over every enclosing manual axis, the rows
-    of all devices gathered into the one call made by the first device);
+    of all devices gathered into the one call made by the first device; with several
+    processes and no manual axis, only process 0 calls ``host_fn``);
     ``when[rows]`` says which rows asked for the call; ``arrays`` are the given arrays, each
     with its row axis in front. The call is made when ``when`` holds for at least one row,
     so ``host_fn`` should usually ignore the other rows. A call under ``vmap`` is batched
