@@ -22,6 +22,7 @@ from ._list import (
     CallbackListState as CallbackListState,
     CallbackListStepState as CallbackListStepState,
 )
+from ._step import Step as Step
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
 from .callbacks import (
     AbstractEvalStopper as AbstractEvalStopper,

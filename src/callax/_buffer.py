@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Shaped, UInt32
 
+from . import _step as _steps
 from ._host import vary
-from ._summary_writer import JITSummaryWriter, tag_layout
+from ._step import Step
+from ._summary_writer import JITSummaryWriter, check_values, tag_layout
 
 __all__ = ["ScalarBuffer"]
 
@@ -28,7 +30,7 @@ class ScalarBuffer(eqx.Module):
 
     values: Float[Array, "capacity width"]
     valid: Bool[Array, "capacity width"]
-    steps: Int[Array, " capacity"]
+    steps: UInt32[Array, "capacity 2"]  # 64-bit steps as (hi, lo) words, see callax.Step
     count: Int[Array, ""]
     layout: Int[Array, ""]
 
@@ -41,14 +43,14 @@ class ScalarBuffer(eqx.Module):
         return cls(
             values=vary(jnp.zeros((capacity, width), jnp.float32)),
             valid=vary(jnp.zeros((capacity, width), jnp.bool_)),
-            steps=vary(jnp.zeros((capacity,), jnp.int32)),
+            steps=vary(jnp.zeros((capacity, 2), jnp.uint32)),
             count=vary(jnp.zeros((), jnp.int32)),
             layout=jnp.zeros((), jnp.int32),
         )
 
     @property
     def capacity(self) -> int:
-        return self.steps.shape[-1]
+        return self.steps.shape[-2]
 
     @property
     def width(self) -> int:
@@ -58,12 +60,14 @@ class ScalarBuffer(eqx.Module):
         self,
         writer: JITSummaryWriter,
         tags: tuple[str, ...],
-        step: Int[ArrayLike, ""],
-        values: Float[Array, " n"],
+        step: Int[ArrayLike, ""] | Step,
+        values: Shaped[ArrayLike, " n"],
         valid: Bool[Array, " n"],
         when: Bool[ArrayLike, ""] = True,
     ) -> ScalarBuffer:
         """Add one row at ``step``; if that fills the buffer, send every row to the host.
+
+        ``step`` is an integer scalar or a [`callax.Step`][] (64-bit, no overflow at 2**31).
 
         ``tags`` must be the same at every call between two transfers (in a loop body traced
         once, they are). With ``when`` false nothing is added or sent: pass the trainer's
@@ -79,12 +83,13 @@ class ScalarBuffer(eqx.Module):
         pad = self.width - len(tags)
         when = jnp.asarray(when, jnp.bool_)
         index = jnp.minimum(self.count, self.capacity - 1)
-        row_values = jnp.pad(jnp.asarray(values, jnp.float32), (0, pad))
+        row_values = jnp.pad(check_values(tags, values), (0, pad))
         row_valid = jnp.pad(jnp.asarray(valid, jnp.bool_), (0, pad))
         buffer = ScalarBuffer(
             values=self.values.at[index].set(jnp.where(when, row_values, self.values[index])),
             valid=self.valid.at[index].set(jnp.where(when, row_valid, self.valid[index])),
-            steps=self.steps.at[index].set(jnp.where(when, step, self.steps[index])),
+            steps=self.steps.at[index].set(jnp.where(when, _steps.as_words(step),
+                                                     self.steps[index])),
             count=self.count + when.astype(jnp.int32),
             layout=jnp.asarray(layout, jnp.int32),
         )
@@ -94,8 +99,8 @@ class ScalarBuffer(eqx.Module):
 
     def _send(self, writer: JITSummaryWriter, when, sync: bool = False) -> None:
         rows = jnp.arange(self.capacity) < self.count
-        writer._emit(self.layout, self.steps, self.values, self.valid & rows[:, None], when,
-                     sync)
+        writer._emit(self.layout, Step._from_words(self.steps), self.values,
+                     self.valid & rows[:, None], when, sync)
 
     def flush(self, writer: JITSummaryWriter, *, sync: bool = True) -> ScalarBuffer:
         """Send the buffered rows (if any) and empty the buffer.

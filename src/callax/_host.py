@@ -30,6 +30,7 @@ from jax import custom_batching
 from jax.experimental import io_callback
 from jax.typing import ArrayLike
 
+from . import _step
 from ._writer import _host as host
 
 __all__ = [
@@ -254,7 +255,8 @@ _HEADER = 7  # layout, handle, seed, pred, sync, K, width
 
 def _pack(layout, handle, seed, steps, values, valid, pred, sync) -> jax.Array:
     """One int32 array per batch element (a host call costs per operand): a header, the
-    steps, the validity mask and the float32 values bit-cast to int32."""
+    steps as two 32-bit words each (``hi, lo``: 64-bit steps without x64, see
+    :mod:`callax._step`), the validity mask and the float32 values bit-cast to int32."""
     batch = jnp.shape(seed)
     k, width = jnp.shape(values)[-2:]
 
@@ -264,7 +266,8 @@ def _pack(layout, handle, seed, steps, values, valid, pred, sync) -> jax.Array:
     header = [column(layout), column(handle), column(seed), column(pred), column(sync),
               column(k), column(width)]
     body = [
-        jnp.broadcast_to(steps, (*batch, k)).astype(jnp.int32),
+        jax.lax.bitcast_convert_type(jnp.broadcast_to(steps, (*batch, k, 2)), jnp.int32)
+        .reshape(*batch, 2 * k),
         jnp.broadcast_to(valid, (*batch, k, width)).reshape(*batch, k * width).astype(jnp.int32),
         jax.lax.bitcast_convert_type(
             jnp.broadcast_to(values, (*batch, k, width)).astype(jnp.float32), jnp.int32
@@ -278,10 +281,12 @@ def _host_write(packed) -> None:
     rows = packed.reshape(-1, packed.shape[-1])
     layout, handle, seed, pred, sync, k, width = rows[:, :_HEADER].T
     k, width = int(k[0]), int(width[0])
-    steps = rows[:, _HEADER:_HEADER + k]
-    valid = rows[:, _HEADER + k:_HEADER + k + k * width].reshape(-1, k, width) != 0
-    values = rows[:, _HEADER + k + k * width:].view(np.float32).reshape(-1, k, width)
+    steps = _step.words_to_int64(rows[:, _HEADER:_HEADER + 2 * k].reshape(-1, k, 2))
+    start = _HEADER + 2 * k
+    valid = rows[:, start:start + k * width].reshape(-1, k, width) != 0
+    values = rows[:, start + k * width:].view(np.float32).reshape(-1, k, width)
     valid &= (pred != 0)[:, None, None]
+    steps, valid, error = _check_steps(steps, valid, handle, layout)
     # A sync call writes in this thread: it waits for the files anyway, and handing the batch
     # to the writer thread first costs two thread switches (~0.25 ms on a busy core).
     wait = bool(sync.any())
@@ -295,6 +300,28 @@ def _host_write(packed) -> None:
     if wait:
         for h in np.unique(handle).tolist():
             host.flush(h)
+    if error is not None:
+        raise error
+
+
+def _check_steps(steps, valid, handle, layout):
+    """Map the AUTO word pattern to the host's ``AUTO_STEP``; a negative step anywhere else
+    is an error naming its tags. Its rows are dropped (the others are written), and the
+    error is raised by the host call itself, so the jitted function that made it fails."""
+    auto = steps == _step.AUTO
+    negative = (steps < 0) & ~auto & valid.any(axis=-1)
+    error = None
+    if negative.any():
+        b, row = (int(i[0]) for i in np.nonzero(negative))
+        tags = [t for t, ok in zip(_layout_tags[int(layout[b])], valid[b, row], strict=False)
+                if ok]
+        error = ValueError(
+            f"callax: negative global step {int(steps[b, row])} for tag(s) "
+            f"{', '.join(map(repr, tags))} of run {host.get_run(int(handle[b])).log_dir!r}; "
+            "steps must be >= 0 (pass global_step=None to continue from the last step)"
+        )
+        valid = valid & ~negative[..., None]
+    return np.where(auto, host.AUTO_STEP, steps), valid, error
 
 
 REDUCE_MODES = (None, "mean", "first")
@@ -498,7 +525,9 @@ def emit(layout, handle, steps, values, valid, pred=True, sync=False, *,
          per_process: bool = False) -> None:
     """Send ``steps[K]``, ``values[K, width]`` (where ``valid[K, width]`` and ``pred``) to the
     host, for the tags of ``layout`` (see :func:`register_layout`; columns past the number of
-    tags are ignored). A step of ``-1`` means "one more than the tag's last step".
+    tags are ignored). ``steps`` are integers or a :class:`callax.Step` (64-bit words); the
+    step :data:`callax._step.AUTO` means "one more than the tag's last step", any other
+    negative step makes the host call raise, naming the tags.
 
     With ``sync``, the same host call then waits until the run's files hold everything handed
     over (a separate flush callback could be reordered before the write by XLA).
@@ -512,7 +541,7 @@ def emit(layout, handle, steps, values, valid, pred=True, sync=False, *,
         jnp.asarray(layout, jnp.int32),
         jnp.asarray(handle, jnp.int32),
         seed_origin(),
-        jnp.asarray(steps, jnp.int32),
+        _step.as_words(steps),
         jax.lax.stop_gradient(jnp.asarray(values, jnp.float32)),
         jnp.asarray(valid, jnp.bool_),
         jnp.asarray(pred, jnp.bool_),

@@ -12,12 +12,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
 
-from . import _host
+from . import _host, _step as _steps
+from ._step import Step
 from ._writer import _host as host
 
-__all__ = ["JITSummaryWriter", "check_tag", "scalar_value"]
+__all__ = ["JITSummaryWriter", "check_tag", "check_values", "scalar_value"]
 
 
 def default_log_dir() -> str:
@@ -49,23 +50,52 @@ def tag_layout(tags: tuple[object, ...]) -> int:
     return _host.register_layout(tags)
 
 
+def _value_dtype_error(tags: str | tuple[str, ...], dtype: object) -> TypeError | None:
+    """Why values of ``dtype`` cannot be logged under ``tags`` (``None``: they can)."""
+    names = tags if isinstance(tags, str) else ", ".join(map(repr, tags))
+    what = f"tag {names!r}" if isinstance(tags, str) else f"tag(s) {names}"
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return TypeError(f"value for {what} is complex ({dtype}); log its real and "
+                         "imaginary parts (or its absolute value) under their own tags")
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_):
+        return TypeError(f"value for {what} has non-numeric dtype {dtype}; TensorBoard "
+                         "scalars are bool, integer or floating-point numbers")
+    return None
+
+
 def scalar_value(tag: str, value: object) -> jax.Array:
-    """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise."""
+    """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise.
+
+    Accepted: bool, integer and floating-point scalars of any width (``float16``,
+    ``bfloat16``, ``float64``/``int64`` with x64, ...), Python numbers, NumPy scalars and
+    0-d arrays; NaN and ±Inf are kept as they are. Rejected with a ``TypeError``/``ValueError``
+    naming the tag: complex numbers, strings, ``None``, other non-numeric dtypes (PRNG keys,
+    objects) and anything that is not a scalar.
+    """
     if isinstance(value, str | bytes) or value is None:
         raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
+    on_host = not isinstance(value, jax.Array)
     try:
-        array = jnp.asarray(value)
-    except TypeError as error:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # any size (jnp.asarray refuses ints beyond int32)
+        # Host values are converted by NumPy: without x64, jnp.asarray would truncate an
+        # int64 (np.int64(2**40) becomes 0).
+        array = np.asarray(value) if on_host else value
+    except (TypeError, ValueError, OverflowError) as error:
         raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}") from error
     if array.shape != ():
         raise ValueError(
             f"value for tag {tag!r} must be a scalar, got shape {array.shape}; reduce it "
             "first (e.g. with .mean()) or log each element under its own tag"
         )
-    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
-        raise TypeError(f"value for tag {tag!r} has non-numeric dtype {array.dtype}")
-    if jnp.iscomplexobj(array):
-        raise TypeError(f"value for tag {tag!r} is complex; log its real and imaginary parts")
+    if on_host and array.dtype == object:
+        raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}")
+    error = _value_dtype_error(tag, array.dtype)
+    if error is not None:
+        raise error
+    if on_host:
+        with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as TensorBoard shows
+            return jnp.asarray(array.astype(np.float32))
     return array.astype(jnp.float32)
 
 
@@ -80,15 +110,73 @@ def stack_scalars(values: list, dtype=jnp.float32) -> jax.Array:
     return row
 
 
-def _step(global_step: ArrayLike | None) -> jax.Array:
+def check_values(tags: tuple[str, ...], values: object) -> jax.Array:
+    """Rows of values for ``tags`` as ``float32``; a non-numeric or complex dtype fails at
+    trace time naming the tags."""
+    on_host = not isinstance(values, jax.Array)
+    array = np.asarray(values) if on_host else values  # NumPy: no int64 truncation
+    error = _value_dtype_error(tuple(tags), array.dtype)
+    if error is not None:
+        raise error
+    if on_host:
+        with np.errstate(over="ignore"):
+            return jnp.asarray(array.astype(np.float32))
+    return array.astype(jnp.float32)
+
+
+def _step(global_step: ArrayLike | Step | None, tags: tuple[str, ...] = ()) -> jax.Array:
+    """The ``(hi, lo)`` words of a scalar global step (see [`callax.Step`][]).
+
+    ``None`` means "continue from the tag's last step". Python and NumPy ints up to
+    2**63 - 1 are exact; a traced step may be any integer dtype or a ``Step``. A negative
+    step that is known now (a static value, also while tracing) raises here, naming the
+    tags; a traced one makes the host call raise.
+    """
     if global_step is None:
-        return jnp.asarray(host.AUTO_STEP, jnp.int32)
-    step = jnp.asarray(global_step)
+        return _steps.auto_words()
+    if isinstance(global_step, Step):
+        if global_step.words.shape != (2,):
+            raise TypeError(f"global_step for tag(s) {', '.join(map(repr, tags))} must be a "
+                            f"scalar Step, got {global_step!r}")
+        return _check_concrete_steps(global_step.words, tags)
+    if isinstance(global_step, int | np.integer) and not isinstance(global_step, bool):
+        return _steps.as_words(_check_python_step(int(global_step), tags))
+    step = global_step if isinstance(global_step, jax.Array) else np.asarray(global_step)
+    if (step.shape == () and not _host.is_traced(step) and step.dtype != np.bool_
+            and jnp.issubdtype(step.dtype, jnp.floating) and float(step).is_integer()):
+        return _steps.as_words(_check_python_step(int(step), tags))  # e.g. 1000.0
     if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
-        if step.shape == () and not _host.is_traced(step) and float(step) == int(step):
-            return jnp.asarray(int(step), jnp.int32)
-        raise TypeError(f"global_step must be an integer scalar, got {global_step!r}")
-    return step.astype(jnp.int32)
+        raise TypeError(f"global_step for tag(s) {', '.join(map(repr, tags))} must be an "
+                        f"integer scalar or a callax.Step, got {global_step!r}")
+    if not _host.is_traced(step):
+        return _steps.as_words(_check_python_step(int(step), tags))
+    return _steps.as_words(step)
+
+
+def _negative_step_error(step: int, tags: tuple[str, ...]) -> ValueError:
+    return ValueError(
+        f"negative global_step {step} for tag(s) {', '.join(map(repr, tags))}; steps must "
+        "be >= 0 (global_step=None continues from the last step)"
+    )
+
+
+def _check_python_step(step: int, tags: tuple[str, ...]) -> int:
+    if step < 0:
+        raise _negative_step_error(step, tags)
+    if step > 2**63 - 1:
+        raise OverflowError(f"global_step {step} for tag(s) {', '.join(map(repr, tags))} "
+                            "is above 2**63 - 1, the largest step of an event file")
+    return step
+
+
+def _check_concrete_steps(words: jax.Array, tags: tuple[str, ...]) -> jax.Array:
+    """Eagerly (concrete words), reject negative steps now; traced words pass through."""
+    if not _host.is_traced(words):
+        steps = _steps.words_to_int64(np.asarray(words))
+        negative = steps[(steps < 0) & (steps != _steps.AUTO)]  # AUTO: global_step=None
+        if negative.size:
+            raise _negative_step_error(int(negative[0]), tags)
+    return words
 
 
 class JITSummaryWriter(eqx.Module):
@@ -111,7 +199,11 @@ class JITSummaryWriter(eqx.Module):
     or the process being killed. Inside a hot loop, prefer a callback that buffers on device
     (such as [`callax.TensorBoardCallback`][]) over one ``add_scalar`` per step.
 
-    Steps are ``int32`` (at most 2**31 - 1). ``walltime`` must be a Python float (static).
+    Steps are 64-bit: Python ints up to 2**63 - 1 eagerly; inside jit any integer scalar, or
+    a [`callax.Step`][] (two 32-bit words that add with carry) to count past 2**31 without
+    ``jax_enable_x64``. A negative step is an error naming the tag (eagerly at the call;
+    inside jit the host call raises, so the jitted function fails). ``walltime`` must be a
+    Python float (static).
     """
 
     handle: Int[Array, ""]
@@ -188,7 +280,7 @@ class JITSummaryWriter(eqx.Module):
         self,
         tag: str,
         scalar_value: ArrayLike,
-        global_step: ArrayLike | None = None,
+        global_step: ArrayLike | Step | None = None,
         walltime: float | None = None,
     ) -> None:
         """Write one scalar (checked at trace time: a non-scalar fails naming the tag).
@@ -202,7 +294,7 @@ class JITSummaryWriter(eqx.Module):
         prefix: str,
         scalars: Mapping[str, Any],
         *,
-        global_step: ArrayLike | None = None,
+        global_step: ArrayLike | Step | None = None,
         walltime: float | None = None,
     ) -> None:
         """Write several scalars at one step in one host call, tagged ``<prefix>/<key>``.
@@ -219,32 +311,35 @@ class JITSummaryWriter(eqx.Module):
             return
         tags = tuple(flat)
         values = stack_scalars(list(flat.values()))[None, :]
-        self.write_rows(tags, _step(global_step)[None], values)
+        self.write_rows(tags, Step._from_words(_step(global_step, tags)[None]), values)
 
     def write_rows(
         self,
         tags: tuple[str, ...],
-        steps: Int[ArrayLike, " K"],
-        values: Float[ArrayLike, "K n"],
+        steps: Int[ArrayLike, " K"] | Step,
+        values: Shaped[ArrayLike, "K n"],
         valid: Bool[ArrayLike, "K n"] | None = None,
         when: Bool[ArrayLike, ""] = True,
     ) -> None:
         """Low-level: write ``K`` rows of ``n`` tags in one host call.
 
         Row ``k`` writes ``values[k, j]`` under ``tags[j]`` at step ``steps[k]`` where
-        ``valid[k, j]``; nothing is sent unless ``when`` is true. This is what device-side
-        buffers call when they flush.
+        ``valid[k, j]``; nothing is sent unless ``when`` is true. ``steps`` are integers or a
+        [`callax.Step`][] with ``K`` steps. This is what device-side buffers call when they
+        flush.
         """
         layout = tag_layout(tags)
-        values = jnp.asarray(values, jnp.float32)
+        values = check_values(tags, values)
         if values.ndim != 2 or values.shape[1] != len(tags):
             raise ValueError(f"values must have shape (K, {len(tags)}), got {values.shape}")
-        steps = jnp.asarray(steps)
-        if steps.shape != values.shape[:1]:
-            raise ValueError(f"steps must have shape ({values.shape[0]},), got {steps.shape}")
+        words = _steps.as_words(steps)
+        if words.shape != (values.shape[0], 2):
+            shape = words.shape[:-1]
+            raise ValueError(f"steps must have shape ({values.shape[0]},), got {shape}")
+        _check_concrete_steps(words, tags)
         if valid is None:
             valid = jnp.ones(values.shape, jnp.bool_)
-        self._emit(layout, steps, values, valid, when)
+        self._emit(layout, Step._from_words(words), values, valid, when)
 
     def flush(self) -> None:
         """Make every point written so far readable on disk.

@@ -22,10 +22,13 @@ __all__ = ["encode_file_version", "encode_scalar_rows", "frame", "varint"]
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
+_INT64_MAX = 2**63 - 1
 
 
 def varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative integer."""
+    if value < 0:
+        raise ValueError(f"varint of a negative number: {value}")
     out = bytearray()
     while True:
         low = value & 0x7F
@@ -91,12 +94,20 @@ def encode_scalar_rows(
 
     Args:
         tags: the ``n`` tags, one per column of ``values``.
-        steps: ``int[K]`` global step of each row.
+        steps: ``int[K]`` global step of each row, in ``[0, 2**63 - 1]`` (the range of the
+            event's ``int64`` step; anything else raises ``ValueError`` naming the tags).
         values: ``float[K, n]`` values.
         wall_times: ``float64[K]`` seconds since the epoch of each row.
     """
     if len(steps) == 0 or not tags:
         return b""
+    steps = np.asarray(steps)
+    if not np.issubdtype(steps.dtype, np.integer):
+        raise TypeError(f"steps of tag(s) {tags} must be integers, got dtype {steps.dtype}")
+    if steps.min() < 0 or (steps.dtype == np.uint64 and steps.max() > _INT64_MAX):
+        bad = int(steps.min()) if steps.min() < 0 else int(steps.max())
+        raise ValueError(f"step {bad} of tag(s) {tags} is outside [0, 2**63 - 1], the range "
+                         "of an event's step")
     template = _template(tags)
     rows = np.tile(template.bytes, (len(steps), 1))
     floats = np.ascontiguousarray(values, dtype="<f4").view(np.uint8).reshape(len(steps), -1, 4)

@@ -23,6 +23,7 @@ from .._callback import (
     TrainingContext,
 )
 from .._host import on_mesh, open_run, vary
+from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 
 __all__ = [
@@ -273,8 +274,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             values.append(value)
             valid.append(jnp.asarray(True))
         buffer = ctx.state.buffer.append(
-            self.tb_writer, tuple(tags), jnp.sum(step_state.step), stack_scalars(values),
-            stack_scalars(valid, jnp.bool_), when=ctx.locals.get("active", True)
+            # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
+            # steps per env), summed exactly as 64-bit words with carry (past 2**31).
+            self.tb_writer, tuple(tags), Step._from_words(wide_sum(
+                jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))),
+            stack_scalars(values), stack_scalars(valid, jnp.bool_),
+            when=ctx.locals.get("active", True)
         )
         return TensorBoardCallbackState(buffer)
 
