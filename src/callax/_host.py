@@ -53,8 +53,8 @@ def _under_trace() -> bool:
 _run_names = itertools.count()
 
 
-def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_process: bool
-                 ) -> int:
+def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_process: bool,
+                 purge_step: int | None = None) -> int:
     """Open a run on the host and return its handle, the name decided once for every process.
 
     With several processes (``jax.distributed``), process 0 names the run (time stamp,
@@ -64,7 +64,7 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
     """
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
-        return host.open_run(log_dir, avoid_existing=avoid_existing)
+        return host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step)
     from jax._src import distributed
 
     client = distributed.global_state.client
@@ -72,7 +72,7 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
         raise RuntimeError("callax: several JAX processes but no jax.distributed client")
     key = f"callax/run/{next(_run_names)}"
     if index == 0:
-        handle = host.open_run(log_dir, avoid_existing=avoid_existing)
+        handle = host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step)
         name = host.get_run(handle).log_dir
         client.key_value_set(key, name)
     else:
@@ -83,26 +83,29 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
         if handle is not None:
             host.get_run(handle).log_dir = directory
         else:
-            handle = host.open_run(directory)
+            handle = host.open_run(directory, purge_step=purge_step)
     elif handle is None:
-        handle = host.open_run(name)
+        handle = host.open_run(name, purge_step=purge_step)
     return handle
 
 
 def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
-             per_process: bool = False) -> jax.Array:
+             per_process: bool = False, purge_step: int | None = None) -> jax.Array:
     """Register a run and return its handle as an ``int32`` scalar.
 
     Called eagerly, the run is opened now. Called while tracing (inside ``jax.jit``), the run
     is opened by a host callback each time the compiled function executes, so every execution
     writes to a fresh run directory. With several processes the run's name is decided once
     (by process 0) and shared; ``per_process`` gives each process ``<run>/process_<p>``.
+    ``purge_step``: see :func:`callax._writer._host.open_run`.
     """
     if not _under_trace():
-        return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process), jnp.int32)
+        return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step),
+                           jnp.int32)
 
     def _open() -> np.ndarray:
-        return np.asarray(_shared_name(log_dir, avoid_existing, per_process), np.int32)
+        return np.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step),
+                          np.int32)
 
     return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
 

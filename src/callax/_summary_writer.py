@@ -218,11 +218,14 @@ class JITSummaryWriter(eqx.Module):
         axis_names: tuple[str, ...] | None = None,
         reduce: str | None = None,
         per_process: bool = False,
+        purge_step: int | None = None,
         _handle=None,
     ):
         """**Arguments:**
 
-        - `log_dir`: the run directory. Defaults to ``runs/<date>_<time>_<host>``.
+        - `log_dir`: the run directory. Defaults to ``runs/<date>_<time>_<host>``. Checked
+          here: a path that is (or lies inside) a file, is not writable or is too long for
+          the file system raises at once.
         - `axis_names`: the manual axes (``jax.pmap``/``shard_map`` axis names) over which
           devices hold *different* seeds. Default: every enclosing manual axis, or none
           when `reduce` is set. Each device's batch elements go to ``seed_<i>``, ``i`` the
@@ -235,6 +238,10 @@ class JITSummaryWriter(eqx.Module):
         - `per_process`: with several processes, each process writes its own
           ``<log_dir>/process_<p>`` (process-local data). Default: data that is not split
           over seed axes is written by process 0 only.
+        - `purge_step`: continue the run in `log_dir` after a restart (as tensorboardX's
+          ``purge_step``): TensorBoard hides the points written there before at steps
+          ``>= purge_step``, so a tail re-run after restoring a checkpoint is not shown
+          twice. The directory is then used as it is (no ``_1`` suffix).
         """
         if reduce not in _host.REDUCE_MODES:
             raise ValueError(f"reduce must be one of {_host.REDUCE_MODES}, got {reduce!r}")
@@ -250,12 +257,18 @@ class JITSummaryWriter(eqx.Module):
         if _handle is not None:
             self.handle = jnp.asarray(_handle, jnp.int32)
             return
+        if purge_step is not None and (isinstance(purge_step, bool)
+                                       or not isinstance(purge_step, int | np.integer)
+                                       or purge_step < 0):
+            raise ValueError(f"purge_step must be a non-negative int, got {purge_step!r}")
         if log_dir is None:
-            self.handle = _host.open_run(default_log_dir, per_process=self.per_process)
+            host.prepare_log_dir(default_log_dir())
+            self.handle = _host.open_run(default_log_dir, per_process=self.per_process,
+                                         purge_step=purge_step)
         else:
-            if not isinstance(log_dir, str | os.PathLike):
-                raise TypeError(f"log_dir must be a path, got {log_dir!r}")
-            self.handle = _host.open_run(os.fspath(log_dir), per_process=self.per_process)
+            log_dir = os.fspath(host.prepare_log_dir(log_dir))
+            self.handle = _host.open_run(log_dir, per_process=self.per_process,
+                                         purge_step=purge_step)
 
     @classmethod
     def _from_handle(cls, handle: Int[ArrayLike, ""], **options) -> JITSummaryWriter:

@@ -14,10 +14,12 @@ import struct
 import time
 
 import numpy as np
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.record_writer import masked_crc32c
 
-__all__ = ["encode_file_version", "encode_scalar_rows", "frame", "varint"]
+__all__ = [
+    "encode_file_version", "encode_scalar_rows", "encode_session_start", "frame", "varint",
+]
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -150,3 +152,14 @@ def encode_histogram(tag: str, step: int, wall_time: float, minimum: float, maxi
     data = (b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step)
             + b"\x2a" + varint(len(summary)) + summary)
     return frame(data)
+
+
+def encode_session_start(step: int, wall_time: float | None = None) -> bytes:
+    """A ``SessionLog.START`` event at ``step``: TensorBoard's mark of a restarted run.
+
+    Read after earlier files of the run, it makes TensorBoard (``EventAccumulator``, and
+    callax's own reader) drop every point of the run at a step ``>= step`` written before it.
+    """
+    event = Event(wall_time=time.time() if wall_time is None else wall_time, step=int(step))
+    event.session_log.status = SessionLog.START
+    return frame(event.SerializeToString())

@@ -7,15 +7,30 @@ sub-directory ``seed_<i>`` per batch position). Batches of scalars arrive from h
 single daemon thread, which flushes the file after every batch so that a killed process keeps
 everything already handed over. An error in the writing thread is re-raised by the next
 :func:`flush` or :func:`close` (and reported as a warning by the next write).
+
+Exit paths: at interpreter exit (normal end, an uncaught exception, ``KeyboardInterrupt``)
+everything handed over is written by an ``atexit`` hook. ``SIGTERM`` and ``SIGHUP`` end a
+Python process without running ``atexit``: when the first run opens in the main thread,
+callax installs a handler for each of them that writes everything handed over, then calls the
+handler that was there before (a user's own) or, if that was the default, restores the
+default and re-sends the signal, so the process still ends with the signal's status.
+Ignored signals and handlers installed outside Python are left alone.
+
+Run directories are checked when a run opens (:func:`check_log_dir`); every event file has a
+name of its own (time, host, process id, a per-process counter), created exclusively, so two
+writers, in one process or in several, never share a file.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import itertools
 import os
 import queue
+import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -23,17 +38,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._encode import encode_file_version, encode_scalar_rows
+from ._encode import encode_file_version, encode_scalar_rows, encode_session_start
 
 __all__ = [
     "NO_SEED",
     "AUTO_STEP",
     "Run",
+    "check_log_dir",
+    "check_run_name",
     "close",
     "flush",
     "flush_all",
     "get_run",
     "open_run",
+    "prepare_log_dir",
     "write",
 ]
 
@@ -44,18 +62,34 @@ AUTO_STEP = -1
 
 _file_counter = itertools.count()
 
+# Room a run directory must leave for what callax puts in it: ``/seed_<i>`` and an event
+# file name (``events.out.tfevents.<time>.<host>.<pid>.<n>.callax``).
+_FILE_NAME_ROOM = 1 + len("seed_") + 10 + 1 + len("events.out.tfevents..callax") + 10 + 64 + 30
+
+
+def _event_file_name() -> str:
+    # Time, host and process id tell writers of different processes apart, the counter
+    # writers of one process (zero-padded: files of one process sort in creation order, as
+    # TensorBoard reads them).
+    return (f"events.out.tfevents.{int(time.time()):d}.{socket.gethostname()}"
+            f".{os.getpid()}.{next(_file_counter):06d}.callax")
+
 
 class _EventFile:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, purge_step: int | None = None):
         os.makedirs(directory, exist_ok=True)
-        # The counter makes names unique even for files opened within the same second.
-        name = (
-            f"events.out.tfevents.{int(time.time()):d}.{socket.gethostname()}"
-            f".{os.getpid()}.{next(_file_counter)}.callax"
-        )
-        self.path = os.path.join(directory, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
-        self._file.write(encode_file_version())
+        while True:
+            self.path = os.path.join(directory, _event_file_name())
+            try:
+                # Exclusive: never append to a file another writer made (a reused pid).
+                self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
+                break
+            except FileExistsError:
+                continue
+        header = encode_file_version()
+        if purge_step is not None:
+            header += encode_session_start(purge_step)
+        self._file.write(header)
         self._file.flush()
 
     def write(self, data: bytes) -> None:
@@ -66,13 +100,115 @@ class _EventFile:
         self._file.close()
 
 
+# --------------------------------------------------------------------------------------------
+# Checks of run names and directories, made when a writer is constructed.
+
+
+def _limits(path: str) -> tuple[int, int]:
+    """``(NAME_MAX, PATH_MAX)`` of the file system holding ``path`` (or its nearest
+    existing ancestor), with the POSIX defaults where the OS does not say."""
+    probe = path
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255, 4096
+
+
+def check_run_name(name: object) -> str:
+    """Check that ``name`` is one directory name: a non-empty str, not ``.`` or ``..``,
+    without a path separator or NUL, at most ``NAME_MAX`` bytes. A run name can therefore
+    never point outside its parent ``log_dir``.
+
+    **Arguments:**
+
+    - `name`: a run name (a directory under ``log_dir``).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"run name must be a non-empty str, got {name!r}")
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ValueError(
+            f"invalid run name {name!r}: a run name is one directory under log_dir, without "
+            "'/', '..' or an absolute path (put sub-directories into log_dir instead)"
+        )
+    name_max, _ = _limits(os.getcwd())
+    if len(os.fsencode(name)) > name_max:
+        raise ValueError(f"run name is {len(os.fsencode(name))} bytes long, more than the "
+                         f"file system allows ({name_max}): {name[:40]!r}...")
+    return name
+
+
+def check_log_dir(path: str | os.PathLike) -> str:
+    """Check, without creating anything, that a run directory can be created and written;
+    return its absolute path.
+
+    Raises ``ValueError`` for a path too long for the file system (a component over
+    ``NAME_MAX`` bytes, or the whole over ``PATH_MAX`` with room for callax's own files) or
+    holding a NUL, ``NotADirectoryError`` if the path or one of its parents is an existing
+    file, and ``PermissionError`` if its nearest existing ancestor is not writable by this
+    process (a read-only file system included).
+
+    **Arguments:**
+
+    - `path`: the run directory.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"log_dir must be a path, got {path!r}")
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text:
+        raise ValueError("log_dir must not be empty")
+    if "\0" in text:
+        raise ValueError(f"log_dir contains a NUL character: {text!r}")
+    directory = os.path.abspath(text)
+    name_max, path_max = _limits(directory)
+    for part in directory.split(os.sep):
+        if len(os.fsencode(part)) > name_max:
+            raise ValueError(
+                f"log_dir {text!r} has a component of {len(os.fsencode(part))} bytes, more than "
+                f"the file system allows ({name_max}): {part[:40]!r}...")
+    if len(os.fsencode(directory)) + _FILE_NAME_ROOM >= path_max:
+        raise ValueError(
+            f"log_dir is too long: {len(os.fsencode(directory))} bytes, and its event files "
+            f"need about {_FILE_NAME_ROOM} more within the system's limit of {path_max} "
+            f"(log_dir starts with {directory[:60]!r})")
+    probe = directory
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == directory else f"is inside the file {probe!r}"
+        raise NotADirectoryError(errno.ENOTDIR, f"log_dir {text!r} {what}, not a directory")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=effective):
+        where = "" if probe == directory else f" (its nearest existing parent {probe!r})"
+        raise PermissionError(errno.EACCES,
+                              f"log_dir {text!r}{where} is not writable by this process")
+    return directory
+
+
+def prepare_log_dir(path: str | os.PathLike) -> str:
+    """What a writer's constructor does with its directory: :func:`check_log_dir`, and (in
+    the main thread, once per process) installing the exit-signal handlers."""
+    directory = check_log_dir(path)
+    _install_signal_handlers()
+    return directory
+
+
 class Run:
     """One run directory, with one event file per seed position (created on first write)."""
 
-    def __init__(self, handle: int, log_dir: str):
+    def __init__(self, handle: int, log_dir: str, purge_step: int | None = None):
         self.handle = handle
         self.log_dir = log_dir
+        self.purge_step = purge_step
         self._files: dict[int, _EventFile] = {}
+        self._purged: set[int] = set()
         self._last_step: dict[tuple[int, str], int] = {}
         self._last_flush_time: dict[int, float] = {}
         self.dropped = 0
@@ -90,7 +226,11 @@ class Run:
     def _file(self, seed: int) -> _EventFile:
         file = self._files.get(seed)
         if file is None:
-            file = self._files[seed] = _EventFile(self.directory(seed))
+            # A resumed run marks the restart in the first file of each of its directories
+            # only: a later file (after close) must not hide the resumed points.
+            purge = None if seed in self._purged else self.purge_step
+            file = self._files[seed] = _EventFile(self.directory(seed), purge)
+            self._purged.add(seed)
         return file
 
     def write(self, tags: tuple[str, ...], seed: int, steps: np.ndarray, values: np.ndarray,
@@ -215,21 +355,33 @@ def _unique_dir(log_dir: str, avoid_existing: bool) -> str:
     return candidate
 
 
-def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False) -> int:
+def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
+             purge_step: int | None = None) -> int:
     """Register a new run and return its handle.
 
     A directory already opened by this process gets a suffix ``_1``, ``_2``, ... so that two
     runs never share one (TensorBoard would merge them); with ``avoid_existing`` directories
     already on disk are skipped too. ``log_dir`` may be a function, called now (so that a run
     opened from inside a jitted function is named when it executes, not when it is traced).
+    The directory is checked (:func:`check_log_dir`) before the run is registered.
+
+    With ``purge_step`` the run continues ``log_dir`` itself (no suffix): the first event
+    file of each of its directories starts with a ``SessionLog.START`` at ``purge_step``, so
+    TensorBoard hides the points at steps ``>= purge_step`` written there before.
     """
     directory = log_dir() if callable(log_dir) else log_dir
-    directory = os.path.abspath(os.fspath(directory))
+    directory = check_log_dir(directory)
+    if purge_step is not None:
+        purge_step = int(purge_step)
+        if purge_step < 0:
+            raise ValueError(f"purge_step must be >= 0, got {purge_step}")
+    _install_signal_handlers()
     with _lock:
-        directory = _unique_dir(directory, avoid_existing)
+        if purge_step is None:
+            directory = _unique_dir(directory, avoid_existing)
         _opened_dirs.add(directory)
         handle = next(_next_handle)
-        _runs[handle] = Run(handle, directory)
+        _runs[handle] = Run(handle, directory, purge_step)
     return handle
 
 
@@ -429,3 +581,71 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
                 run._file(seed).write(records)
 
     _submit(job)
+
+
+# --------------------------------------------------------------------------------------------
+# Signals that end the process without running ``atexit``.
+
+EXIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+"""The signals after which callax writes everything handed over before the process ends."""
+EXIT_FLUSH_TIMEOUT = 30.0
+"""Seconds a signal handler waits at most for the writer thread before the process ends."""
+
+_signals_installed = False
+_previous_handlers: dict[int, object] = {}
+
+
+def _install_signal_handlers() -> None:
+    """Install :func:`_on_exit_signal` for every signal of :data:`EXIT_SIGNALS` whose handler
+    is Python's default or a Python function (kept, and called after the flush). Only the
+    main thread may install handlers: elsewhere this does nothing (and is tried again at the
+    next run opened in the main thread)."""
+    global _signals_installed
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _signals_installed = True
+    for signum in EXIT_SIGNALS:
+        try:
+            previous = signal.getsignal(signum)
+            if previous is signal.SIG_IGN or previous is None:
+                continue  # ignored on purpose, or a handler installed outside Python
+            _previous_handlers[signum] = previous
+            signal.signal(signum, _on_exit_signal)
+        except (ValueError, OSError):  # pragma: no cover - an embedded interpreter
+            _previous_handlers.pop(signum, None)
+
+
+def _flush_before_exit(timeout: float) -> bool:
+    """Write everything handed over; ``False`` if that took longer than ``timeout``.
+
+    It runs in a helper thread: the signal handler runs in the main thread between two
+    bytecodes, possibly while the main thread itself holds one of the writer's locks.
+    """
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            _wait_idle()
+            with _lock:
+                runs = list(_runs.values())
+            for run in runs:
+                run.flush()
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="callax-exit-flush", daemon=True).start()
+    return done.wait(timeout)
+
+
+def _on_exit_signal(signum: int, frame) -> None:
+    if not _flush_before_exit(EXIT_FLUSH_TIMEOUT):
+        print(f"callax: signal {signum}: the event files were not written within "
+              f"{EXIT_FLUSH_TIMEOUT:g} s; some points may be lost", file=sys.stderr)
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # The default action (end the process), with the signal's own exit status.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

@@ -10,6 +10,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
 from .._buffer import ScalarBuffer
@@ -25,6 +26,7 @@ from .._callback import (
 from .._host import on_mesh, open_run, vary
 from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
+from .._writer._host import check_run_name, prepare_log_dir
 
 __all__ = [
     "TensorBoardCallback",
@@ -178,6 +180,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     alpha: float
     flush_every: int = eqx.field(static=True)
     max_scalars: int = eqx.field(static=True)
+    step_offset: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -192,6 +195,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         axis_names: tuple[str, ...] | None = None,
         reduce: str | None = None,
         per_process: bool = False,
+        resume_from_step: int | None = None,
     ):
         """**Arguments:**
 
@@ -209,6 +213,14 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           [`callax.JITSummaryWriter`][] (default: one run per global seed,
           ``<run>/seed_<i>``; ``reduce="mean"`` for data-parallel training of one agent).
           See the "Scaling out" page.
+        - `resume_from_step`: continue the run `name` after restoring a checkpoint taken
+          at env step ``S``: the run directory is reused as it is, points it holds at steps
+          after ``S`` (the lost tail) are hidden by TensorBoard, and the global steps written
+          start from ``S`` (the trainer counts env steps from 0 again). Needs `name`.
+
+        The run directory is checked here: a `name` with a path separator, ``..`` or an
+        absolute path, a `log_dir` that is a file or not writable, or a path too long for
+        the file system raises at once.
         """
         if int(flush_every) < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
@@ -216,9 +228,18 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             raise ValueError(f"max_scalars must be >= 3, got {max_scalars}")
         if not 0.0 <= float(alpha) < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name must be a non-empty str or None, got {name!r}")
+        if name is not None:
+            check_run_name(name)
+        if resume_from_step is not None:
+            if (isinstance(resume_from_step, bool)
+                    or not isinstance(resume_from_step, int | np.integer)
+                    or resume_from_step < 0):
+                raise ValueError("resume_from_step must be a non-negative int, got "
+                                 f"{resume_from_step!r}")
+            if name is None:
+                raise ValueError("resume_from_step needs the name of the run to continue")
         log_dir = os.fspath(log_dir)
+        prepare_log_dir(log_dir if name is None else os.path.join(log_dir, name))
         parts = [_name_part(env), _name_part(policy)]
 
         def run_dir() -> str:
@@ -229,8 +250,14 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
         options = dict(axis_names=axis_names, reduce=reduce, per_process=per_process)
         JITSummaryWriter(_handle=0, **options)  # validate the options before opening a run
-        self.tb_writer = JITSummaryWriter._from_handle(
-            open_run(run_dir, avoid_existing=True, per_process=per_process), **options)
+        if resume_from_step is None:
+            handle = open_run(run_dir, avoid_existing=True, per_process=per_process)
+        else:
+            # Points logged at S itself belong to the restored history: hide those after S.
+            handle = open_run(run_dir, per_process=per_process,
+                              purge_step=int(resume_from_step) + 1)
+        self.tb_writer = JITSummaryWriter._from_handle(handle, **options)
+        self.step_offset = 0 if resume_from_step is None else int(resume_from_step)
         self.alpha = float(alpha)
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
@@ -275,9 +302,10 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             valid.append(jnp.asarray(True))
         buffer = ctx.state.buffer.append(
             # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
-            # steps per env), summed exactly as 64-bit words with carry (past 2**31).
+            # steps per env), summed exactly as 64-bit words with carry (past 2**31); a
+            # resumed run counts on from its checkpoint's step.
             self.tb_writer, tuple(tags), Step._from_words(wide_sum(
-                jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))),
+                jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))) + self.step_offset,
             stack_scalars(values), stack_scalars(valid, jnp.bool_),
             when=ctx.locals.get("active", True)
         )
