@@ -75,8 +75,61 @@ def _event_file_name() -> str:
             f".{os.getpid()}.{next(_file_counter):06d}.callax")
 
 
+def _restart_records(directory: str, purge_step: int) -> tuple[bytes, dict[str, int]]:
+    """The records that begin a restarted run's first file in ``directory``, and the last
+    step they write per tag.
+
+    ``EventAccumulator`` (and callax's reader) drop every point at a step ``>= q`` written
+    before a ``SessionLog.START`` at step ``q``; TensorBoard's data server ignores that
+    event and drops a tag's points at steps ``>= s`` when that tag receives a point at step
+    ``s`` again. So that both show the same thing: for every tag with points at or after
+    ``purge_step`` (the lost tail), ``q`` goes back to the tag's last point before
+    ``purge_step``, and every point before ``purge_step`` from ``q`` on is written again
+    (same step, value and wall time) after the ``START``: the accumulator purges from ``q``
+    and reads them back, the data server replaces each tag's points from its first copy on.
+    A tag whose points all lie in the lost tail cannot be dropped by the data server this
+    way (it has no point to write again); the accumulator drops it.
+    """
+    from ._read import event_files, read_records, read_scalars
+
+    if not os.path.isdir(directory):
+        return encode_session_start(purge_step), {}
+    kept = read_scalars(directory)
+    start = purge_step
+    for points in kept.values():
+        before = [step for step, _ in points if step < purge_step]
+        if before and len(before) < len(points):
+            start = min(start, before[-1])
+    again = {tag: [(s, v) for s, v in points if start <= s < purge_step]
+             for tag, points in kept.items()}
+    again = {tag: points for tag, points in again.items() if points}
+    if not again:
+        return encode_session_start(purge_step), {}
+    wall: dict[tuple[str, int], float] = {}
+    from tensorboardX.proto.event_pb2 import Event
+
+    for path in event_files(directory):
+        for record in read_records(path):
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                wall[(value.tag, event.step)] = event.wall_time
+    now = time.time()
+    out = [encode_session_start(start)]
+    for tag, points in again.items():
+        steps = np.array([s for s, _ in points], np.int64)
+        values = np.array([[v] for _, v in points], np.float64)
+        walls = np.array([wall.get((tag, s), now) for s, _ in points], np.float64)
+        out.append(encode_scalar_rows((tag,), steps, values, walls))
+    return b"".join(out), {tag: points[-1][0] for tag, points in again.items()}
+
+
 class _EventFile:
     def __init__(self, directory: str, purge_step: int | None = None):
+        self.last_steps: dict[str, int] = {}
+        header = encode_file_version()
+        if purge_step is not None:
+            restart, self.last_steps = _restart_records(directory, purge_step)
+            header += restart
         os.makedirs(directory, exist_ok=True)
         while True:
             self.path = os.path.join(directory, _event_file_name())
@@ -86,9 +139,6 @@ class _EventFile:
                 break
             except FileExistsError:
                 continue
-        header = encode_file_version()
-        if purge_step is not None:
-            header += encode_session_start(purge_step)
         self._file.write(header)
         self._file.flush()
 
@@ -231,6 +281,10 @@ class Run:
             purge = None if seed in self._purged else self.purge_step
             file = self._files[seed] = _EventFile(self.directory(seed), purge)
             self._purged.add(seed)
+            # Points written again by the restart count as this run's: steps go on after them.
+            for tag, step in file.last_steps.items():
+                key = (seed, tag)
+                self._last_step[key] = max(self._last_step.get(key, step), step)
         return file
 
     def write(self, tags: tuple[str, ...], seed: int, steps: np.ndarray, values: np.ndarray,
@@ -243,6 +297,7 @@ class Run:
         rows = np.flatnonzero(valid.any(axis=1))
         if rows.size == 0:
             return
+        self._file(seed)  # first, so that a restarted run knows the steps written again
         steps = steps[rows].astype(np.int64)
         values = values[rows]
         valid = valid[rows]
