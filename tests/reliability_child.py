@@ -13,6 +13,8 @@ eager ``flush()`` it prints ``durable <rows>`` (every row up to there is on disk
   prints how many points are on disk when it runs, then exits with status 7.
 - ``slow_<mode>``: the same with a slow disk (every batch takes ``SLOW_WRITE`` seconds to
   write), so that batches wait in the writer queue when the process ends.
+- ``stuck``: rows written from another thread while the main thread waits in C code
+  (``SIGTERM`` blocked there, so Python cannot run a handler until the wait ends).
 - ``shared <tag>``: ``END`` rows of tag ``<tag>`` into LOG_DIR, written by several processes
   at once (tests/test_names.py).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -94,6 +97,24 @@ if mode in ("end", "shared"):
 elif mode == "exception":
     buffer = write_rows(buffer, 0, RAISE_AT)
     raise RuntimeError("an error in the training loop")
+elif mode == "stuck":
+    # Rows come from another thread while the main thread runs no Python code for a long
+    # time, as when it waits for a long jitted computation (a whole training run in one
+    # while_loop): a signal blocked here is delivered to another thread, and Python would
+    # run its handler only when the main thread's wait ends.
+
+    def feed():
+        for i in range(0, 10**6, ROWS):
+            steps = jnp.arange(i, i + ROWS, dtype=jnp.int32)
+            x = steps.astype(jnp.float32)
+            writer.write_rows(tags, steps, jnp.stack([x, -x], axis=1))
+            print(f"handed {i + ROWS}", flush=True)
+            time.sleep(0.02)
+
+    threading.Thread(target=feed, daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    time.sleep(SAFETY_SECONDS)
+    sys.exit(3)
 else:
     # Compile first (a step that writes nothing), then wait for the test's "go": the burst
     # of rows below is handed over faster than a slow disk writes it, so the signal the

@@ -21,13 +21,15 @@ HERE = os.path.dirname(__file__)
 CHILD = os.path.join(HERE, "reliability_child.py")
 ROWS, END, RAISE_AT, DURABLE, BURST = 4, 22, 10, 8, 40  # as in reliability_child.py
 
-MODES = ("end", "exception", "sigint", "sigterm", "sighup", "user_handler", "sigkill")
+MODES = ("end", "exception", "sigint", "sigterm", "sighup", "user_handler", "sigkill", "stuck")
 
 
 def _start(mode: str, log_dir: str) -> subprocess.Popen:
     # Every child writes to a slow disk: at each exit, batches wait in the writer queue.
     child_mode = "slow_" + {"end": "end", "exception": "exception",
                             "user_handler": "user_handler"}.get(mode, "loop")
+    if mode == "stuck":
+        child_mode = "stuck"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     # Output goes to files: everything the child printed before it died stays readable.
     with open(log_dir + ".out", "w") as out, open(log_dir + ".err", "w") as err:
@@ -76,7 +78,7 @@ def _burst(proc: subprocess.Popen, log_dir: str) -> None:
 
 
 def _finish(proc: subprocess.Popen, log_dir: str) -> tuple[list[str], str]:
-    proc.wait(timeout=120)
+    proc.wait(timeout=60)
     return _output(log_dir)
 
 
@@ -149,3 +151,16 @@ def test_sigkill_loses_at_most_the_device_rows_and_the_queue(children):
     n = _assert_rows(log_dir, DURABLE, BURST)
     print(f"SIGKILL: rows handed over {BURST}, on disk {n}, lost from the writer queue "
           f"{BURST - n}")
+
+
+def test_sigterm_while_the_main_thread_runs_no_python(children):
+    """The main thread waits in C code for minutes (as in one long jitted computation):
+    the signal is acted on at once anyway (callax's watcher thread), everything handed over
+    before it is on disk, and the process ends with SIGTERM's status."""
+    proc, log_dir = children["stuck"]
+    _wait_for(proc, log_dir, "handed", 10 * ROWS)
+    before = _last(_output(log_dir)[0], "handed")
+    proc.send_signal(signal.SIGTERM)
+    lines, err = _finish(proc, log_dir)  # the child would wait for SAFETY_SECONDS (120 s)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, err[-3000:])
+    _assert_rows(log_dir, before, _last(lines, "handed"))

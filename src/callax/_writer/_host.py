@@ -644,8 +644,10 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
 EXIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
 """The signals after which callax writes everything handed over before the process ends."""
-EXIT_FLUSH_TIMEOUT = 30.0
+EXIT_FLUSH_TIMEOUT = 10.0
 """Seconds a signal handler waits at most for the writer thread before the process ends."""
+MAIN_THREAD_GRACE = 0.5
+"""Seconds the signal watcher gives the main thread to end the process itself."""
 
 _signals_installed = False
 _previous_handlers: dict[int, object] = {}
@@ -669,34 +671,101 @@ def _install_signal_handlers() -> None:
             signal.signal(signum, _on_exit_signal)
         except (ValueError, OSError):  # pragma: no cover - an embedded interpreter
             _previous_handlers.pop(signum, None)
+    if _previous_handlers:
+        _start_signal_watcher()
+
+
+def _start_signal_watcher() -> None:
+    """Also act on the signals while the main thread runs no Python code.
+
+    Python runs a signal handler in the main thread, between two bytecodes: a main thread
+    waiting for a long jitted computation (a whole training run in one ``while_loop``)
+    would run it only when the computation ends. Python also writes the number of every
+    handled signal to its *wakeup fd*; a watcher thread reading it writes everything handed
+    over at once and, if the signal's action is the default one, ends the process with
+    that signal when the main thread has not done so within :data:`MAIN_THREAD_GRACE`.
+    Used only if no one else (``asyncio``) has set the wakeup fd; if someone replaces it
+    later, the handler in the main thread still does the work.
+    """
+    try:
+        read_end, write_end = socket.socketpair()
+        write_end.setblocking(False)
+        previous = signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platform
+        return
+    if previous != -1:  # someone else's: leave it to them
+        signal.set_wakeup_fd(previous)
+        read_end.close()
+        write_end.close()
+        return
+    _watcher_sockets.extend([read_end, write_end])  # kept open for the process's life
+    threading.Thread(target=_watch_signals, args=(read_end,), name="callax-signals",
+                     daemon=True).start()
+
+
+_watcher_sockets: list[socket.socket] = []
+
+
+def _watch_signals(read_end: socket.socket) -> None:
+    while True:
+        try:
+            data = read_end.recv(64)
+        except OSError:  # pragma: no cover - closed at shutdown
+            return
+        if not data:  # pragma: no cover
+            return
+        for signum in data:
+            # Only while callax's handler is the signal's handler (a user may replace it).
+            if signum in _previous_handlers and signal.getsignal(signum) is _on_exit_signal:
+                _flush_before_exit(EXIT_FLUSH_TIMEOUT)
+                if _previous_handlers[signum] is signal.SIG_DFL:
+                    # The main thread ends the process as soon as it runs Python code again
+                    # (the flush is done); if it is stuck in a computation, end it here.
+                    time.sleep(MAIN_THREAD_GRACE)
+                    _die(signum)
+
+
+def _die(signum: int) -> None:
+    """End the process with ``signum``'s default action, from any thread (``signal.signal``
+    works only in the main thread: the C library's ``signal`` restores the default)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.signal(signum, None)  # SIG_DFL
+        os.kill(os.getpid(), signum)
+    finally:
+        os._exit(128 + signum)  # only if the signal did not end the process
 
 
 def _flush_before_exit(timeout: float) -> bool:
     """Write everything handed over; ``False`` if that took longer than ``timeout``.
 
-    It runs in a helper thread: the signal handler runs in the main thread between two
-    bytecodes, possibly while the main thread itself holds one of the writer's locks.
+    Every batch is flushed to the operating system as soon as it is written, so what is
+    left is to wait for the writer thread. That waiting runs in a helper thread: a signal
+    handler runs in the main thread between two bytecodes, possibly while the main thread
+    itself holds the writer's lock (for microseconds; the timeout bounds the rare case).
     """
     done = threading.Event()
 
     def work() -> None:
         try:
             _wait_idle()
-            with _lock:
-                runs = list(_runs.values())
-            for run in runs:
-                run.flush()
         finally:
             done.set()
 
     threading.Thread(target=work, name="callax-exit-flush", daemon=True).start()
-    return done.wait(timeout)
+    finished = done.wait(timeout)
+    if not finished:
+        print(f"callax: the event files were not all written within {timeout:g} s of the "
+              "exit signal; points still queued may be lost", file=sys.stderr)
+    return finished
 
 
 def _on_exit_signal(signum: int, frame) -> None:
-    if not _flush_before_exit(EXIT_FLUSH_TIMEOUT):
-        print(f"callax: signal {signum}: the event files were not written within "
-              f"{EXIT_FLUSH_TIMEOUT:g} s; some points may be lost", file=sys.stderr)
+    _flush_before_exit(EXIT_FLUSH_TIMEOUT)
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
