@@ -15,6 +15,7 @@ eager ``flush()`` it prints ``durable <rows>`` (every row up to there is on disk
   write), so that batches wait in the writer queue when the process ends.
 - ``stuck``: rows written from another thread while the main thread waits in C code
   (``SIGTERM`` blocked there, so Python cannot run a handler until the wait ends).
+- ``fork``: forks, SIGTERMs the forked child, and prints how the child ended.
 - ``shared <tag>``: ``END`` rows of tag ``<tag>`` into LOG_DIR, written by several processes
   at once (tests/test_names.py).
 """
@@ -97,6 +98,21 @@ if mode in ("end", "shared"):
 elif mode == "exception":
     buffer = write_rows(buffer, 0, RAISE_AT)
     raise RuntimeError("an error in the training loop")
+elif mode == "fork":
+    # A forked child (multiprocessing) inherits callax's signal handling: a SIGTERM to the
+    # child ends the child only.
+    import os
+
+    buffer = write_rows(buffer, 0, ROWS)
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(SAFETY_SECONDS)
+        os._exit(3)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    time.sleep(1.0)  # the parent's watcher would have acted on a byte from the child by now
+    print(f"forked child ended by signal {os.WTERMSIG(status)}", flush=True)
 elif mode == "stuck":
     # Rows come from another thread while the main thread runs no Python code for a long
     # time, as when it waits for a long jitted computation (a whole training run in one

@@ -21,15 +21,16 @@ HERE = os.path.dirname(__file__)
 CHILD = os.path.join(HERE, "reliability_child.py")
 ROWS, END, RAISE_AT, DURABLE, BURST = 4, 22, 10, 8, 40  # as in reliability_child.py
 
-MODES = ("end", "exception", "sigint", "sigterm", "sighup", "user_handler", "sigkill", "stuck")
+MODES = ("end", "exception", "sigint", "sigterm", "sighup", "user_handler", "sigkill",
+         "stuck", "fork")
 
 
 def _start(mode: str, log_dir: str) -> subprocess.Popen:
     # Every child writes to a slow disk: at each exit, batches wait in the writer queue.
     child_mode = "slow_" + {"end": "end", "exception": "exception",
                             "user_handler": "user_handler"}.get(mode, "loop")
-    if mode == "stuck":
-        child_mode = "stuck"
+    if mode in ("stuck", "fork"):
+        child_mode = mode
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     # Output goes to files: everything the child printed before it died stays readable.
     with open(log_dir + ".out", "w") as out, open(log_dir + ".err", "w") as err:
@@ -164,3 +165,12 @@ def test_sigterm_while_the_main_thread_runs_no_python(children):
     lines, err = _finish(proc, log_dir)  # the child would wait for SAFETY_SECONDS (120 s)
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, err[-3000:])
     _assert_rows(log_dir, before, _last(lines, "handed"))
+
+
+def test_sigterm_to_a_forked_child_ends_only_the_child(children):
+    proc, log_dir = children["fork"]
+    lines, err = _finish(proc, log_dir)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"forked child ended by signal {int(signal.SIGTERM)}" in lines
+    assert "exiting" in lines  # the parent lived on
+    _assert_rows(log_dir, ROWS, ROWS)

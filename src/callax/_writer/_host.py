@@ -704,6 +704,26 @@ def _start_signal_watcher() -> None:
 
 
 _watcher_sockets: list[socket.socket] = []
+_in_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (multiprocessing) shares the parent's wakeup socket: a signal to the
+    # child must not reach the parent's watcher, so the child's end now writes to
+    # /dev/null. Its runs are the parent's (no writer thread survives a fork): the child's
+    # handler does not wait for them either.
+    global _in_forked_child
+    _in_forked_child = True
+    if len(_watcher_sockets) == 2:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, _watcher_sockets[1].fileno())
+        finally:
+            os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _watch_signals(read_end: socket.socket) -> None:
@@ -765,7 +785,8 @@ def _flush_before_exit(timeout: float) -> bool:
 
 
 def _on_exit_signal(signum: int, frame) -> None:
-    _flush_before_exit(EXIT_FLUSH_TIMEOUT)
+    if not _in_forked_child:
+        _flush_before_exit(EXIT_FLUSH_TIMEOUT)
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
