@@ -722,6 +722,21 @@ def _after_fork_in_child() -> None:
             os.close(devnull)
 
 
+@atexit.register
+def _stop_signal_watcher() -> None:
+    # At exit the main thread runs Python code (the exit hook writing the runs), so the
+    # handler there acts on a signal; the watcher's socket is closed cleanly.
+    if len(_watcher_sockets) == 2 and not _in_forked_child:
+        try:
+            if threading.current_thread() is threading.main_thread():
+                signal.set_wakeup_fd(-1)
+                for sock in _watcher_sockets:
+                    sock.close()
+                _watcher_sockets.clear()
+        except (ValueError, OSError):  # pragma: no cover
+            pass
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
