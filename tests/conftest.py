@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import urllib.request
 
 import jax
 import pytest
@@ -47,3 +50,16 @@ def assert_steps_increase(run: dict[str, list[tuple[int, float]]]) -> None:
 @pytest.fixture
 def logdir(tmp_path) -> str:
     return str(tmp_path)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for TensorBoard servers and jax.distributed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    """GET `url` and parse its JSON body."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())

@@ -8,11 +8,9 @@ drops the others, since TensorBoard's data server would discard earlier points),
 value as a float32 (NaN and ±Inf included). One data server is started for all runs.
 """
 
-import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from callax import JITSummaryWriter
 from callax._summary_writer import check_tag
 from callax._writer._read import read_scalars
-from conftest import read_run, sync
+from conftest import free_port, get_json, read_run, sync
 
 
 def _is_valid_tag(tag: str) -> bool:
@@ -102,21 +100,10 @@ def _assert_points(got, expected, context) -> None:
         context, got, expected)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def _data_server_points(root: str, expected: dict[str, dict[str, list]]):
     """Start TensorBoard's data server on ``root`` once; return ``{run: {tag: [(step,
     value)]}}`` for every run and tag of ``expected``, read from its HTTP scalars API."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["tensorboard", "--logdir", root, "--host", "127.0.0.1", "--port", str(port),
          "--load_fast", "true", "--reload_interval", "1"],
@@ -127,7 +114,7 @@ def _data_server_points(root: str, expected: dict[str, dict[str, list]]):
         tags: dict = {}
         while time.monotonic() < deadline and server.poll() is None:
             try:
-                tags = _get(f"{base}/tags")
+                tags = get_json(f"{base}/tags")
             except OSError:
                 tags = {}
             if all(set(want) <= set(tags.get(run, {})) for run, want in expected.items()):
@@ -140,7 +127,7 @@ def _data_server_points(root: str, expected: dict[str, dict[str, list]]):
             out[run] = {}
             for tag in want:
                 query = urllib.parse.urlencode({"run": run, "tag": tag})
-                points = _get(f"{base}/scalars?{query}")  # [[wall_time, step, value], ...]
+                points = get_json(f"{base}/scalars?{query}")  # [[wall_time, step, value], ...]
                 out[run][tag] = [(step, float(value)) for _, step, value in points]
         return out
     finally:

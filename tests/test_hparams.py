@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import callax
 from callax import HParamsCallback, TensorBoardCallback, hparams_of
 from callax.envs import CartPoleParams, make
 from callax.train import PPO
-from conftest import read_run, run_dirs
+from conftest import free_port, read_run, run_dirs
 
 TINY = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
 SHORT = CartPoleParams(max_steps_in_episode=20)
@@ -30,12 +29,6 @@ def learn(key, callbacks):
 
 
 learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, route: str, body: dict) -> dict:

@@ -4,10 +4,8 @@ TensorBoard's data server)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,7 +17,7 @@ import pytest
 
 import callax
 from callax._writer._read import read_scalars
-from conftest import assert_steps_increase, read_run
+from conftest import assert_steps_increase, free_port, get_json, read_run
 from minimal_loop import drive
 from test_tensorboard import N_ENVS, N_STEPS, expected_log, scripted
 
@@ -97,23 +95,12 @@ def test_resume_callax_reader_agrees(resumed_root):
     assert_points(read_scalars(os.path.join(resumed_root, "run")), expected_resumed())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
     """``{run: {tag: [(step, value), ...]}}`` of the given runs and tags as TensorBoard's
     data server serves them (``--load_fast=true``), once two reloads found the same."""
     if shutil.which("tensorboard") is None:
         pytest.skip("tensorboard is not installed")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["tensorboard", "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1",
          "--load_fast", "true", "--reload_interval", "1"],
@@ -124,7 +111,7 @@ def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
         previous = None
         while time.monotonic() < deadline:
             try:
-                points = {run: {tag: [(p[1], p[2]) for p in _get(
+                points = {run: {tag: [(p[1], p[2]) for p in get_json(
                     f"{base}/scalars?{urllib.parse.urlencode({'run': run, 'tag': tag})}")]
                     for tag in tags} for run, tags in runs.items()}
             except OSError:  # not serving yet, or the tag not loaded yet

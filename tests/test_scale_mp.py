@@ -4,10 +4,8 @@ TensorBoard's data server), process-local data written once or per process."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +15,10 @@ import urllib.request
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import read_run, run_dirs
+from conftest import free_port, get_json, read_run, run_dirs
 from test_scale import assert_points, expected, gradient_descent_losses
 
 HERE = os.path.dirname(__file__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +106,6 @@ def test_sharded_jit_over_processes_is_written_by_process_zero(mp_root):
     assert pids == writers(os.path.join(mp_root, "local"))
 
 
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_data_server_sees_every_step_once(mp_root):
     if shutil.which("tensorboard") is None:
         pytest.skip("tensorboard not installed")
@@ -133,7 +120,7 @@ def test_data_server_sees_every_step_once(mp_root):
         tags = {}
         while time.monotonic() < deadline:
             try:
-                tags = _get(f"{base}/tags")
+                tags = get_json(f"{base}/tags")
             except OSError:
                 tags = {}
             if len(tags) == 8 and all("train/loss" in t for t in tags.values()):
@@ -143,7 +130,7 @@ def test_data_server_sees_every_step_once(mp_root):
         for run in tags:
             seed = int(run.rsplit("seed_", 1)[1])
             query = urllib.parse.urlencode({"run": run, "tag": "train/loss"})
-            points = _get(f"{base}/scalars?{query}")
+            points = get_json(f"{base}/scalars?{query}")
             steps = [p[1] for p in points]
             assert steps == [8, 16, 24], (run, steps)
             assert [p[2] for p in points] == [(seed + 1.0) * i for i in range(3)]
