@@ -15,20 +15,8 @@ import pytest
 
 import callax
 from callax import HParamsCallback, TensorBoardCallback, hparams_of
-from callax.envs import CartPoleParams, make
-from callax.train import PPO
 from conftest import free_port, read_run, run_dirs
-
-TINY = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
-SHORT = CartPoleParams(max_steps_in_episode=20)
-
-
-def learn(key, callbacks):
-    return TINY.learn(make("cartpole"), total_timesteps=4 * 32, key=key, callback=callbacks,
-                      env_params=SHORT)
-
-
-learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
+from tiny_ppo import TINY, learn_vmap
 
 
 def post(port: int, route: str, body: dict) -> dict:
