@@ -56,6 +56,39 @@ def test_fallback_without_jax_internals_keeps_the_contract(monkeypatch):
     np.testing.assert_array_equal(seen[0][0], [1, 2, 3])
 
 
+def test_fallback_when_lowering_fails_writes_the_same_points(monkeypatch, tmp_path):
+    # A JAX whose internals import but changed signature (emit_python_callback without
+    # ``returns_token=`` before jax 0.8.2) fails only when a program is lowered: the probe
+    # made at import then picks the public path, and the same points arrive in order.
+    from jax.interpreters import mlir
+
+    def old_signature(ctx, callback, token, operands, *args, **kwargs):
+        if "returns_token" in kwargs:
+            raise TypeError("emit_python_callback() got an unexpected keyword 'returns_token'")
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(mlir, "emit_python_callback", old_signature)
+    fallback, direct = _host._make_host_call()
+    assert not direct
+    monkeypatch.setattr(_host, "callback", fallback)
+    writer = callax.JITSummaryWriter(str(tmp_path))
+
+    def body(c, i):
+        writer.add_scalar("x", c, i)
+        writer.add_scalar("auto", c * 2)
+        return c + 1.0, None
+
+    jax.jit(lambda: jax.lax.scan(body, 0.0, jnp.arange(16), unroll=4)[0])()
+    jax.jit(jax.vmap(lambda s: jax.lax.scan(body, s, jnp.arange(3))[0]))(jnp.arange(2.0))
+    writer.flush()
+    run = read_run(str(tmp_path))
+    assert run["x"] == [(i, float(i)) for i in range(16)]
+    assert run["auto"] == [(i, 2.0 * i) for i in range(16)]
+    for seed in range(2):
+        assert read_run(str(tmp_path / f"seed_{seed}"))["x"] == [
+            (i, float(seed + i)) for i in range(3)]
+
+
 def test_inside_scan_cond_and_checkpoint_not_removed_as_dead_code():
     seen, fn = _collect()
 

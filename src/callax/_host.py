@@ -35,7 +35,7 @@ from ._writer import _host as host
 
 __all__ = [
     "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced", "open_run",
-    "register_layout", "seed_origin", "seed_positions", "send",
+    "register_layout", "seed_origin", "seed_positions", "send", "under_trace", "write_eager",
 ]
 
 _layout_lock = threading.Lock()
@@ -45,9 +45,21 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _under_trace() -> bool:
-    # Inside jit (and inside scan/cond bodies) a freshly made array is a tracer.
-    return is_traced(jnp.zeros((), jnp.int32))
+def _make_under_trace() -> Callable[[], bool]:
+    try:
+        from jax._src.core import trace_ctx
+
+        trace_ctx.is_top_level()
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
+        # Inside jit (and inside scan/cond bodies) a freshly made array is a tracer.
+        return lambda: is_traced(jnp.zeros((), jnp.int32))
+    return lambda: not trace_ctx.is_top_level()
+
+
+under_trace = _make_under_trace()
+under_trace.__doc__ = """Whether code is being traced (``jit``, ``vmap``, a ``scan`` body, ...)
+rather than run eagerly; ~0.2 µs."""
+_under_trace = under_trace
 
 
 _run_names = itertools.count()
@@ -171,36 +183,70 @@ def _partitioned_sharding(axis_context, avals_out):
         return None
 
 
+def _ordered_effect():
+    """The effect of callax's host calls: an *ordered* effect of its own.
+
+    JAX threads a token through every ordered effect of a program (``scan``/``while``
+    bodies, ``cond`` branches, ``shard_map`` included) and between consecutive executions,
+    so host calls run in program order: steps written in a loop, several writes of one
+    program and ``global_step=None`` arrive as the program made them. Unordered effects
+    (``jax.debug.callback``'s default) ran in orders like 9, 0, 8, 1 in an unrolled
+    ``scan``. Registered as *shardable* (allowed in programs over several devices, as
+    ``io_callback(ordered=True)`` is) and allowed in control flow, custom derivatives and
+    ``jax.checkpoint``. Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
+    it under ``vmap`` (callax's calls are never batched: ``custom_vmap`` rules make one call
+    for the whole batch).
+    """
+    from jax._src import effects
+
+    class CallaxHostEffect(effects.Effect):
+        __str__ = lambda self: "CallaxHost"  # noqa: E731
+
+    for kind in ("ordered_effects", "shardable_ordered_effects", "lowerable_effects",
+                 "control_flow_allowed_effects", "custom_derivatives_allowed_effects",
+                 "remat_allowed_effects"):
+        getattr(effects, kind).add_type(CallaxHostEffect)
+    return CallaxHostEffect()
+
+
+def _fallback_host_call(fn: Callable[..., None], *args) -> None:
+    """The host call without JAX internals: ``io_callback(ordered=True)`` (in program order
+    too, but it copies every operand first, and ``vmap`` of a ``cond`` with a batched
+    predicate around it is refused by JAX)."""
+    def on_host(*arrays):
+        _call_with_numpy(fn, *arrays)
+        return ()
+
+    io_callback(on_host, (), *args, ordered=True)
+
+
 def _make_host_call() -> tuple[Callable[..., None], bool]:
     """Build :func:`callback`; return it and whether it is the direct path.
 
-    ``jax.debug.callback`` first copies every operand into a new ``jax.Array`` on the CPU
-    device (``device_put``), which inside a busy compiled program waits for the runtime's
-    worker threads: measured 0.6–0.8 ms per call in the PPO-like benchmark against ~0.1 ms
-    in an idle program. The direct path is a primitive with the same (unordered debug)
-    effect, lowered with ``mlir.emit_python_callback``, so XLA hands the host function the
-    NumPy views of its operands directly. It relies on two JAX internals (the debug effect
-    and the sharding contexts); where they are missing it falls back to
-    ``jax.debug.callback``. Under SPMD partitioning (several devices) it places the call as
-    ``jax.debug.callback`` does (see :func:`_partitioned_sharding`), deferring to its
-    lowering only inside a partly manual ``shard_map``.
+    ``jax.debug.callback`` and ``io_callback`` first copy every operand into a new
+    ``jax.Array`` on the CPU device (``device_put``), which inside a busy compiled program
+    waits for the runtime's worker threads: measured 0.6–0.8 ms per call in the PPO-like
+    benchmark against ~0.1 ms in an idle program. The direct path is a primitive with an
+    ordered effect of its own (:func:`_ordered_effect`), lowered with
+    ``mlir.emit_python_callback`` (threading the effect's token), so XLA hands the host
+    function the NumPy views of its operands directly, in program order. Under SPMD
+    partitioning (several devices) it places the call as ``jax.debug.callback`` does (see
+    :func:`_partitioned_sharding`); inside a partly manual ``shard_map`` the first device of
+    the automatic axes calls. It relies on JAX internals; where they are missing at import,
+    or lowering a probe program with them fails (a changed signature), it falls back to
+    :func:`_fallback_host_call`.
     """
     try:
-        from jax._src import debugging, sharding_impls
+        from jax._src import sharding_impls
         from jax.extend.core import Primitive
         from jax.interpreters import ad, mlir
 
-        effect = debugging.debug_effect
-        debug_lowering = debugging.debug_callback_lowering
         spmd_context = sharding_impls.SPMDAxisContext
         sharding_context = sharding_impls.ShardingContext
         emit_python_callback = mlir.emit_python_callback
+        effect = _ordered_effect()
     except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-
-        def debug_call(fn: Callable[..., None], *args) -> None:
-            jax.debug.callback(functools.partial(_call_with_numpy, fn), *args)
-
-        return debug_call, False
+        return _fallback_host_call, False
 
     host_call_p = Primitive("callax_host_call")
     host_call_p.multiple_results = True
@@ -218,6 +264,19 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
 
     ad.primitive_jvps[host_call_p] = _jvp
 
+    def _partly_manual(axis_context, *args, fn):
+        # As jax.debug.callback does: the first device along the automatic axes calls.
+        from jax import shard_map
+
+        auto = [a for a in axis_context.mesh.axis_names if a not in axis_context.manual_axes]
+
+        def first_calls():
+            jax.lax.cond(jax.lax.axis_index(auto) == 0,
+                         lambda: host_call_p.bind(*args, fn=fn), lambda: [])
+            return []
+
+        return shard_map(first_calls, in_specs=(), out_specs=[])()
+
     def _lowering(ctx, *args, fn):
         axis_context = ctx.module_context.axis_context
         sharding = None
@@ -226,17 +285,19 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         ):
             sharding = _partitioned_sharding(axis_context, ctx.avals_out)
             if sharding is None:
-                return debug_lowering(ctx, *args, effect=effect, partitioned=False,
-                                      callback=functools.partial(_call_with_numpy, fn))
+                return mlir.lower_fun(functools.partial(_partly_manual, axis_context, fn=fn),
+                                      multiple_results=True)(ctx, *args)
 
         def on_host(*arrays):
             fn(*arrays)
             return ()
 
-        results, _, _ = emit_python_callback(
-            ctx, on_host, None, list(args), ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=False, sharding=sharding,
+        token = ctx.tokens_in.get(effect)
+        results, token, _ = emit_python_callback(
+            ctx, on_host, token, list(args), ctx.avals_in, ctx.avals_out,
+            has_side_effect=True, returns_token=True, sharding=sharding,
         )
+        ctx.set_tokens_out(ctx.tokens_in.update_tokens(mlir.TokenSet({effect: token})))
         return results
 
     mlir.register_lowering(host_call_p, _lowering)
@@ -244,13 +305,20 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
     def host_call(fn: Callable[..., None], *args) -> None:
         host_call_p.bind(*(jnp.asarray(a) for a in args), fn=fn)
 
+    def probe(fn: Callable[..., None], *args) -> None:
+        del fn, args
+
+    try:  # lowering needs the internals' current signatures (a TypeError on older JAX)
+        jax.jit(lambda x: host_call(probe, x)).lower(jnp.zeros((), jnp.int32))
+    except Exception:  # noqa: BLE001 - any failure: use the public path
+        return _fallback_host_call, False
     return host_call, True
 
 
 callback, DIRECT_HOST_CALL = _make_host_call()
 callback.__doc__ = """``callback(fn, *arrays)``: call ``fn`` on the host with the arrays' values as
-NumPy arrays, eagerly or from inside ``jit``/``scan``/``cond``, like ``jax.debug.callback``
-(unordered; never batched: callers wrap it in a ``custom_vmap`` rule)."""
+NumPy arrays, eagerly or from inside ``jit``/``scan``/``cond``, in program order (an ordered
+effect; never batched: callers wrap it in a ``custom_vmap`` rule)."""
 
 
 _HEADER = 7  # layout, handle, seed, pred, sync, K, width
@@ -552,6 +620,24 @@ def emit(layout, handle, steps, values, valid, pred=True, sync=False, *,
     )
 
 
+def write_eager(tags: tuple[str, ...], handle: int, steps: np.ndarray, values: np.ndarray,
+                valid: np.ndarray, *, per_process: bool = False) -> None:
+    """What :func:`emit` does for a call made outside any trace, without JAX: ``steps[K]``
+    (``int64``, :data:`callax._step.AUTO` for "the next step"), ``values[K, n]`` and
+    ``valid[K, n]`` for ``tags`` go straight to the writer thread (no program is compiled
+    or run). Host calls of programs dispatched earlier run first (``jax.effects_barrier``,
+    ~1 µs when none is pending), so eager and jitted writes stay in program order. With
+    several processes only process 0 writes, unless ``per_process``."""
+    jax.effects_barrier()
+    if not per_process and jax.process_count() > 1 and jax.process_index() != 0:
+        return
+    steps = np.where(steps == _step.AUTO, host.AUTO_STEP, steps)
+    host.write(handle, tags, _NO_SEED_ROW, steps[None], values[None], valid[None])
+
+
+_NO_SEED_ROW = np.array([host.NO_SEED])
+
+
 def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
     def run(handle: object) -> None:
         for h in np.unique(np.asarray(handle)).tolist():
@@ -560,16 +646,24 @@ def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
     return run
 
 
+def _on_handles(action: Callable[[int], None]) -> Callable[..., None]:
+    """A :func:`send` host function applying ``action`` to every run handle it receives."""
+    def run(seed, when, handle) -> None:
+        del seed
+        _each_handle(action)(np.asarray(handle)[np.asarray(when)])
+
+    return run
+
+
 def flush(handle) -> None:
     """Write everything handed over so far for this run and flush its files.
 
     Eagerly, this first waits for every pending host callback (``jax.effects_barrier``).
-    Inside a traced function it is a host callback of its own, which XLA does not order
-    against other unordered callbacks: use the ``sync`` flag of :func:`emit` where the order
-    matters.
+    Inside a traced function it is a host call of its own, in program order after the
+    writes before it.
     """
     if is_traced(handle):
-        jax.debug.callback(_each_handle(host.flush), handle)
+        send(_on_handles(host.flush), handle)
     else:
         jax.effects_barrier()
         _each_handle(host.flush)(np.asarray(handle))
@@ -578,7 +672,7 @@ def flush(handle) -> None:
 def close(handle) -> None:
     """Flush and close the run's event files (same ordering rules as :func:`flush`)."""
     if is_traced(handle):
-        jax.debug.callback(_each_handle(host.close), handle)
+        send(_on_handles(host.close), handle)
     else:
         jax.effects_barrier()
         _each_handle(host.close)(np.asarray(handle))
