@@ -12,7 +12,7 @@ import numpy as np
 from _ppo_like import make_train
 
 import callax
-from callax._writer import _host as host
+from callax import _writer as host
 
 
 def timed(fn, *args) -> float:

@@ -48,8 +48,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import callax
-from callax import IterationContext, ResetContext, StepContext, TrainingContext
-from callax._writer import _host as host
+from callax import IterationContext, ResetContext, StepContext, TrainingContext, _writer as host
 
 DEVICES, PER_DEVICE, ENVS, STEPS, MATMULS = 4, 2, 8, 32, 4
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute",

@@ -43,16 +43,16 @@ SLOW_WRITE = 0.1
 
 mode, log_dir = sys.argv[1], sys.argv[2]
 if mode.startswith("slow_"):
-    from callax._writer import _host
+    from callax._writer._event_file import EventFile
 
     mode = mode[len("slow_"):]
-    write = _host._EventFile.write
+    write = EventFile.write
 
     def slow_write(self, data):
         time.sleep(SLOW_WRITE)
         write(self, data)
 
-    _host._EventFile.write = slow_write
+    EventFile.write = slow_write
 tags = ("a", "b") if mode != "shared" else (sys.argv[3], sys.argv[3] + "_neg")
 
 if mode == "user_handler":

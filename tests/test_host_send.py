@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import callax
-from callax import _host
-from callax._writer import _host as host
+from callax import _host, _writer as host
 from conftest import read_run, run_dirs
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import callax
 from callax._host import open_run
-from callax._writer import _host as host
+from callax._writer import _event_file
 from callax._writer._read import read_records
 from conftest import read_run
 
@@ -123,7 +123,7 @@ def test_event_file_names_never_collide(tmp_path, monkeypatch):
     # A file of the chosen name already exists (another writer, a reused process id): the
     # writer takes the next name instead of appending to it.
     names = iter(["events.out.tfevents.taken", "events.out.tfevents.free"])
-    monkeypatch.setattr(host, "_event_file_name", lambda: next(names))
+    monkeypatch.setattr(_event_file, "event_file_name", lambda: next(names))
     (tmp_path / "events.out.tfevents.taken").write_bytes(b"someone else's")
     writer = callax.JITSummaryWriter(str(tmp_path))
     writer.add_scalar("x", 1.0, 0)

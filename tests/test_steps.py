@@ -22,8 +22,8 @@ from callax import (
     TensorBoardCallback,
     TensorBoardCallbackStepState,
     TrainingContext,
+    _writer as host,
 )
-from callax._writer import _host as host
 from callax._writer._encode import encode_scalar_rows, varint
 from conftest import read_run, run_dirs, sync
 

@@ -30,12 +30,12 @@ from jax import custom_batching
 from jax.experimental import io_callback
 from jax.typing import ArrayLike
 
-from . import _step
-from ._writer import _host as host
+from . import _step, _writer as host
 
 __all__ = [
-    "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced", "open_run",
-    "register_layout", "seed_origin", "seed_positions", "send", "under_trace", "write_eager",
+    "begin_training", "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced",
+    "open_run", "register_layout", "seed_origin", "seed_positions", "send", "under_trace",
+    "write_eager",
 ]
 
 _layout_lock = threading.Lock()
@@ -93,7 +93,8 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
     if per_process:
         directory = os.path.join(name, f"process_{index}")
         if handle is not None:
-            host.get_run(handle).log_dir = directory
+            run = host.get_run(handle)
+            run.log_dir = run.base_dir = directory
         else:
             handle = host.open_run(directory, purge_step=purge_step)
     elif handle is None:
@@ -109,7 +110,7 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     is opened by a host callback each time the compiled function executes, so every execution
     writes to a fresh run directory. With several processes the run's name is decided once
     (by process 0) and shared; ``per_process`` gives each process ``<run>/process_<p>``.
-    ``purge_step``: see :func:`callax._writer._host.open_run`.
+    ``purge_step``: see :func:`callax._writer.open_run`.
     """
     if not _under_trace():
         return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step),
@@ -644,6 +645,96 @@ def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
             action(h)
 
     return run
+
+
+# --------------------------------------------------------------------------------------------
+# A training begins: one run per training.
+
+_begin_lock = threading.Lock()
+_begin_calls: dict[tuple[int, int], int] = {}
+_begun: dict[int, int] = {}
+
+
+def _rollover_name(run) -> str:
+    """The directory of a run's next training: the next free ``<base>_<n>``, decided by
+    process 0 and shared through the distributed key-value store with several processes."""
+    if jax.process_count() == 1:
+        return host.unique_dir(run.base_dir, True)
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    key = f"callax/training/{run.base_dir}/{run.trainings}"
+    if jax.process_index() == 0:
+        name = host.unique_dir(run.base_dir, True)
+        client.key_value_set(key, name)
+        return name
+    return client.blocking_key_value_get(key, 300_000)
+
+
+def _begin_on_host(handle: int, device: int) -> None:
+    # The k-th call from a device starts training k of the run; the first call of a training
+    # (from whichever device calls first) moves the run on, the others find it done. Every
+    # device's writes after its own call are queued after the move.
+    with _begin_lock:
+        count = _begin_calls[(handle, device)] = _begin_calls.get((handle, device), 0) + 1
+        if count <= _begun.get(handle, 0):
+            return
+        _begun[handle] = count
+    host.begin_training(handle, _rollover_name)
+
+
+def _begin_rows(seed, when, handle, device) -> None:
+    del seed
+    rows = np.asarray(when)
+    for h, d in {(int(h), int(d)) for h, d in zip(np.asarray(handle)[rows],
+                                                   np.asarray(device)[rows], strict=True)}:
+        _begin_on_host(h, d)
+
+
+def begin_training(handle) -> None:
+    """A training begins writing to run ``handle`` (a callback's ``reset``), eagerly or
+    inside ``jit``/``vmap``/``pmap``/``shard_map``: if the run already holds points of an
+    earlier training (a compiled training function executed again, a callback reused), its
+    writes go on in a new directory ``<run>_<n>``, as a callback built inside ``jit`` does.
+    In program order with the writes, under every device of a mesh (each device's writes
+    after its call go to the new directory)."""
+    if not is_traced(handle) and not under_trace():
+        jax.effects_barrier()
+        for h in np.unique(np.asarray(handle)).tolist():
+            _begin_on_host(int(h), 0)
+        return
+    axes = manual_axes()
+    device = device_position(axes)[0] if axes else jnp.zeros((), jnp.int32)
+    if axes:
+        # Every device calls for itself (its own writes must follow its own call).
+        _each_device(_begin_rows)(jnp.asarray(True), seed_origin(),
+                                  jnp.asarray(handle, jnp.int32), device)
+    else:
+        send(_begin_rows, jnp.asarray(handle, jnp.int32), device)
+
+
+@functools.cache
+def _each_device(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
+    """Like :func:`send`, but every device of the enclosing manual axes calls ``host_fn``
+    with its own rows (no gathering); with several processes, every process."""
+    def on_host(when, seed, *arrays) -> None:
+        seed, when, arrays = _flat_rows(seed, when, arrays)
+        host_fn(seed, when, *arrays)
+
+    @custom_batching.custom_vmap
+    def call(when, seed, *arrays):
+        jax.lax.cond(jnp.any(when), lambda: callback(on_host, when, seed, *arrays),
+                     lambda: None)
+        return jnp.zeros((), jnp.int32)
+
+    @call.def_vmap
+    def call_vmap(axis_size, in_batched, when, seed, *arrays):
+        args = (when, seed, *arrays)
+        call(*(x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+               for x, b in zip(args, in_batched, strict=True)))
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    return call
 
 
 def _on_handles(action: Callable[[int], None]) -> Callable[..., None]:

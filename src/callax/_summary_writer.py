@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
 
-from . import _host, _step as _steps
+from . import _host, _step as _steps, _writer as host
 from ._step import Step
-from ._writer import _host as host
 
 __all__ = ["JITSummaryWriter", "check_tag", "check_values", "scalar_value"]
 

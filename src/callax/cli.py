@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
     import jax
 
     from . import envs
-    from ._writer._host import flush_all
+    from ._writer import flush_all
     from .callbacks import ProgressBarCallback, TensorBoardCallback
 
     env = envs.make(args.env)

@@ -1,1 +1,30 @@
-"""Host side of callax's writer (no JAX here): event encoding and the run registry."""
+"""Host side of callax's writer (no JAX here): runs, the writer thread, exit paths, files.
+
+- :mod:`._registry`: runs by handle and what device code asks of them;
+- :mod:`._run`: one run (directory, per-seed event files, increasing steps per tag);
+- :mod:`._queue`: the writer thread and its bounded queue;
+- :mod:`._signals`: exit signals and forked children;
+- :mod:`._event_file`, :mod:`._encode`, :mod:`._read`: TensorBoard's file format;
+- :mod:`._paths`: checks of run names and directories.
+"""
+
+from ._paths import check_log_dir as check_log_dir, check_run_name as check_run_name
+from ._queue import MAX_PENDING_ROWS as MAX_PENDING_ROWS
+from ._registry import (
+    begin_training as begin_training,
+    close as close,
+    flush as flush,
+    flush_all as flush_all,
+    get_run as get_run,
+    open_run as open_run,
+    prepare_log_dir as prepare_log_dir,
+    unique_dir as unique_dir,
+    write as write,
+    write_histograms as write_histograms,
+    write_summaries as write_summaries,
+)
+from ._run import AUTO_STEP as AUTO_STEP, NO_SEED as NO_SEED, Run as Run
+from ._signals import (
+    EXIT_FLUSH_TIMEOUT as EXIT_FLUSH_TIMEOUT,
+    EXIT_SIGNALS as EXIT_SIGNALS,
+)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, Key, PyTree
 
-from .. import _host
+from .. import _host, _writer as host
 from .._callback import (
     AbstractCallbackState,
     AbstractStepStatelessCallback,
@@ -22,7 +22,6 @@ from .._callback import (
     IterationContext,
     ResetContext,
 )
-from .._writer import _host as host
 
 __all__ = [
     "CheckpointCallback",

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, Key
 
-from .. import _host
+from .. import _host, _writer as host
 from .._callback import (
     AbstractContinuingCallback,
     AbstractStatelessCallback,
@@ -19,7 +19,6 @@ from .._callback import (
     IterationContext,
 )
 from .._summary_writer import JITSummaryWriter, check_tag
-from .._writer import _host as host
 
 __all__ = ["HistogramCallback", "add_histograms", "rollout_histograms"]
 

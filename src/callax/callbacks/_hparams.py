@@ -21,7 +21,7 @@ from tensorboardX.proto.plugin_hparams_pb2 import (
 )
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
-from .. import _host
+from .. import _host, _writer as host
 from .._callback import (
     AbstractContinuingCallback,
     AbstractStepStatelessCallback,
@@ -31,7 +31,6 @@ from .._callback import (
     TrainingContext,
 )
 from .._summary_writer import JITSummaryWriter
-from .._writer import _host as host
 
 __all__ = ["HParamsCallback", "hparams_of"]
 

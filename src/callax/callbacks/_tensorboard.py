@@ -23,10 +23,10 @@ from .._callback import (
     StepContext,
     TrainingContext,
 )
-from .._host import on_mesh, open_run, vary
+from .._host import begin_training, on_mesh, open_run, vary
 from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
-from .._writer._host import check_run_name, prepare_log_dir
+from .._writer import check_run_name, prepare_log_dir
 
 __all__ = [
     "TensorBoardCallback",
@@ -263,6 +263,9 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         self.max_scalars = int(max_scalars)
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> TensorBoardCallbackState:
+        # One run per training: a compiled training run again (or this callback reused)
+        # writes to ``<run>_1``, ``<run>_2``, ... instead of dropping its points.
+        begin_training(self.tb_writer.handle)
         return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars))
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]

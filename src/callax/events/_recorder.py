@@ -357,7 +357,7 @@ def _call_event(spec: EventSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     for field in spec.fields:
         tag = spec.tag(field, key)
         try:
-            values.append(scalar_value(tag, arguments[field]))
+            values.append(jnp.asarray(scalar_value(tag, arguments[field])))
         except (TypeError, ValueError) as error:
             raise type(error)(f"{spec.describe()}, field {field!r}: {error}") from None
     stack = _stack()

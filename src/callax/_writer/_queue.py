@@ -1,0 +1,123 @@
+"""The writer thread and its bounded queue.
+
+Host calls (possibly from several XLA threads at once) hand batches to one daemon thread,
+which encodes and writes them in the order they were handed over. At most
+:data:`MAX_PENDING_ROWS` rows wait at a time: a host call that would go past it waits until
+the thread has written enough (backpressure), so a jitted loop that writes faster than the
+disk keeps a bounded amount of memory, and a ``SIGKILL`` loses at most that many rows.
+
+An error in a job is kept and re-raised by the next :func:`raise_pending_error` (the
+writers' ``flush``/``close``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["MAX_PENDING_ROWS", "pending_error", "raise_pending_error", "run_inline", "submit",
+           "wait_idle"]
+
+MAX_PENDING_ROWS = 65_536
+"""Rows handed over but not yet written, at most (a row is one step of one seed: up to the
+writer's width of scalars, ~0.3 kB for 64 scalars). A host call that would hold more waits
+for the writer thread; a single batch larger than this is accepted alone."""
+
+_lock = threading.Lock()
+_idle = threading.Condition(_lock)
+_room = threading.Condition(_lock)
+_queue: queue.SimpleQueue = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_error: BaseException | None = None
+_pending_jobs = 0
+_pending_rows = 0
+
+
+def _ensure_thread() -> None:
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        _thread = threading.Thread(target=_worker, name="callax-writer", daemon=True)
+        _thread.start()
+
+
+def _run(job: Callable[[], None]) -> None:
+    global _error
+    try:
+        job()
+    except BaseException as error:  # noqa: BLE001 - re-raised by raise_pending_error
+        with _lock:
+            if _error is None:
+                _error = error
+
+
+def _worker() -> None:
+    global _pending_jobs, _pending_rows
+    while True:
+        job, rows = _queue.get()
+        try:
+            _run(job)
+        finally:
+            with _lock:
+                _pending_jobs -= 1
+                _pending_rows -= rows
+                _room.notify_all()
+                if _pending_jobs == 0:
+                    _idle.notify_all()
+
+
+def submit(job: Callable[[], None], rows: int = 1) -> None:
+    """Queue ``job`` (``rows`` rows of data) for the writer thread; wait while the queue
+    holds :data:`MAX_PENDING_ROWS` rows or more."""
+    global _pending_jobs, _pending_rows
+    with _lock:
+        while _pending_rows and _pending_rows + rows > MAX_PENDING_ROWS:
+            _room.wait()
+        _pending_jobs += 1
+        _pending_rows += rows
+        _ensure_thread()
+    _queue.put((job, rows))
+
+
+def wait_idle() -> None:
+    """Block until every queued job has run."""
+    with _lock:
+        while _pending_jobs:
+            _idle.wait()
+
+
+def run_inline(job: Callable[[], None]) -> None:
+    """Run ``job`` in the calling thread once everything queued before it has run (a
+    caller about to wait for the files anyway saves two thread hand-offs)."""
+    wait_idle()
+    _run(job)
+
+
+def pending_error() -> BaseException | None:
+    return _error
+
+
+def raise_pending_error() -> None:
+    global _error
+    with _lock:
+        error, _error = _error, None
+    if error is not None:
+        raise RuntimeError("callax: writing TensorBoard events failed") from error
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has no writer thread, and the parent's lock may have been held at the
+    # fork: start from a clean state (the parent's queued jobs are the parent's to write).
+    global _lock, _idle, _room, _queue, _thread, _error, _pending_jobs, _pending_rows
+    _lock = threading.Lock()
+    _idle = threading.Condition(_lock)
+    _room = threading.Condition(_lock)
+    _queue = queue.SimpleQueue()
+    _thread = None
+    _error = None
+    _pending_jobs = _pending_rows = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,250 @@
+"""One run: a directory, one TensorBoard event file per seed position, and what keeps each
+tag's steps increasing (TensorBoard's data server discards earlier points when a tag's step
+goes back)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from ._encode import encode_histogram, encode_scalar_rows
+from ._event_file import EventFile
+
+__all__ = ["AUTO_STEP", "NO_SEED", "Run"]
+
+NO_SEED = -1
+"""Seed index of a payload that was not produced under ``jax.vmap``."""
+AUTO_STEP = -1
+"""Step value meaning "one more than the last step of this tag"."""
+
+
+class Run:
+    """One run directory, with one event file per seed position (created on first write).
+
+    Batches are written by the writer thread, or inline by a waiting caller: one at a time
+    per run (``_lock``).
+    """
+
+    def __init__(self, handle: int, log_dir: str, purge_step: int | None = None):
+        self.handle = handle
+        self.log_dir = log_dir
+        self.base_dir = log_dir  # what later trainings' directories are named after
+        self.purge_step = purge_step
+        self.trainings = 0
+        self._files: dict[int, EventFile] = {}
+        self._purged: set[int] = set()
+        self._last_step: dict[tuple[int, str], int] = {}
+        self._last_flush_time: dict[int, float] = {}
+        self._written = False
+        # Points dropped per tag (steps that went back): total, and the part not yet reported.
+        self.dropped: dict[str, int] = {}
+        self._unreported: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def directory(self, seed: int) -> str:
+        """The directory written for a seed position (``NO_SEED`` = the run itself)."""
+        if seed == NO_SEED:
+            return self.log_dir
+        return os.path.join(self.log_dir, f"seed_{seed}")
+
+    def _file(self, seed: int) -> EventFile:
+        file = self._files.get(seed)
+        if file is None:
+            # A resumed run marks the restart in the first file of each of its directories
+            # only: a later file (after close) must not hide the resumed points.
+            purge = None if seed in self._purged else self.purge_step
+            file = self._files[seed] = EventFile(self.directory(seed), purge)
+            self._purged.add(seed)
+            self._written = True
+            # Points written again by the restart count as this run's: steps go on after them.
+            for tag, step in file.last_steps.items():
+                key = (seed, tag)
+                self._last_step[key] = max(self._last_step.get(key, step), step)
+        return file
+
+    # ----------------------------------------------------------------------------------------
+    # A new training in the same run object.
+
+    def begin_training(self, next_directory) -> str | None:
+        """A training begins: if this run already holds points of an earlier one, move on to
+        the directory ``next_directory()`` returns (files closed, steps start afresh) and
+        return it; otherwise keep writing here (``None``)."""
+        with self._lock:
+            self.trainings += 1
+            if not self._written:
+                return None
+            for file in self._files.values():
+                file.close()
+            self._files.clear()
+            self._last_step.clear()
+            self._last_flush_time.clear()
+            self._purged.clear()
+            self.purge_step = None
+            self._written = False
+            self.log_dir = next_directory()
+            return self.log_dir
+
+    # ----------------------------------------------------------------------------------------
+    # Scalars.
+
+    def write(self, tags: tuple[str, ...], seed: int, steps: np.ndarray, values: np.ndarray,
+              valid: np.ndarray, now: float) -> None:
+        """Write rows ``steps[K]``, ``values[K, n]`` where ``valid[K, n]``."""
+        with self._lock:
+            self._write(tags, seed, steps, values, valid, now)
+
+    def _write(self, tags, seed, steps, values, valid, now) -> None:
+        rows = np.flatnonzero(valid.any(axis=1))
+        if rows.size == 0:
+            return
+        self._file(seed)  # first, so that a restarted run knows the steps written again
+        steps = steps[rows].astype(np.int64)
+        values = values[rows]
+        valid = valid[rows]
+        if (steps == AUTO_STEP).any():
+            steps = self._auto_steps(tags, seed, steps, valid)
+        valid = self._drop_non_increasing(tags, seed, steps, valid)
+        rows = np.flatnonzero(valid.any(axis=1))
+        if rows.size == 0:
+            return
+        steps, values, valid = steps[rows], values[rows], valid[rows]
+        # Rows of a batch were recorded between the previous batch and now: spread their
+        # wall times evenly over that interval (TensorBoard's "relative" axis stays sensible).
+        start = self._last_flush_time.get(seed, now)
+        self._last_flush_time[seed] = now
+        wall = np.linspace(start, now, len(rows) + 1)[1:]
+        if valid.all():
+            data = encode_scalar_rows(tags, steps, values, wall)
+        else:
+            data = self._encode_masked(tags, steps, values, valid, wall)
+        self._file(seed).write(data)
+
+    def _drop_non_increasing(self, tags, seed, steps, valid) -> np.ndarray:
+        """Keep a point only if its step is above every earlier step of its tag.
+
+        Writes arrive in program order, so a step that does not increase really goes back
+        (a training run again into the same run, a restarted step counter). TensorBoard's
+        data server would then discard the earlier points, which would cost more than the
+        point itself: such points are dropped, counted per tag and reported (see
+        :meth:`_report_drops`).
+        """
+        lowest = np.iinfo(np.int64).min
+        last = np.array([self._last_step.get((seed, tag), lowest) for tag in tags], np.int64)
+        # Per column, the highest step of every earlier valid point (or of earlier batches).
+        seen = np.where(valid, steps[:, None], lowest)
+        before = np.maximum.accumulate(np.concatenate([last[None], seen[:-1]]), axis=0)
+        keep = valid & (steps[:, None] > before)
+        dropped = valid & ~keep
+        if dropped.any():
+            self._count_drops(tags, seed, steps, dropped, before)
+        newest = np.where(keep, steps[:, None], lowest).max(axis=0)
+        for column in np.flatnonzero(newest > last).tolist():
+            self._last_step[(seed, tags[column])] = int(newest[column])
+        return keep
+
+    def _count_drops(self, tags, seed, steps, dropped, before) -> None:
+        first_time = not self.dropped
+        for column in np.flatnonzero(dropped.any(axis=0)).tolist():
+            tag = tags[column]
+            count = int(dropped[:, column].sum())
+            self.dropped[tag] = self.dropped.get(tag, 0) + count
+            self._unreported[tag] = self._unreported.get(tag, 0) + count
+        if first_time:
+            # At once for the first drop of the run; later ones at flush/close, counted.
+            column = int(np.flatnonzero(dropped.any(axis=0))[0])
+            row = int(np.flatnonzero(dropped[:, column])[0])
+            self._warn_drops(f"step {int(steps[row])} of tag {tags[column]!r} (seed "
+                             f"{seed if seed != NO_SEED else '-'}) is not above the tag's "
+                             f"last step {int(before[row, column])}")
+
+    def _warn_drops(self, first: str | None = None) -> None:
+        counts, self._unreported = self._unreported, {}
+        if not counts:
+            return
+        listed = ", ".join(f"{n} of {tag!r}" for tag, n in sorted(counts.items()))
+        cause = f" ({first})" if first else ""
+        warnings.warn(
+            f"callax: run {self.log_dir!r}: dropped {sum(counts.values())} point(s) whose step "
+            f"did not increase{cause}: {listed}. TensorBoard would discard the earlier "
+            "points. Each training should write a run of its own: build the writer inside "
+            "the jitted function, or use TensorBoardCallback (a new run each time its reset "
+            "runs); a restarted run continues with resume_from_step/purge_step.",
+            RuntimeWarning, stacklevel=1)
+
+    def _report_drops(self) -> None:
+        """Warn about the points dropped since the last report, with exact counts."""
+        with self._lock:
+            self._warn_drops()
+
+    def _auto_steps(self, tags, seed, steps, valid) -> np.ndarray:
+        """Replace ``AUTO_STEP`` by one more than the last step of the row's tags."""
+        steps = steps.copy()
+        last = {tag: self._last_step.get((seed, tag), -1) for tag in tags}
+        for row in range(len(steps)):
+            present = [tag for tag, ok in zip(tags, valid[row], strict=True) if ok]
+            if steps[row] == AUTO_STEP:
+                steps[row] = max(last[tag] for tag in present) + 1
+            for tag in present:
+                last[tag] = max(last[tag], int(steps[row]))
+        return steps
+
+    @staticmethod
+    def _encode_masked(tags, steps, values, valid, wall) -> bytes:
+        # Consecutive rows sharing a validity pattern are encoded together with the tags
+        # present; segments stay in row order so every tag's steps keep increasing.
+        change = np.flatnonzero((valid[1:] != valid[:-1]).any(axis=1)) + 1
+        bounds = [0, *change.tolist(), len(steps)]
+        out = []
+        for start, stop in itertools.pairwise(bounds):
+            columns = np.flatnonzero(valid[start])
+            out.append(encode_scalar_rows(tuple(tags[c] for c in columns), steps[start:stop],
+                                          values[start:stop][:, columns], wall[start:stop]))
+        return b"".join(out)
+
+    # ----------------------------------------------------------------------------------------
+    # Histograms and prebuilt records.
+
+    def write_histograms(self, tags: tuple[str, ...], seed: int, step: int,
+                         stats: np.ndarray, counts: np.ndarray, now: float) -> None:
+        """``stats[n, 6]``: min, max, num, sum, sum of squares, bucket width; ``counts[n, B]``."""
+        out = []
+        with self._lock:
+            for tag, row, bucket in zip(tags, stats.tolist(), counts, strict=True):
+                key = (seed, ("histogram", tag))
+                if step <= self._last_step.get(key, -1) or row[2] <= 0:
+                    continue  # TensorBoard would purge earlier points of a repeated step
+                self._last_step[key] = step
+                minimum, maximum, num, total, squares, width = row
+                limits = minimum + width * np.arange(1, len(bucket) + 1, dtype=np.float64)
+                limits[-1] = max(maximum, limits[-1])
+                out.append(encode_histogram(tag, step, now, minimum, maximum, num, total,
+                                            squares, limits, bucket))
+            if out:
+                self._file(seed).write(b"".join(out))
+
+    def write_records(self, seeds, records: bytes) -> None:
+        """Append encoded event records to the files of every seed position in ``seeds``."""
+        with self._lock:
+            for seed in seeds:
+                self._file(seed).write(records)
+
+    # ----------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        # Every batch is already flushed to the OS (readable by TensorBoard, kept if the
+        # process dies); no fsync: that guards only against an OS crash and costs milliseconds.
+        with self._lock:
+            for file in self._files.values():
+                file.flush()
+            self._warn_drops()
+
+    def close(self) -> None:
+        with self._lock:
+            for file in self._files.values():
+                file.close()
+            self._files.clear()
+            self._warn_drops()
