@@ -74,13 +74,13 @@ def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
     """
     if isinstance(value, str | bytes) or value is None:
         raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
-    on_host = not isinstance(value, jax.Array)
+    on_host = not isinstance(value, jax.core.Tracer)  # concrete arrays: converted by NumPy
     try:
         if isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # any size (jnp.asarray refuses ints beyond int32)
         # Host values are converted by NumPy: without x64, jnp.asarray would truncate an
         # int64 (np.int64(2**40) becomes 0).
-        array = np.asarray(value) if on_host else value
+        array = value if isinstance(value, jax.Array) else np.asarray(value)
     except (TypeError, ValueError, OverflowError) as error:
         raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}") from error
     if array.shape != ():
@@ -95,7 +95,7 @@ def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
         raise error
     if on_host:
         with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as TensorBoard shows
-            return array.astype(np.float32)
+            return np.asarray(array).astype(np.float32)
     return array.astype(jnp.float32)
 
 

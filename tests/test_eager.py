@@ -1,0 +1,107 @@
+"""Eager writes (host loops that jit only the update): no compilation per call, flat memory,
+in order with the writes of jitted programs (issue 16, "Eager writes", "Flat memory")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import callax
+from conftest import read_run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def compiles():
+    """A list that receives one entry per XLA compilation while the test runs."""
+    seen: list[float] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_eager_writes_compile_nothing_after_the_first_write(logdir, compiles):
+    writer = callax.JITSummaryWriter(logdir)
+    writer.add_scalar("a", 0.0, 0)
+    writer.add_dict("d", {"x": 0.0, "y": np.float32(0.0)}, global_step=0)
+    before = len(compiles)
+    for step in range(1, 200):
+        writer.add_scalar("a", float(step), step)
+        writer.add_scalar("a2", np.float64(step))  # global_step=None: the next step
+        writer.add_dict("d", {"x": step, "y": np.int64(step) * 2}, global_step=np.int64(step))
+    writer.flush()
+    assert len(compiles) == before, f"{len(compiles) - before} compilations in eager writes"
+    run = read_run(logdir)
+    assert run["a"] == [(s, float(s)) for s in range(200)]
+    assert run["a2"] == [(s - 1, float(s)) for s in range(1, 200)]
+    assert run["d/y"] == [(s, 2.0 * s) for s in range(200)]
+
+
+def test_eager_and_jitted_writes_keep_program_order(logdir):
+    # An eager write right after a jitted call whose host calls may still be running: the
+    # eager point is written after the program's points (global_step=None counts on).
+    writer = callax.JITSummaryWriter(logdir)
+
+    @jax.jit
+    def chunk(x):
+        def body(c, _):
+            writer.add_scalar("loss", c)
+            return c + 1.0, None
+
+        return jax.lax.scan(body, x, None, length=8, unroll=4)[0]
+
+    x = jnp.float32(0.0)
+    for _ in range(3):
+        x = chunk(x)
+        writer.add_scalar("loss", -1.0)  # eager, between chunks
+    writer.flush()
+    expected = []
+    for k in range(3):
+        expected += [float(8 * k + i) for i in range(8)] + [-1.0]
+    assert read_run(logdir)["loss"] == list(enumerate(expected))
+
+
+def test_eager_writes_accept_concrete_jax_arrays_and_check_their_values(logdir, compiles):
+    writer = callax.JITSummaryWriter(logdir)
+    update = jax.jit(lambda w: w * 0.5)
+    w = update(update(jnp.float32(16.0)))  # compiled for this argument type
+    writer.add_scalar("w", w, 0)  # a jax.Array computed by a jitted update
+    before = len(compiles)
+    for step in range(1, 5):
+        w = update(w)
+        writer.add_dict("train", {"w": w, "step": jnp.int32(step)}, global_step=step)
+    assert len(compiles) == before
+    with pytest.raises(ValueError, match="must be a scalar"):
+        writer.add_scalar("bad", jnp.ones(3), 5)
+    with pytest.raises(ValueError, match="negative global_step"):
+        writer.add_scalar("w", 1.0, -1)
+    writer.flush()
+    run = read_run(logdir)
+    assert run["w"] == [(0, 4.0)]
+    assert run["train/w"] == [(s, 8.0 * 0.5 ** (s + 1)) for s in range(1, 5)]
+
+
+def test_memory_stays_flat_over_many_eager_writes_and_runs(tmp_path):
+    # 100,000 eager writes into one run, then 1,000 runs opened, written and closed (a
+    # sweep), in a fresh process: RSS after closing stays within 50 MB of where it started.
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "eager_memory_script.py"), str(tmp_path),
+         "100000", "1000"],
+        capture_output=True, text=True, timeout=600, check=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    grown = int(out["rss_end"]) - int(out["rss_start"])
+    assert grown < 50 * 2**20, f"RSS grew by {grown / 2**20:.1f} MB"
+    assert out["points"].split() == ["50000", "50000", "3000"]
