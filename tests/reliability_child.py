@@ -15,6 +15,8 @@ eager ``flush()`` it prints ``durable <rows>`` (every row up to there is on disk
   write), so that batches wait in the writer queue when the process ends.
 - ``stuck``: rows written from another thread while the main thread waits in C code
   (``SIGTERM`` blocked there, so Python cannot run a handler until the wait ends).
+- ``perstep <n>``: once a line arrives on stdin, ``n`` steps of a jitted ``scan`` each
+  writing one row (no device buffer), then ``handed <n>`` and a wait for a signal.
 - ``fork``: forks, SIGTERMs the forked child, and prints how the child ended.
 - ``shared <tag>``: ``END`` rows of tag ``<tag>`` into LOG_DIR, written by several processes
   at once (tests/test_names.py).
@@ -113,6 +115,25 @@ elif mode == "fork":
     _, status = os.waitpid(pid, 0)
     time.sleep(1.0)  # the parent's watcher would have acted on a byte from the child by now
     print(f"forked child ended by signal {os.WTERMSIG(status)}", flush=True)
+elif mode == "perstep":
+    # Per-step writes from one jitted scan (one host call per step): when the call returns,
+    # every row has been handed over and at most the queue's bound waits to be written.
+    n = int(sys.argv[3])
+
+    @jax.jit
+    def per_step():
+        def body(c, i):
+            writer.add_dict("", {"a": c, "b": -c}, global_step=i)
+            return c + 1.0, None
+
+        return jax.lax.scan(body, 0.0, jnp.arange(n))[0]
+
+    jax.block_until_ready(per_step.lower().compile())
+    sys.stdin.readline()
+    jax.block_until_ready(per_step())
+    print(f"handed {n}", flush=True)
+    time.sleep(SAFETY_SECONDS)
+    sys.exit(3)
 elif mode == "stuck":
     # Rows come from another thread while the main thread runs no Python code for a long
     # time, as when it waits for a long jitted computation (a whole training run in one

@@ -20,7 +20,7 @@ from collections.abc import Callable
 __all__ = ["MAX_PENDING_ROWS", "pending_error", "raise_pending_error", "run_inline", "submit",
            "wait_idle"]
 
-MAX_PENDING_ROWS = 16_384
+MAX_PENDING_ROWS = 4_096
 """Rows handed over but not yet written, at most (a row is one step of one seed: up to the
 writer's width of scalars, ~0.3 kB for 64 scalars). A host call that would hold more waits
 for the writer thread; a single batch larger than this is accepted alone."""
