@@ -140,6 +140,14 @@ def register_layout(tags: tuple[str, ...]) -> int:
     return layout
 
 
+def known_layout(tags: tuple) -> int | None:
+    """The layout of ``tags`` if it is registered already (``None`` otherwise)."""
+    try:
+        return _layouts.get(tags)
+    except TypeError:  # unhashable: not a layout (the checks will say why)
+        return None
+
+
 def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
     fn(*(np.asarray(a) for a in arrays))
 
@@ -633,7 +641,10 @@ def write_eager(tags: tuple[str, ...], handle: int, steps: np.ndarray, values: n
     if not per_process and jax.process_count() > 1 and jax.process_index() != 0:
         return
     steps = np.where(steps == _step.AUTO, host.AUTO_STEP, steps)
-    host.write(handle, tags, _NO_SEED_ROW, steps[None], values[None], valid[None])
+    if len(steps) == 1 and valid.all():  # add_scalar/add_dict: joins the rows queued before
+        host.write_row(handle, tags, int(steps[0]), values[0])
+    else:
+        host.write(handle, tags, _NO_SEED_ROW, steps[None], values[None], valid[None])
 
 
 _NO_SEED_ROW = np.array([host.NO_SEED])

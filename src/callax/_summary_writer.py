@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -27,8 +28,16 @@ def default_log_dir() -> str:
     return os.path.join("runs", f"{stamp}_{socket.gethostname()}")
 
 
+_checked_tags: set[str] = set()
+_CHECKED_TAGS_MAX = 65_536
+
+
 def check_tag(tag: object) -> str:
-    """Validate a tag at trace time."""
+    """Validate a tag at trace time (or at an eager call): a non-empty str without leading
+    or trailing whitespace or ``/``, control characters, empty parts or characters UTF-8
+    cannot encode (lone surrogates), each refused naming the tag."""
+    if isinstance(tag, str) and tag in _checked_tags:  # checked already (eager hot path)
+        return tag
     if not isinstance(tag, str):
         raise TypeError(f"TensorBoard tag must be a str, got {type(tag).__name__}: {tag!r}")
     if not tag or tag.strip() != tag or tag.startswith("/") or tag.endswith("/"):
@@ -38,12 +47,23 @@ def check_tag(tag: object) -> str:
         )
     if any(ord(c) < 32 for c in tag) or "//" in tag:
         raise ValueError(f"invalid TensorBoard tag {tag!r}: control character or empty part")
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"invalid TensorBoard tag {tag!r}: {error.reason} at position "
+                         f"{error.start} (event files store tags as UTF-8)") from None
+    if len(_checked_tags) >= _CHECKED_TAGS_MAX:
+        _checked_tags.clear()
+    _checked_tags.add(tag)
     return tag
 
 
 def tag_layout(tags: tuple[object, ...]) -> int:
     """Validate a row's tags at trace time (each tag, no duplicates) and return the layout id
     that carries them to the host."""
+    layout = _host.known_layout(tags)
+    if layout is not None:  # checked when it was registered
+        return layout
     tags = tuple(check_tag(t) for t in tags)
     if len(set(tags)) != len(tags):
         raise ValueError(f"duplicate tags in one write: {tags}")
@@ -63,6 +83,9 @@ def _value_dtype_error(tags: str | tuple[str, ...], dtype: object) -> TypeError 
     return None
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
     """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise.
 
@@ -72,6 +95,14 @@ def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
     naming the tag: complex numbers, strings, ``None``, other non-numeric dtypes (PRNG keys,
     objects) and anything that is not a scalar.
     """
+    kind = type(value)
+    if kind is float or kind is int or kind is bool:  # the eager hot path
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
+            return np.array(number, np.float32)
     if isinstance(value, str | bytes) or value is None:
         raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
     on_host = not isinstance(value, jax.core.Tracer)  # concrete arrays: converted by NumPy

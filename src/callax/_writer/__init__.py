@@ -21,6 +21,7 @@ from ._registry import (
     unique_dir as unique_dir,
     write as write,
     write_histograms as write_histograms,
+    write_row as write_row,
     write_summaries as write_summaries,
 )
 from ._run import AUTO_STEP as AUTO_STEP, NO_SEED as NO_SEED, Run as Run

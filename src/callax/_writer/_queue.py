@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 __all__ = ["MAX_PENDING_ROWS", "pending_error", "raise_pending_error", "run_inline", "submit",
-           "wait_idle"]
+           "submit_row", "wait_idle"]
 
 MAX_PENDING_ROWS = 4_096
 """Rows handed over but not yet written, at most (a row is one step of one seed: up to the
@@ -52,14 +52,38 @@ def _run(job: Callable[[], None]) -> None:
                 _error = error
 
 
+class _RowBatch:
+    """A queued job that later rows with the same key join while it waits: consecutive
+    eager writes to one run are encoded and written together (one write instead of one
+    per call), in the order they were made."""
+
+    def __init__(self, key: object, write: Callable[[list], None]):
+        self.key = key
+        self.write = write
+        self.rows: list = []
+        self.started = False
+
+    def __call__(self) -> None:
+        with _lock:
+            self.started = True  # later rows start a batch of their own
+        self.write(self.rows)
+
+
+_last_job: object = None
+
+
 def _worker() -> None:
     global _pending_jobs, _pending_rows
     while True:
         job, rows = _queue.get()
+        if isinstance(job, _RowBatch):
+            rows = len(job.rows)
         try:
             _run(job)
         finally:
             with _lock:
+                if isinstance(job, _RowBatch):
+                    rows = len(job.rows)  # rows joined until it started
                 _pending_jobs -= 1
                 _pending_rows -= rows
                 _room.notify_all()
@@ -67,17 +91,42 @@ def _worker() -> None:
                     _idle.notify_all()
 
 
+def _wait_for_room(rows: int) -> None:
+    # Called with _lock held.
+    while _pending_rows and _pending_rows + rows > MAX_PENDING_ROWS:
+        _room.wait()
+
+
 def submit(job: Callable[[], None], rows: int = 1) -> None:
     """Queue ``job`` (``rows`` rows of data) for the writer thread; wait while the queue
     holds :data:`MAX_PENDING_ROWS` rows or more."""
-    global _pending_jobs, _pending_rows
+    global _pending_jobs, _pending_rows, _last_job
     with _lock:
-        while _pending_rows and _pending_rows + rows > MAX_PENDING_ROWS:
-            _room.wait()
+        _wait_for_room(rows)
         _pending_jobs += 1
         _pending_rows += rows
+        _last_job = job
         _ensure_thread()
-    _queue.put((job, rows))
+        # Put while holding the lock: the queue's order is the order of _last_job.
+        _queue.put((job, 0 if isinstance(job, _RowBatch) else rows))
+
+
+def submit_row(key: object, row: object, write: Callable[[list], None]) -> None:
+    """Queue one row for ``write(rows)``: it joins the last queued job if that is a batch
+    with the same ``key`` not yet started (nothing else was queued since), else it starts
+    a new batch. ``write`` receives the rows in the order they were submitted."""
+    global _pending_rows
+    with _lock:
+        last = _last_job
+        if isinstance(last, _RowBatch) and last.key == key and not last.started:
+            _wait_for_room(1)
+            if _last_job is last and not last.started:
+                last.rows.append(row)
+                _pending_rows += 1
+                return
+    batch = _RowBatch(key, write)
+    batch.rows.append(row)
+    submit(batch, 1)
 
 
 def wait_idle() -> None:
@@ -109,7 +158,8 @@ def raise_pending_error() -> None:
 def _after_fork_in_child() -> None:
     # A forked child has no writer thread, and the parent's lock may have been held at the
     # fork: start from a clean state (the parent's queued jobs are the parent's to write).
-    global _lock, _idle, _room, _queue, _thread, _error, _pending_jobs, _pending_rows
+    global _lock, _idle, _room, _queue, _thread, _error, _pending_jobs, _pending_rows, _last_job
+    _last_job = None
     _lock = threading.Lock()
     _idle = threading.Condition(_lock)
     _room = threading.Condition(_lock)

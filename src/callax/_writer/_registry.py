@@ -24,10 +24,10 @@ import numpy as np
 from . import _queue, _signals
 from ._encode import frame, varint
 from ._paths import check_log_dir
-from ._run import Run
+from ._run import NO_SEED, Run
 
 __all__ = ["begin_training", "close", "flush", "flush_all", "get_run", "open_run",
-           "prepare_log_dir", "write", "write_histograms", "write_summaries"]
+           "prepare_log_dir", "write", "write_histograms", "write_row", "write_summaries"]
 
 _lock = threading.Lock()
 _runs: dict[int, Run] = {}
@@ -132,6 +132,22 @@ def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarr
         _queue.run_inline(job)
     else:
         _queue.submit(job, rows=int(np.size(steps)))
+
+
+def write_row(handle: int, tags: tuple[str, ...], step: int, values: np.ndarray) -> None:
+    """Queue one eager row: ``values[n]`` for ``tags`` at ``step`` (``AUTO_STEP``: the next
+    step) of the run itself. Consecutive rows of one run and tag set queued while the writer
+    thread is busy are written together, in order, each with the wall time of its call."""
+    run = get_run(handle)
+
+    def write(rows: list) -> None:
+        steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        values = np.stack([r[1] for r in rows])
+        walls = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+        run.write(tags, NO_SEED, steps, values, np.ones(values.shape, np.bool_),
+                  float(walls[-1]), wall=walls)
+
+    _queue.submit_row((handle, tags), (step, values, time.time()), write)
 
 
 def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,

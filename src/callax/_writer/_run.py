@@ -92,12 +92,14 @@ class Run:
     # Scalars.
 
     def write(self, tags: tuple[str, ...], seed: int, steps: np.ndarray, values: np.ndarray,
-              valid: np.ndarray, now: float) -> None:
-        """Write rows ``steps[K]``, ``values[K, n]`` where ``valid[K, n]``."""
+              valid: np.ndarray, now: float, wall: np.ndarray | None = None) -> None:
+        """Write rows ``steps[K]``, ``values[K, n]`` where ``valid[K, n]``, handed over at
+        time ``now``; ``wall[K]``: each row's own wall time, where it is known (eager
+        writes)."""
         with self._lock:
-            self._write(tags, seed, steps, values, valid, now)
+            self._write(tags, seed, steps, values, valid, now, wall)
 
-    def _write(self, tags, seed, steps, values, valid, now) -> None:
+    def _write(self, tags, seed, steps, values, valid, now, wall=None) -> None:
         rows = np.flatnonzero(valid.any(axis=1))
         if rows.size == 0:
             return
@@ -105,6 +107,7 @@ class Run:
         steps = steps[rows].astype(np.int64)
         values = values[rows]
         valid = valid[rows]
+        wall = None if wall is None else wall[rows]
         if (steps == AUTO_STEP).any():
             steps = self._auto_steps(tags, seed, steps, valid)
         valid = self._drop_non_increasing(tags, seed, steps, valid)
@@ -112,11 +115,15 @@ class Run:
         if rows.size == 0:
             return
         steps, values, valid = steps[rows], values[rows], valid[rows]
-        # Rows of a batch were recorded between the previous batch and now: spread their
-        # wall times evenly over that interval (TensorBoard's "relative" axis stays sensible).
-        start = self._last_flush_time.get(seed, now)
+        if wall is not None:
+            wall = wall[rows]
+        else:
+            # Rows of a device batch were recorded between the previous batch and now:
+            # spread their wall times evenly over that interval (TensorBoard's "relative"
+            # axis stays sensible).
+            start = self._last_flush_time.get(seed, now)
+            wall = np.linspace(start, now, len(rows) + 1)[1:]
         self._last_flush_time[seed] = now
-        wall = np.linspace(start, now, len(rows) + 1)[1:]
         if valid.all():
             data = encode_scalar_rows(tags, steps, values, wall)
         else:
