@@ -78,10 +78,6 @@ def _host_update(seed, when, kind, handle, steps, active, marker) -> None:
         bar = _bars.get(handle)
         if bar is None:
             return
-        if kind == _UPDATE and int(steps.max()) <= bar.last_steps:
-            # A late update (host calls are unordered; measured under an Explicit mesh on
-            # JAX 0.8.2: the last update after the final line): nothing new to say.
-            return
         if kind == _START or bar.start is None:
             bar.start, bar.last_print, bar.last_steps = now, now, -1
             if kind == _START:
