@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import urllib.request
 
 import jax
@@ -12,6 +13,22 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import callax
+
+JAX_VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0)
+                    for p in jax.__version__.split(".")[:3])
+# JAX 0.8.2-0.9.0 fail to trace a vmapped gradient that needs psum_invariant (pmean of the
+# gradient of a value varying over fewer manual axes, inside shard_map): its batching rule
+# passes axis_index_groups to an abstract eval that no longer takes it. Fixed in JAX 0.9.1.
+OLD_JAX_PSUM_INVARIANT_UNDER_VMAP = JAX_VERSION < (0, 9, 1)
+
+
+def tensorboard_command() -> list[str]:
+    """The TensorBoard server of the interpreter running the tests: the ``tensorboard``
+    script next to ``sys.executable``, found whether or not the venv is activated. The test
+    extra installs it (this module imports it), so a missing script fails the test."""
+    script = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    assert os.path.isfile(script), f"no TensorBoard server script next to {sys.executable}"
+    return [script]
 
 
 def sync() -> None:

@@ -23,7 +23,7 @@ from scaling import LAYOUTS  # noqa: E402  (examples/scaling.py, shown in docs/s
 import callax  # noqa: E402
 import callax.events  # noqa: E402
 from callax import _host  # noqa: E402
-from conftest import read_run, run_dirs  # noqa: E402
+from conftest import OLD_JAX_PSUM_INVARIANT_UNDER_VMAP, read_run, run_dirs  # noqa: E402
 from minimal_loop import drive  # noqa: E402
 
 DEVICES, PER_DEVICE = 4, 2
@@ -211,8 +211,16 @@ def main(root):
 
     jax.jit(jax.vmap(large))(sharded).block_until_ready()
     # 16. The examples of docs/scaling.md (examples/scaling.py), every layout.
-    for run in LAYOUTS.values():
-        jax.block_until_ready(run(os.path.join(root, "examples")))
+    #     seeds_and_data (grad of a vmapped seed with pmean over "data", inside shard_map)
+    #     hits a JAX bug before 0.9.1 (psum_invariant's batching rule): record the error.
+    out["example_errors"] = {}
+    for name, run in LAYOUTS.items():
+        try:
+            jax.block_until_ready(run(os.path.join(root, "examples")))
+        except TypeError as error:
+            if name != "seeds_and_data" or OLD_JAX_PSUM_INVARIANT_UNDER_VMAP is False:
+                raise
+            out["example_errors"][name] = str(error)
     callax.flush_all()
     out["runs"] = collect(root)
     print("RESULT " + json.dumps(out))

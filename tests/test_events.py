@@ -169,7 +169,7 @@ def test_sac_events_interface_matches_the_spec():
                 ": 'float'", "").replace(": 'int'", ""), text
             assert fn.__doc__.startswith(SACEvents.__dict__[name].__doc__.strip())
     assert str(inspect.signature(SACEvents.critic_value)) == (
-        "(critic_key: 'int | str', value: 'float') -> 'None'")
+        "(critic_key: 'int | str', value: \"Float[ArrayLike, '']\") -> 'None'")
     for spec in specs.values():
         assert set(spec.reducers) == {"nanmean"}
         assert spec.keys == tuple(p for p in expected[spec.name] if p.endswith("_key"))

@@ -10,7 +10,6 @@ value as a float32 (NaN and ±Inf included). One data server is started for all 
 
 import math
 import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -18,13 +17,12 @@ import urllib.request
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from callax import JITSummaryWriter
 from callax._summary_writer import check_tag
 from callax._writer._read import read_scalars
-from conftest import free_port, get_json, read_run, sync
+from conftest import free_port, get_json, read_run, sync, tensorboard_command
 
 
 def _is_valid_tag(tag: str) -> bool:
@@ -105,7 +103,7 @@ def _data_server_points(root: str, expected: dict[str, dict[str, list]]):
     value)]}}`` for every run and tag of ``expected``, read from its HTTP scalars API."""
     port = free_port()
     server = subprocess.Popen(
-        ["tensorboard", "--logdir", root, "--host", "127.0.0.1", "--port", str(port),
+        [*tensorboard_command(), "--logdir", root, "--host", "127.0.0.1", "--port", str(port),
          "--load_fast", "true", "--reload_interval", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"
@@ -167,8 +165,6 @@ def test_fuzz_round_trip_through_event_accumulator_and_data_server(tmp_path):
 
     write_and_read_back()
     assert written
-    if shutil.which("tensorboard") is None:
-        pytest.skip("tensorboard (its data server) is not installed")
     served = _data_server_points(root, written)
     for run, expected in written.items():
         for tag, points in expected.items():

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -11,6 +12,29 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "examples",
                              "benchmarks"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pyright_is_clean():
+    # Basic mode, configured in pyproject.toml ([tool.pyright]); this interpreter's packages
+    # (the venv running the tests), whatever the venv is called.
+    result = subprocess.run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable,
+                             "src/callax"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "0 errors" in result.stdout, result.stdout[-6000:]
+
+
+def test_wheel_ships_py_typed(tmp_path):
+    # PEP 561: without the marker, pyright and mypy ignore callax's annotations in user code.
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+         str(tmp_path), ROOT], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("callax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "callax/py.typed" in names, names
+    assert "callax/events/_recorder.py" in names
 
 
 def test_docs_build_strict(tmp_path):

@@ -5,7 +5,6 @@ TensorBoard's data server)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,7 +16,7 @@ import pytest
 
 import callax
 from callax._writer._read import read_scalars
-from conftest import assert_steps_increase, free_port, get_json, read_run
+from conftest import assert_steps_increase, free_port, get_json, read_run, tensorboard_command
 from minimal_loop import drive
 from test_tensorboard import N_ENVS, N_STEPS, expected_log, scripted
 
@@ -98,11 +97,9 @@ def test_resume_callax_reader_agrees(resumed_root):
 def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
     """``{run: {tag: [(step, value), ...]}}`` of the given runs and tags as TensorBoard's
     data server serves them (``--load_fast=true``), once two reloads found the same."""
-    if shutil.which("tensorboard") is None:
-        pytest.skip("tensorboard is not installed")
     port = free_port()
     server = subprocess.Popen(
-        ["tensorboard", "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1",
+        [*tensorboard_command(), "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1",
          "--load_fast", "true", "--reload_interval", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import callax
+from conftest import OLD_JAX_PSUM_INVARIANT_UNDER_VMAP
 
 HERE = os.path.dirname(__file__)
 DEVICES, PER_DEVICE, ITERS, STEPS, ENVS = 4, 2, 3, 4, 2
@@ -238,6 +239,14 @@ def test_docs_example_data_parallel_writes_one_run(layouts):
 def test_docs_example_seeds_and_data(layouts):
     prefix = "examples/seeds_and_data"
     runs = {d: p for d, p in layouts["runs"].items() if d.startswith(prefix)}
+    if OLD_JAX_PSUM_INVARIANT_UNDER_VMAP:
+        # JAX 0.8.2-0.9.0 (docs/install.md): the example's own gradient fails to trace,
+        # before any write; nothing else of the script is affected.
+        error = layouts["example_errors"]["seeds_and_data"]
+        assert "axis_index_groups" in error, error
+        assert not runs
+        return
+    assert not layouts["example_errors"]
     assert sorted(runs) == sorted(f"{prefix}/seed_{i}" for i in range(4))
     for i in range(4):
         assert_points(runs[f"{prefix}/seed_{i}"],

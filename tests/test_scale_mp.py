@@ -5,7 +5,6 @@ TensorBoard's data server), process-local data written once or per process."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import urllib.request
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import free_port, get_json, read_run, run_dirs
+from conftest import free_port, get_json, read_run, run_dirs, tensorboard_command
 from test_scale import assert_points, expected, gradient_descent_losses
 
 HERE = os.path.dirname(__file__)
@@ -107,11 +106,9 @@ def test_sharded_jit_over_processes_is_written_by_process_zero(mp_root):
 
 
 def test_data_server_sees_every_step_once(mp_root):
-    if shutil.which("tensorboard") is None:
-        pytest.skip("tensorboard not installed")
     port = free_port()
     server = subprocess.Popen(
-        ["tensorboard", "--logdir", os.path.join(mp_root, "train"), "--port", str(port),
+        [*tensorboard_command(), "--logdir", os.path.join(mp_root, "train"), "--port", str(port),
          "--host", "127.0.0.1", "--load_fast", "true", "--reload_interval", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, UInt32
 
 __all__ = ["AUTO", "Step", "as_words", "auto_words", "words_to_int64", "wide_sum"]
@@ -155,7 +156,7 @@ class Step(eqx.Module):
           narrower, ``uint32``; ``int64`` with x64) or another `Step`.
         """
         words = as_words(value)
-        if not isinstance(words, jax.core.Tracer):
+        if not isinstance(words, Tracer):
             steps = words_to_int64(np.asarray(words))
             if (steps < 0).any():
                 raise ValueError(f"a Step must be >= 0, got {int(steps[steps < 0][0])}")
@@ -175,14 +176,14 @@ class Step(eqx.Module):
 
     def __int__(self) -> int:
         """The step as a Python int (eagerly only; not for batched steps)."""
-        if isinstance(self.words, jax.core.Tracer):
+        if isinstance(self.words, Tracer):
             raise TypeError("int(Step) is not available while tracing")
         return int(words_to_int64(np.asarray(self.words)).item())
 
     __index__ = __int__
 
     def __repr__(self) -> str:
-        if isinstance(self.words, jax.core.Tracer) or np.ndim(self.words) != 1:
+        if isinstance(self.words, Tracer) or np.ndim(self.words) != 1:
             return f"Step(words={self.words!r})"
         return f"Step({int(self)})"
 

@@ -14,7 +14,9 @@ import struct
 import time
 
 import numpy as np
-from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+# tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
+from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[reportAttributeAccessIssue]
 from tensorboardX.record_writer import masked_crc32c
 
 __all__ = [

@@ -38,8 +38,10 @@ from collections.abc import Iterator
 
 import numpy as np
 from google.protobuf.message import DecodeError
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.proto.types_pb2 import DataType
+
+# tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
+from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.types_pb2 import DataType  # pyright: ignore[reportAttributeAccessIssue]
 from tensorboardX.record_writer import masked_crc32c
 
 __all__ = ["EventFileError", "event_files", "read_records", "read_scalars"]

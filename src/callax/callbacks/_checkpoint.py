@@ -73,7 +73,7 @@ def save_tree(tree: PyTree, *, handle: Int[ArrayLike, ""], step: Int[ArrayLike, 
     leaves, treedef = jax.tree_util.tree_flatten(arrays)
     _host.send(_save_from_device, jnp.asarray(handle, jnp.int32),
                jnp.asarray(_treedef_id(treedef), jnp.int32), jnp.asarray(step, jnp.int32),
-               *leaves, when=jnp.asarray(pred, jnp.bool_))
+               *leaves, when=jnp.asarray(pred, jnp.bool_))  # pyright: ignore[reportArgumentType]
 
 
 def _save_from_device(seeds, when, handles, treedef_ids, steps, *leaves) -> None:
@@ -107,7 +107,7 @@ def location_path(handle: Int[ArrayLike, ""], step: int, seed: int | None) -> st
     return os.path.join(directory, pattern.format(step=int(step)))
 
 
-def load_checkpoint(path: str | os.PathLike, like: PyTree) -> PyTree:
+def load_checkpoint(path: str | os.PathLike[str], like: PyTree) -> PyTree:
     """Load a checkpoint written by [`callax.CheckpointCallback`][] (or the best model of
     [`callax.EvalCallback`][]) into a pytree of the same structure as ``like``.
 
@@ -117,7 +117,7 @@ def load_checkpoint(path: str | os.PathLike, like: PyTree) -> PyTree:
     array part of ``like``.
     """
     arrays, static = eqx.partition(like, eqx.is_array)
-    return eqx.combine(eqx.tree_deserialise_leaves(path, arrays), static)
+    return eqx.combine(eqx.tree_deserialise_leaves(os.fspath(path), arrays), static)
 
 
 class CheckpointCallbackState(AbstractCallbackState):

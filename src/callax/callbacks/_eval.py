@@ -30,11 +30,12 @@ EVAL_TAGS = ("eval/mean_reward", "eval/mean_ep_length")
 def _policy_action(policy: Any, obs: Array, key: PRNGKeyArray, deterministic: bool) -> Array:
     # callax policies act on one observation: ``policy(obs)`` is the distribution's mode,
     # ``policy(obs, key=k)`` a sample.
-    if not callable(policy):
+    act: Callable[..., Array] = policy
+    if not callable(act):
         raise TypeError(f"the policy ({type(policy).__name__}) is not callable on one "
                         "observation; pass act=(policy, obs, key, deterministic) -> action "
                         "to EvalCallback / evaluate_policy")
-    return policy(obs) if deterministic else policy(obs, key=key)
+    return act(obs) if deterministic else act(obs, key=key)
 
 
 def evaluate_policy(

@@ -13,13 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, Key
-from tensorboardX.proto.api_pb2 import Status
+
+# tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
+from tensorboardX.proto.api_pb2 import Status  # pyright: ignore[reportAttributeAccessIssue]
 from tensorboardX.proto.plugin_hparams_pb2 import (
-    HParamsPluginData,
-    SessionEndInfo,
-    SessionStartInfo,
+    HParamsPluginData,  # pyright: ignore[reportAttributeAccessIssue]
+    SessionEndInfo,  # pyright: ignore[reportAttributeAccessIssue]
+    SessionStartInfo,  # pyright: ignore[reportAttributeAccessIssue]
 )
-from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
 
 from .. import _host, _writer as host
 from .._callback import (

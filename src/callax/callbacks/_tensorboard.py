@@ -248,7 +248,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             return os.path.join(log_dir, "_".join([stamp, *(p for p in parts if p)]))
 
-        options = dict(axis_names=axis_names, reduce=reduce, per_process=per_process)
+        options: dict[str, Any] = dict(axis_names=axis_names, reduce=reduce,
+                                       per_process=per_process)
         JITSummaryWriter(_handle=0, **options)  # validate the options before opening a run
         if resume_from_step is None:
             handle = open_run(run_dir, avoid_existing=True, per_process=per_process)

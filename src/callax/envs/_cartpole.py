@@ -49,12 +49,12 @@ class CartPoleParams(eqx.Module):
     max_steps_in_episode: int | Int[Array, "*batch"] = 500
 
     @property
-    def total_mass(self) -> float:
+    def total_mass(self) -> float | Float[Array, "*batch"]:
         """``masspole + masscart``."""
         return self.masspole + self.masscart
 
     @property
-    def polemass_length(self) -> float:
+    def polemass_length(self) -> float | Float[Array, "*batch"]:
         """``masspole * length``."""
         return self.masspole * self.length
 

@@ -27,7 +27,7 @@ def angle_normalize(x: ArrayLike) -> Array:
     Returns:
         ``((x + pi) mod 2 pi) - pi``.
     """
-    return ((x + jnp.pi) % (2 * jnp.pi)) - jnp.pi
+    return ((jnp.asarray(x) + jnp.pi) % (2 * jnp.pi)) - jnp.pi
 
 
 class PendulumParams(eqx.Module):

@@ -33,13 +33,18 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, overload
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, cast, overload
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import get_opaque_trace_state
+from jax.core import Tracer
+
+try:  # public in jax.extend.core from JAX 0.10
+    from jax.extend.core import get_opaque_trace_state
+except ImportError:  # JAX 0.8.2-0.9: public in jax.core (deprecated there from 0.10)
+    from jax.core import get_opaque_trace_state  # pyright: ignore[reportAttributeAccessIssue]
 
 from .. import _host
 from .._summary_writer import JITSummaryWriter, check_tag, scalar_value
@@ -127,7 +132,8 @@ class _EventDeclaration(Generic[_P]):
         self.keys = keys
         self.name = fn.__name__
         self._bound: dict[EventSpec, Callable[..., None]] = {}
-        functools.update_wrapper(self, fn)
+        # typeshed types update_wrapper's wrapper as a callable; this is a descriptor.
+        functools.update_wrapper(cast(Any, self), fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -205,7 +211,7 @@ def event(
     *,
     reducer: str | Mapping[str, str] = "nanmean",
     keys: Sequence[str] | None = None,
-):
+) -> _EventDeclaration[...] | Callable[[Callable[..., None]], _EventDeclaration[...]]:
     """Declare a method of an [`EventInterface`][callax.events.EventInterface] as an event.
 
     The method's body is never run (write a docstring); its parameters after ``self`` are
@@ -283,7 +289,7 @@ class EventInterface(metaclass=_InterfaceMeta):
 
 def _check_key(spec: EventSpec, name: str, value: Any) -> int | str:
     where = f"{spec.describe()}: key {name!r}"
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         raise TypeError(
             f"{where} is a traced value; keys must be static Python int or str known at trace "
             "time (use a value field for data that changes at run time)"

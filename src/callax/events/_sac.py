@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jaxtyping import ArrayLike, Float, Int
+
 from ._recorder import EventInterface, event
 
 __all__ = ["SACEvents"]
@@ -20,75 +22,79 @@ class SACEvents(EventInterface):
     """
 
     @event
-    def policy_loss(self, step_key: int | str, value: float) -> None:
+    def policy_loss(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The policy (actor) loss."""
 
     @event
-    def policy_grad_norm(self, step_key: int | str, value: float) -> None:
+    def policy_grad_norm(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The global norm of the policy gradient."""
 
     @event
-    def policy_entropy(self, step_key: int | str, value: float) -> None:
+    def policy_entropy(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The policy entropy."""
 
     @event
-    def policy_mean_logp(self, step_key: int | str, value: float) -> None:
+    def policy_mean_logp(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The mean log-probability of the actions the policy sampled."""
 
     @event
-    def entropy_coef(self, step_key: int | str, value: float) -> None:
+    def entropy_coef(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The entropy coefficient (interesting with automatic entropy tuning)."""
 
     @event
-    def entropy_loss(self, step_key: int | str, value: float) -> None:
+    def entropy_loss(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The loss of the entropy coefficient (automatic entropy tuning)."""
 
     @event
-    def critic_value(self, critic_key: int | str, value: float) -> None:
+    def critic_value(self, critic_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The mean Q value of a critic on the sampled transitions."""
 
     @event
-    def critic_value_loss(self, critic_key: int | str, value: float) -> None:
+    def critic_value_loss(self, critic_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The loss of a critic."""
 
     @event
-    def critic_grad_norm(self, critic_key: int | str, value: float) -> None:
+    def critic_grad_norm(self, critic_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The gradient norm of a critic."""
 
     @event
-    def errors_between_critics(self, critic_key: int | str, value: float) -> None:
+    def errors_between_critics(self, critic_key: int | str, value: Float[ArrayLike, ""]) -> None:
         """The mean absolute difference between a critic and its target critic."""
 
     @event
-    def buffer_size(self, value: int) -> None:
+    def buffer_size(self, value: Int[ArrayLike, ""]) -> None:
         """The number of transitions currently stored in the replay buffer."""
 
     @event
-    def buffer_avg_pick_per_transition(self, value: float) -> None:
+    def buffer_avg_pick_per_transition(self, value: Float[ArrayLike, ""]) -> None:
         """Total sampled indices / total transitions ever added (the replay ratio)."""
 
     @event
-    def estimated_queue_sizes(self, before: int, after: int) -> None:
+    def estimated_queue_sizes(self, before: Int[ArrayLike, ""], after: Int[ArrayLike, ""]) -> None:
         """The size of the actors' output queue before and after the learner dequeued."""
 
     @event
-    def time_backprob(self, time: float, percent: float) -> None:
+    def time_backprob(self, time: Float[ArrayLike, ""], percent: Float[ArrayLike, ""]) -> None:
         """Time to backpropagate the loss and apply the optimizers, and its share of one
         update."""
 
     @event
-    def time_dequeuing_actors(self, time: float, percent: float) -> None:
+    def time_dequeuing_actors(self, time: Float[ArrayLike, ""], percent: Float[ArrayLike, ""]
+                              ) -> None:
         """Time to dequeue the actors' output, and its share of one update."""
 
     @event
-    def time_learner_rollout(self, time: float, percent: float) -> None:
+    def time_learner_rollout(self, time: Float[ArrayLike, ""], percent: Float[ArrayLike, ""]
+                             ) -> None:
         """Time for the learner's rollout (policy and target critics on the sampled
         transitions), and its share of one update."""
 
     @event
-    def time_loss_computation(self, time: float, percent: float) -> None:
+    def time_loss_computation(self, time: Float[ArrayLike, ""], percent: Float[ArrayLike, ""]
+                              ) -> None:
         """Time to compute the losses (forward passes), and its share of one update."""
 
     @event
-    def time_sampling_from_buffer(self, time: float, percent: float) -> None:
+    def time_sampling_from_buffer(self, time: Float[ArrayLike, ""], percent: Float[ArrayLike, ""]
+                                  ) -> None:
         """Time to sample a batch from the replay buffer, and its share of one update."""

@@ -60,7 +60,9 @@ class PPOPolicy(eqx.Module):
         """Map a sample of the distribution to an action of the environment."""
         if self.action_low is None:
             return action
-        return self.network.actor.to_env_action(action, self.action_low, self.action_high)
+        actor = self.network.actor
+        assert isinstance(actor, GaussianPolicy) and self.action_high is not None  # a box
+        return actor.to_env_action(action, self.action_low, self.action_high)
 
     def sample(self, obs: ArrayLike, key: PRNGKeyArray
                ) -> tuple[Array, Array, Float[Array, ""], Float[Array, ""]]:

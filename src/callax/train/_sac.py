@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -79,7 +79,7 @@ def _flat_step(opt: optax.GradientTransformation, params: PyTree, grads: PyTree,
     flat_grads, _ = _ravel(grads, members)
     updates, state = opt.update(flat_grads, state, flat_params)
     norm = jnp.sqrt(jnp.sum(flat_grads**2, axis=-1))
-    return unravel(flat_params + updates), state, norm
+    return unravel(flat_params + cast(Array, updates)), state, norm
 
 
 def _select_agent(pred: Array, new: SACState, old: SACState) -> SACState:
@@ -611,6 +611,7 @@ class SAC(eqx.Module):
 
         def timed_then_plain(learner: _Learner, keys: Key[Array, " n"], learning: Array
                              ) -> _Learner:
+            assert learner.events is not None  # only called when recording
             agent, acc, sums, count = self._timed_update(learner.agent, learner.events,
                                                          keys[0], learning, target_entropy)
             learner = add_log(dataclasses.replace(learner, agent=agent, events=acc), sums,
@@ -658,6 +659,7 @@ class SAC(eqx.Module):
         def end_iteration_fn(learner: _Learner, ctx: IterationContext) -> _Learner:
             # The epoch's events, in one host call at x = total env steps (none for a seed
             # that has stopped while other vmapped seeds go on).
+            assert learner.events is not None and events is not None  # only when recording
             _, rec = record(self._epoch_events)(learner.agent)
             learner.events.epoch().merge(rec).write(events, ctx.locals["num_timesteps"],
                                                     when=ctx.locals["active"])

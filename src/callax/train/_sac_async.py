@@ -84,7 +84,7 @@ def _with_buffer(agent: SACState, buffer: ReplayBuffer) -> SACState:
 
 
 def learn_async(
-    sac: eqx.Module,
+    sac: Any,  # a callax.train.SAC (not imported: _sac imports this module)
     env: Any,
     *,
     total_timesteps: int,
