@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching
+from jax.core import Tracer
 from jax.experimental import io_callback
 from jax.typing import ArrayLike
 
@@ -42,7 +43,7 @@ _layout_lock = threading.Lock()
 
 
 def is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+    return isinstance(x, Tracer)
 
 
 def _make_under_trace() -> Callable[[], bool]:
@@ -167,7 +168,7 @@ def _partitioned_sharding(axis_context, avals_out):
     """
     try:
         from jax._src import config, sharding_impls
-        from jax._src.lib import xla_client as xc
+        from jax._src.lib import xla_client as xc  # pyright: ignore[reportPrivateImportUsage]
 
         shardy = config.use_shardy_partitioner.value
         if isinstance(axis_context, sharding_impls.SPMDAxisContext):
@@ -181,7 +182,8 @@ def _partitioned_sharding(axis_context, avals_out):
             sharding.type = xc.OpSharding.Type.MANUAL
             return sharding
         if shardy:
-            return sharding_impls.SdyArrayList((sharding_impls.SdyArray(
+            sdy_array = sharding_impls.SdyArray  # pyright: ignore[reportPrivateImportUsage]
+            return sharding_impls.SdyArrayList((sdy_array(
                 mesh_shape=(), dim_shardings=(), logical_device_ids=(0,)),))
         sharding = xc.OpSharding()
         sharding.type = xc.OpSharding.Type.MAXIMAL
@@ -280,7 +282,7 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         auto = [a for a in axis_context.mesh.axis_names if a not in axis_context.manual_axes]
 
         def first_calls():
-            jax.lax.cond(jax.lax.axis_index(auto) == 0,
+            jax.lax.cond(jax.lax.axis_index(tuple(auto)) == 0,
                          lambda: host_call_p.bind(*args, fn=fn), lambda: [])
             return []
 
@@ -430,8 +432,10 @@ def vary(tree):
 
     def leaf(x):
         x = jnp.asarray(x)
-        kind = getattr(jax.typeof(x), "manual_axis_type", None)
-        missing = names - set(getattr(kind, "varying", ()) or ())
+        aval = jax.typeof(x)
+        kind = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
+        varying = getattr(kind, "varying", ()) if kind is not None else getattr(aval, "vma", ())
+        missing = names - set(varying or ())
         if not missing:
             return x
         return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")
@@ -600,9 +604,9 @@ def batching_rule(fn, axis_size, in_batched, layout, handle, seed, *rest):
     return jnp.zeros((axis_size,), jnp.int32), True
 
 
-def emit(layout, handle, steps, values, valid, pred=True, sync=False, *,
-         axis_names: tuple[str, ...] | None = None, reduce: str | None = None,
-         per_process: bool = False) -> None:
+def emit(layout, handle, steps, values, valid, pred: ArrayLike = True,
+         sync: ArrayLike = False, *, axis_names: tuple[str, ...] | None = None,
+         reduce: str | None = None, per_process: bool = False) -> None:
     """Send ``steps[K]``, ``values[K, width]`` (where ``valid[K, width]`` and ``pred``) to the
     host, for the tags of ``layout`` (see :func:`register_layout`; columns past the number of
     tags are ignored). ``steps`` are integers or a :class:`callax.Step` (64-bit words); the
@@ -674,6 +678,8 @@ def _rollover_name(run) -> str:
     from jax._src import distributed
 
     client = distributed.global_state.client
+    if client is None:  # pragma: no cover - processes without a coordinator
+        raise RuntimeError("callax: several JAX processes but no jax.distributed client")
     key = f"callax/training/{run.base_dir}/{run.trainings}"
     if jax.process_index() == 0:
         name = host.unique_dir(run.base_dir, True)
@@ -878,7 +884,7 @@ def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
     return call
 
 
-def send(host_fn: Callable[..., None], *arrays, when=True) -> None:
+def send(host_fn: Callable[..., None], *arrays, when: ArrayLike = True) -> None:
     """Call ``host_fn(seed, when, *arrays)`` on the host with the arrays' values, eagerly or
     from inside ``jit``/``scan``/``cond``/``while_loop``, and under ``jax.vmap`` (nested or
     not) **once for the whole batch**.

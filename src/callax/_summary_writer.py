@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
 
 from . import _host, _step as _steps, _writer as host
@@ -70,7 +71,7 @@ def tag_layout(tags: tuple[object, ...]) -> int:
     return _host.register_layout(tags)
 
 
-def _value_dtype_error(tags: str | tuple[str, ...], dtype: object) -> TypeError | None:
+def _value_dtype_error(tags: str | tuple[str, ...], dtype: Any) -> TypeError | None:
     """Why values of ``dtype`` cannot be logged under ``tags`` (``None``: they can)."""
     names = tags if isinstance(tags, str) else ", ".join(map(repr, tags))
     what = f"tag {names!r}" if isinstance(tags, str) else f"tag(s) {names}"
@@ -98,14 +99,14 @@ def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
     kind = type(value)
     if kind is float or kind is int or kind is bool:  # the eager hot path
         try:
-            number = float(value)
+            number = float(value)  # type: ignore[arg-type]  # a float, int or bool
         except OverflowError:
             number = math.inf
         if -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
             return np.array(number, np.float32)
     if isinstance(value, str | bytes) or value is None:
         raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
-    on_host = not isinstance(value, jax.core.Tracer)  # concrete arrays: converted by NumPy
+    on_host = not isinstance(value, Tracer)  # concrete arrays: converted by NumPy
     try:
         if isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # any size (jnp.asarray refuses ints beyond int32)
@@ -141,7 +142,7 @@ def stack_scalars(values: list, dtype=jnp.float32) -> jax.Array:
     return row
 
 
-def check_values(tags: tuple[str, ...], values: object) -> jax.Array:
+def check_values(tags: tuple[str, ...], values: object) -> jax.Array | np.ndarray:
     """Rows of values for ``tags`` as ``float32``; a non-numeric or complex dtype fails at
     trace time naming the tags."""
     on_host = not isinstance(values, jax.Array)
@@ -184,7 +185,7 @@ def _step(global_step: ArrayLike | Step | None, tags: tuple[str, ...] = ()) -> j
     return _steps.as_words(step)
 
 
-def _host_step(global_step: ArrayLike | None, tags: tuple[str, ...]) -> int:
+def _host_step(global_step: ArrayLike | Step | None, tags: tuple[str, ...]) -> int:
     """A concrete global step as a Python int (:data:`callax._step.AUTO` for ``None``),
     checked as :func:`_step` checks it."""
     if global_step is None:
@@ -223,7 +224,7 @@ def _check_concrete_steps(words: jax.Array, tags: tuple[str, ...]) -> jax.Array:
 def _as_handle(handle):
     """A run handle as the writer holds it: an ``int32`` NumPy scalar when it is known now
     (eager writes read it for free), the traced value inside a trace."""
-    if isinstance(handle, jax.core.Tracer):
+    if isinstance(handle, Tracer):
         return handle.astype(jnp.int32)
     return np.asarray(handle, np.int32)
 
@@ -237,7 +238,8 @@ class _PlainMethod:
 
     def __init__(self, fn):
         self.fn = fn
-        functools.update_wrapper(self, fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
 
     def __get__(self, instance, owner=None):
         # A partial, not a ``MethodType``: Equinox rebinds those as modules.
@@ -339,7 +341,8 @@ class JITSummaryWriter(eqx.Module):
     def _from_handle(cls, handle: Int[ArrayLike, ""], **options) -> JITSummaryWriter:
         return cls(_handle=handle, **options)
 
-    def _emit(self, layout, steps, values, valid, pred=True, sync=False) -> None:
+    def _emit(self, layout, steps, values, valid, pred: ArrayLike = True,
+              sync: ArrayLike = False) -> None:
         _host.emit(layout, self.handle, steps, values, valid, pred, sync,
                    axis_names=self.axis_names, reduce=self.reduce,
                    per_process=self.per_process)
@@ -434,11 +437,11 @@ class JITSummaryWriter(eqx.Module):
 def _writes_eagerly(writer: JITSummaryWriter, global_step, values) -> bool:
     """Whether a write runs outside any trace, with host (or concrete) data only."""
     handle = writer.handle
-    if _host.under_trace() or isinstance(handle, jax.core.Tracer) or np.ndim(handle):
+    if _host.under_trace() or isinstance(handle, Tracer) or np.ndim(handle):
         return False
-    if isinstance(global_step, Step | jax.core.Tracer):
+    if isinstance(global_step, Step | Tracer):
         return False
-    return not any(isinstance(v, jax.core.Tracer) for v in values)
+    return not any(isinstance(v, Tracer) for v in values)
 
 
 def _add_dict(writer: JITSummaryWriter, prefix: str, scalars: Mapping[str, Any],

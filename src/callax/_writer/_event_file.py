@@ -56,7 +56,7 @@ def _restart_records(directory: str, purge_step: int) -> tuple[bytes, dict[str, 
     if not again:
         return encode_session_start(purge_step), {}
     wall: dict[tuple[str, int], float] = {}
-    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.event_pb2 import Event  # pyright: ignore[reportAttributeAccessIssue]
 
     for path in event_files(directory):
         for record in read_records(path):

@@ -105,7 +105,10 @@ def begin_training(handle: int, name: Callable[[Run], str] | None = None) -> Non
     def next_directory() -> str:
         return name(run) if name is not None else unique_dir(run.base_dir, True)
 
-    _queue.submit(lambda: run.begin_training(next_directory))
+    def job() -> None:
+        run.begin_training(next_directory)
+
+    _queue.submit(job)
 
 
 def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,

@@ -38,6 +38,7 @@ class Run:
         self._files: dict[int, EventFile] = {}
         self._purged: set[int] = set()
         self._last_step: dict[tuple[int, str], int] = {}
+        self._last_histogram_step: dict[tuple[int, str], int] = {}
         self._last_flush_time: dict[int, float] = {}
         self._written = False
         # Points dropped per tag (steps that went back): total, and the part not yet reported.
@@ -81,6 +82,7 @@ class Run:
                 file.close()
             self._files.clear()
             self._last_step.clear()
+            self._last_histogram_step.clear()
             self._last_flush_time.clear()
             self._purged.clear()
             self.purge_step = None
@@ -121,8 +123,8 @@ class Run:
             # Rows of a device batch were recorded between the previous batch and now:
             # spread their wall times evenly over that interval (TensorBoard's "relative"
             # axis stays sensible).
-            start = self._last_flush_time.get(seed, now)
-            wall = np.linspace(start, now, len(rows) + 1)[1:]
+            start = self._last_flush_time.get(seed, float(now))
+            wall = np.linspace(start, float(now), len(rows) + 1)[1:]
         self._last_flush_time[seed] = now
         if valid.all():
             data = encode_scalar_rows(tags, steps, values, wall)
@@ -221,10 +223,10 @@ class Run:
         out = []
         with self._lock:
             for tag, row, bucket in zip(tags, stats.tolist(), counts, strict=True):
-                key = (seed, ("histogram", tag))
-                if step <= self._last_step.get(key, -1) or row[2] <= 0:
+                key = (seed, tag)
+                if step <= self._last_histogram_step.get(key, -1) or row[2] <= 0:
                     continue  # TensorBoard would purge earlier points of a repeated step
-                self._last_step[key] = step
+                self._last_histogram_step[key] = step
                 minimum, maximum, num, total, squares, width = row
                 limits = minimum + width * np.arange(1, len(bucket) + 1, dtype=np.float64)
                 limits[-1] = max(maximum, limits[-1])

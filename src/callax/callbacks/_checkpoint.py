@@ -73,7 +73,7 @@ def save_tree(tree: PyTree, *, handle: Int[ArrayLike, ""], step: Int[ArrayLike, 
     leaves, treedef = jax.tree_util.tree_flatten(arrays)
     _host.send(_save_from_device, jnp.asarray(handle, jnp.int32),
                jnp.asarray(_treedef_id(treedef), jnp.int32), jnp.asarray(step, jnp.int32),
-               *leaves, when=jnp.asarray(pred, jnp.bool_))  # pyright: ignore[reportArgumentType]
+               *leaves, when=jnp.asarray(pred, jnp.bool_))
 
 
 def _save_from_device(seeds, when, handles, treedef_ids, steps, *leaves) -> None:

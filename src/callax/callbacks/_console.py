@@ -177,7 +177,7 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
         marker = jax.random.key_data(key).reshape(-1)[0]
         _host.send(_host_table, self.handle, jnp.asarray(layout, jnp.int32), values,
                    jnp.asarray(steps, jnp.int32), jnp.asarray(iteration, jnp.int32), marker,
-                   when=jnp.asarray(when, jnp.bool_))  # pyright: ignore[reportArgumentType]
+                   when=jnp.asarray(when, jnp.bool_))
 
     def on_training_start(self, ctx: TrainingContext, *, key: Key[Array, ""]
                           ) -> ConsoleTableState:

@@ -86,7 +86,7 @@ def add_histograms(writer: JITSummaryWriter, histograms: Mapping[str, ArrayLike]
     _host.send(_host_histograms, writer.handle, jnp.asarray(_host.register_layout(tags),
                                                             jnp.int32),
                jnp.asarray(global_step, jnp.int32), stats, counts,
-               when=jnp.asarray(when, jnp.bool_))  # pyright: ignore[reportArgumentType]
+               when=jnp.asarray(when, jnp.bool_))
 
 
 def rollout_histograms(ctx: IterationContext) -> dict[str, Array]:

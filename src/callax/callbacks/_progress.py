@@ -155,7 +155,7 @@ class ProgressBarCallback(AbstractCallback[EmptyCallbackState, ProgressBarStepSt
         marker = jax.random.key_data(key).reshape(-1)[0]
         _host.send(_host_update, jnp.asarray(kind, jnp.int32), self.handle,
                    jnp.sum(step_state.steps), jnp.asarray(active, jnp.bool_), marker,
-                   when=jnp.asarray(pred, jnp.bool_))  # pyright: ignore[reportArgumentType]
+                   when=jnp.asarray(pred, jnp.bool_))
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> EmptyCallbackState:
         return EmptyCallbackState()

@@ -302,7 +302,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             if tag in tags:
                 continue
             tags.append(tag)
-            values.append(value)
+            values.append(jnp.asarray(value))
             valid.append(jnp.asarray(True))
         buffer = ctx.state.buffer.append(
             # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
