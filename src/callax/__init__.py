@@ -24,6 +24,7 @@ from ._list import (
 )
 from ._step import Step as Step
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
+from ._writer import WriteError as WriteError
 from .callbacks import (
     AbstractEvalStopper as AbstractEvalStopper,
     CheckpointCallback as CheckpointCallback,

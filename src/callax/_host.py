@@ -381,7 +381,7 @@ def _host_write(packed) -> None:
                        valid[mine][..., :n], wait=wait)
     if wait:
         for h in np.unique(handle).tolist():
-            host.flush(h)
+            host.flush(h, report=False)  # write errors: raised by the run's eager flush
     if error is not None:
         raise error
 
@@ -641,9 +641,10 @@ def write_eager(tags: tuple[str, ...], handle: int, steps: np.ndarray, values: n
     or run). Host calls of programs dispatched earlier run first (``jax.effects_barrier``,
     ~1 µs when none is pending), so eager and jitted writes stay in program order. With
     several processes only process 0 writes, unless ``per_process``."""
-    jax.effects_barrier()
-    if not per_process and jax.process_count() > 1 and jax.process_index() != 0:
-        return
+    if not _forked:
+        jax.effects_barrier()
+        if not per_process and jax.process_count() > 1 and jax.process_index() != 0:
+            return
     steps = np.where(steps == _step.AUTO, host.AUTO_STEP, steps)
     if len(steps) == 1 and valid.all():  # add_scalar/add_dict: joins the rows queued before
         host.write_row(handle, tags, int(steps[0]), values[0])
@@ -652,6 +653,18 @@ def write_eager(tags: tuple[str, ...], handle: int, steps: np.ndarray, values: n
 
 
 _NO_SEED_ROW = np.array([host.NO_SEED])
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    # JAX's runtime threads do not survive a fork: a forked worker's eager writes must not
+    # wait for them (``effects_barrier`` would hang). Such a child writes as one process.
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
@@ -771,7 +784,7 @@ def flush(handle) -> None:
     writes before it.
     """
     if is_traced(handle):
-        send(_on_handles(host.flush), handle)
+        send(_on_handles(functools.partial(host.flush, report=False)), handle)
     else:
         jax.effects_barrier()
         _each_handle(host.flush)(np.asarray(handle))
@@ -780,7 +793,7 @@ def flush(handle) -> None:
 def close(handle) -> None:
     """Flush and close the run's event files (same ordering rules as :func:`flush`)."""
     if is_traced(handle):
-        send(_on_handles(host.close), handle)
+        send(_on_handles(functools.partial(host.close, report=False)), handle)
     else:
         jax.effects_barrier()
         _each_handle(host.close)(np.asarray(handle))

@@ -13,6 +13,7 @@ from ._queue import MAX_PENDING_ROWS as MAX_PENDING_ROWS
 from ._registry import (
     begin_training as begin_training,
     close as close,
+    close_all_before_exit as close_all_before_exit,
     flush as flush,
     flush_all as flush_all,
     get_run as get_run,
@@ -24,7 +25,7 @@ from ._registry import (
     write_row as write_row,
     write_summaries as write_summaries,
 )
-from ._run import AUTO_STEP as AUTO_STEP, NO_SEED as NO_SEED, Run as Run
+from ._run import AUTO_STEP as AUTO_STEP, NO_SEED as NO_SEED, Run as Run, WriteError as WriteError
 from ._signals import (
     EXIT_FLUSH_TIMEOUT as EXIT_FLUSH_TIMEOUT,
     EXIT_SIGNALS as EXIT_SIGNALS,

@@ -3,6 +3,7 @@ flushed after every batch; and the records that begin a restarted (resumed) run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -73,9 +74,11 @@ def _restart_records(directory: str, purge_step: int) -> tuple[bytes, dict[str, 
     return b"".join(out), {tag: points[-1][0] for tag, points in again.items()}
 
 
-
-
 class EventFile:
+    """One event file, created exclusively, written without a buffer: every :meth:`write`
+    reaches the operating system whole or not at all (a failed write is cut back off the
+    file, so a disk that fills up never leaves a broken record between good ones)."""
+
     def __init__(self, directory: str, purge_step: int | None = None):
         self.last_steps: dict[str, int] = {}
         header = encode_file_version()
@@ -87,20 +90,41 @@ class EventFile:
             self.path = os.path.join(directory, event_file_name())
             try:
                 # Exclusive: never append to a file another writer made (a reused pid).
-                self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
+                self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed by close()
                 break
             except FileExistsError:
                 continue
-        self._file.write(header)
-        self._file.flush()
+        self._size = 0
+        try:
+            self.write(header)
+        except OSError:
+            self._file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # a file without its header is no event file
+            raise
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
+        """Append ``data``; on an error (a full disk) cut the file back to where it was."""
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), self._size)
+            raise
+        self._size += len(data)
+
+    def deleted(self) -> bool:
+        """Whether the file was removed from its directory (or the directory itself)."""
+        try:
+            return os.fstat(self._file.fileno()).st_nlink == 0
+        except OSError:  # pragma: no cover - a file closed under us
+            return True
 
     def flush(self) -> None:
-        self._file.flush()
+        """Nothing to do: every write goes to the operating system at once."""
 
     def close(self) -> None:
         self._file.close()
-

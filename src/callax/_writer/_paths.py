@@ -52,11 +52,25 @@ def check_run_name(name: object) -> str:
     return name
 
 
+def _broken_link(text: str, link: str) -> None:
+    """Raise for a symlink on the way to ``log_dir`` that leads nowhere."""
+    where = "" if os.path.abspath(text) == link else f" (on its way: {link!r})"
+    try:
+        os.stat(link)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"log_dir {text!r}{where} is a symlink that loops "
+                          f"({os.readlink(link)!r})") from None
+    raise FileNotFoundError(errno.ENOENT, f"log_dir {text!r}{where} is a dangling symlink to "
+                            f"{os.readlink(link)!r}")
+
+
 def check_log_dir(path: str | os.PathLike) -> str:
     """Check, without creating anything, that a run directory can be created and written;
     return its absolute path.
 
-    Raises ``ValueError`` for a path too long for the file system (a component over
+    Raises ``FileNotFoundError`` (dangling) or ``OSError`` (``ELOOP``) for a symlink on the
+    way that leads nowhere, ``ValueError`` for a path too long for the file system (a component over
     ``NAME_MAX`` bytes, or the whole over ``PATH_MAX`` with room for callax's own files) or
     holding a NUL, ``NotADirectoryError`` if the path or one of its parents is an existing
     file, and ``PermissionError`` if its nearest existing ancestor is not writable by this
@@ -89,6 +103,8 @@ def check_log_dir(path: str | os.PathLike) -> str:
             f"(log_dir starts with {directory[:60]!r})")
     probe = directory
     while not os.path.exists(probe):
+        if os.path.lexists(probe):  # a symlink whose target is missing or loops
+            _broken_link(text, probe)
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         what = "is a file" if probe == directory else f"is inside the file {probe!r}"

@@ -11,9 +11,11 @@ keeps everything already written; at interpreter exit every run is written and c
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -26,8 +28,9 @@ from ._encode import frame, varint
 from ._paths import check_log_dir
 from ._run import NO_SEED, Run
 
-__all__ = ["begin_training", "close", "flush", "flush_all", "get_run", "open_run",
-           "prepare_log_dir", "write", "write_histograms", "write_row", "write_summaries"]
+__all__ = ["begin_training", "close", "close_all_before_exit", "flush", "flush_all", "get_run",
+           "open_run", "prepare_log_dir", "write", "write_histograms", "write_row",
+           "write_summaries"]
 
 _lock = threading.Lock()
 _runs: dict[int, Run] = {}
@@ -81,6 +84,7 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     else:
         directory = unique_dir(directory, avoid_existing)
     _signals.install_signal_handlers()
+    _register_worker_exit()
     with _lock:
         handle = next(_next_handle)
         _runs[handle] = Run(handle, directory, purge_step)
@@ -120,16 +124,15 @@ def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarr
     written in the calling thread once everything queued before it is written. Either way an
     error is raised by the next :func:`flush` or :func:`close`.
     """
-    error = _queue.pending_error()
-    if error is not None:
-        warnings.warn(f"callax: an earlier write failed: {error!r}", RuntimeWarning,
-                      stacklevel=2)
     run = get_run(handle)
     now = time.time()
 
-    def job() -> None:
+    def write_batch() -> None:
         for b, seed in enumerate(seeds.tolist()):
             run.write(tags, seed, steps[b], values[b], valid[b], now)
+
+    def job() -> None:
+        run.guarded(write_batch, int(valid.sum()))
 
     if wait:
         _queue.run_inline(job)
@@ -143,12 +146,15 @@ def write_row(handle: int, tags: tuple[str, ...], step: int, values: np.ndarray)
     thread is busy are written together, in order, each with the wall time of its call."""
     run = get_run(handle)
 
-    def write(rows: list) -> None:
+    def write_rows(rows: list) -> None:
         steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         values = np.stack([r[1] for r in rows])
         walls = np.fromiter((r[2] for r in rows), np.float64, len(rows))
         run.write(tags, NO_SEED, steps, values, np.ones(values.shape, np.bool_),
                   float(walls[-1]), wall=walls)
+
+    def write(rows: list) -> None:
+        run.guarded(lambda: write_rows(rows), len(rows) * len(tags))
 
     _queue.submit_row((handle, tags), (step, values, time.time()), write)
 
@@ -162,9 +168,12 @@ def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, step
     run = get_run(handle)
     now = time.time()
 
-    def job() -> None:
+    def write_all() -> None:
         for b, seed in enumerate(seeds.tolist()):
             run.write_histograms(tags, seed, int(steps[b]), stats[b], counts[b], now)
+
+    def job() -> None:
+        run.guarded(write_all, len(seeds) * len(tags))
 
     _queue.submit(job, rows=len(seeds))
 
@@ -182,21 +191,44 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
         for summary in summaries
     )
     seeds = seeds.tolist()
-    _queue.submit(lambda: run.write_records(seeds, records), rows=len(seeds))
+
+    def job() -> None:
+        run.guarded(lambda: run.write_records(seeds, records), len(seeds))
+
+    _queue.submit(job, rows=len(seeds))
 
 
-def flush(handle: int) -> None:
-    """Block until every queued batch is written, then flush the run's files to disk."""
-    _queue.wait_idle()
-    get_run(handle).flush()
+def _raise_for(runs: list[Run]) -> None:
+    errors = [error for error in (run.take_error() for run in runs) if error is not None]
     _queue.raise_pending_error()
+    if errors:
+        first = errors[0]
+        for other in errors[1:]:
+            first.add_note(str(other))
+        raise first
 
 
-def close(handle: int) -> None:
-    """Flush and close a run's files. Later writes to the run open new event files."""
+def flush(handle: int, *, report: bool = True) -> None:
+    """Block until every queued batch is written, then flush the run's files to disk.
+
+    Raises :class:`~._run.WriteError` if writing this run failed since the last
+    ``flush``/``close`` (errors of other runs are theirs). ``report=False`` (host calls
+    made from a jitted program) never raises: the error waits for the next eager call."""
     _queue.wait_idle()
-    get_run(handle).close()
-    _queue.raise_pending_error()
+    run = get_run(handle)
+    run.flush()
+    if report:
+        _raise_for([run])
+
+
+def close(handle: int, *, report: bool = True) -> None:
+    """Flush and close a run's files. Later writes to the run open new event files (also
+    after a ``close`` that failed). Raises like :func:`flush`."""
+    _queue.wait_idle()
+    run = get_run(handle)
+    run.close()
+    if report:
+        _raise_for([run])
 
 
 def _all_runs() -> list[Run]:
@@ -209,21 +241,69 @@ def flush_all() -> None:
 
     Call it eagerly, after ``jax.effects_barrier()`` (or after jitted functions returned and
     their results were awaited) to be sure every host callback has handed its data over.
+    Raises the :class:`~._run.WriteError` of the first run whose writing failed, the others
+    attached as notes.
     """
     _queue.wait_idle()
-    for run in _all_runs():
+    runs = _all_runs()
+    for run in runs:
         run.flush()
-    _queue.raise_pending_error()
+    _raise_for(runs)
 
 
-@atexit.register
-def _close_all_at_exit() -> None:
-    try:
-        _queue.wait_idle()
-        for run in _all_runs():
-            run.close()
-    finally:
-        error = _queue.pending_error()
+def close_all_before_exit() -> None:
+    """At interpreter exit (and when a forked worker ends): write what was handed over,
+    waiting at most :data:`~._signals.EXIT_FLUSH_TIMEOUT` seconds, close every file and
+    warn about every run whose writing failed (exit never raises)."""
+    _signals.flush_before_exit(_signals.EXIT_FLUSH_TIMEOUT)
+    for run in _all_runs():
+        with run._lock:
+            files, run._files = run._files, {}
+        for file in files.values():
+            with contextlib.suppress(OSError):
+                file.close()
+        error = run.take_error()
         if error is not None:
-            warnings.warn(f"callax: writing TensorBoard events failed: {error!r}",
-                          RuntimeWarning, stacklevel=1)
+            warnings.warn(str(error), RuntimeWarning, stacklevel=1)
+    error = _queue.pending_error()
+    if error is not None:
+        warnings.warn(f"callax: writing TensorBoard events failed: {error!r}",
+                      RuntimeWarning, stacklevel=1)
+
+
+atexit.register(close_all_before_exit)
+
+
+# --------------------------------------------------------------------------------------------
+# Forked and spawned worker processes (multiprocessing).
+
+_exit_registered_pid = 0
+
+
+def _register_worker_exit() -> None:
+    """A ``multiprocessing`` worker ends with ``os._exit`` (no ``atexit``): have
+    multiprocessing's own exit hook write this process's runs when the worker returns."""
+    global _exit_registered_pid
+    if _exit_registered_pid == os.getpid():
+        return
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    _exit_registered_pid = os.getpid()
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, close_all_before_exit, exitpriority=100)
+
+
+def _after_fork_in_child() -> None:
+    # The child writes its own files (the parent's stay the parent's): fresh locks, no
+    # inherited open files; the queue starts empty (see _queue).
+    global _lock
+    _lock = threading.Lock()
+    for run in _runs.values():
+        run.forget_files()
+    _register_worker_exit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

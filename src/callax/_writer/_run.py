@@ -4,6 +4,7 @@ goes back)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 from ._encode import encode_histogram, encode_scalar_rows
 from ._event_file import EventFile
 
-__all__ = ["AUTO_STEP", "NO_SEED", "Run"]
+__all__ = ["AUTO_STEP", "NO_SEED", "Run", "WriteError"]
 
 NO_SEED = -1
 """Seed index of a payload that was not produced under ``jax.vmap``."""
@@ -22,11 +23,33 @@ AUTO_STEP = -1
 """Step value meaning "one more than the last step of this tag"."""
 
 
+class WriteError(RuntimeError):
+    """Writing a run's event files failed (a full disk, a removed or unwritable directory):
+    raised by that run's ``flush()``/``close()`` (and ``callax.flush_all()``), never inside
+    a jitted program. The training went on; ``lost`` points were not written.
+
+    **Attributes:** `run` (the run directory), `path` (the file or directory that failed),
+    `lost` (points not written), `__cause__` (the ``OSError``).
+    """
+
+    def __init__(self, run: str, path: str, error: BaseException, lost: int):
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        super().__init__(f"callax: run {run!r}: writing {path!r} failed: {reason}; "
+                         f"{lost} point(s) not written")
+        self.run, self.path, self.lost = run, path, lost
+
+
 class Run:
     """One run directory, with one event file per seed position (created on first write).
 
     Batches are written by the writer thread, or inline by a waiting caller: one at a time
     per run (``_lock``).
+
+    Faults cost points, never the training: a write that fails (a full disk, a removed
+    directory) is counted as lost, warned about once (naming the run, the file and the
+    error) and kept for this run's ``flush()``/``close()`` to raise; the broken file is
+    closed, and the next write opens a new one (so writing goes on once space is freed). A
+    file deleted under the run is noticed at the next write and replaced, with a warning.
     """
 
     def __init__(self, handle: int, log_dir: str, purge_step: int | None = None):
@@ -44,6 +67,11 @@ class Run:
         # Points dropped per tag (steps that went back): total, and the part not yet reported.
         self.dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
+        # Write errors: the first of the current episode, its path, points lost since.
+        self.error: BaseException | None = None
+        self.error_path = ""
+        self.lost = 0
+        self._failing = False
         self._lock = threading.Lock()
 
     def directory(self, seed: int) -> str:
@@ -105,7 +133,13 @@ class Run:
         rows = np.flatnonzero(valid.any(axis=1))
         if rows.size == 0:
             return
-        self._file(seed)  # first, so that a restarted run knows the steps written again
+        if self.purge_step is not None and seed not in self._purged:
+            # First, so that a restarted run knows the steps it writes again.
+            try:
+                self._file(seed)
+            except OSError as error:
+                self._failed(self.directory(seed), error, int(valid[rows].sum()))
+                return
         steps = steps[rows].astype(np.int64)
         values = values[rows]
         valid = valid[rows]
@@ -130,7 +164,70 @@ class Run:
             data = encode_scalar_rows(tags, steps, values, wall)
         else:
             data = self._encode_masked(tags, steps, values, valid, wall)
-        self._file(seed).write(data)
+        self._append(seed, data, int(valid.sum()))
+
+    # ----------------------------------------------------------------------------------------
+    # Faults.
+
+    def _append(self, seed: int, data: bytes, points: int) -> None:
+        """Write ``data`` (``points`` points) to the seed's file: a deleted file is
+        replaced, an error costs the points and is recorded, never raised."""
+        path = self.directory(seed)
+        try:
+            file = self._file(seed)
+            path = file.path
+            if file.deleted():
+                self._files.pop(seed).close()
+                warnings.warn(f"callax: run {self.log_dir!r}: the event file {file.path!r} "
+                              "(or its directory) was deleted; writing goes on in a new file",
+                              RuntimeWarning, stacklevel=1)
+                file = self._file(seed)
+                path = file.path
+            file.write(data)
+        except OSError as error:
+            self._failed(path, error, points)
+            return
+        if self._failing:
+            self._failing = False
+            warnings.warn(f"callax: run {self.log_dir!r}: writing again, in {path!r}; "
+                          f"{self.lost} point(s) were not written", RuntimeWarning,
+                          stacklevel=1)
+
+    def _failed(self, path: str, error: BaseException, points: int) -> None:
+        self.lost += points
+        for seed, file in list(self._files.items()):
+            if file.path == path:
+                del self._files[seed]
+                with contextlib.suppress(OSError):
+                    file.close()
+        if self.error is None:
+            self.error, self.error_path = error, path
+        if not self._failing:
+            self._failing = True
+            reason = getattr(error, "strerror", None) or error
+            warnings.warn(f"callax: run {self.log_dir!r}: writing {path!r} failed: {reason}; "
+                          "its points are lost until writing works again (the training goes "
+                          "on)", RuntimeWarning, stacklevel=1)
+
+    def guarded(self, job, points: int) -> None:
+        """Run ``job`` (a write of ``points`` points): any error it raises is this run's
+        (recorded and warned about like a failed write), never the writer thread's."""
+        try:
+            job()
+        except Exception as error:  # noqa: BLE001 - kept for this run's flush()/close()
+            with self._lock:
+                self._failed(self.log_dir, error, points)
+
+    def take_error(self) -> WriteError | None:
+        """The run's write error since the last call (``None`` if none), as a
+        :class:`WriteError` counting the points lost; cleared."""
+        with self._lock:
+            if self.error is None:
+                return None
+            error = WriteError(self.log_dir, self.error_path, self.error, self.lost)
+            error.__cause__ = self.error
+            self.error, self.lost = None, 0
+            return error
 
     def _drop_non_increasing(self, tags, seed, steps, valid) -> np.ndarray:
         """Keep a point only if its step is above every earlier step of its tag.
@@ -233,13 +330,13 @@ class Run:
                 out.append(encode_histogram(tag, step, now, minimum, maximum, num, total,
                                             squares, limits, bucket))
             if out:
-                self._file(seed).write(b"".join(out))
+                self._append(seed, b"".join(out), len(out))
 
     def write_records(self, seeds, records: bytes) -> None:
         """Append encoded event records to the files of every seed position in ``seeds``."""
         with self._lock:
             for seed in seeds:
-                self._file(seed).write(records)
+                self._append(seed, records, 1)
 
     # ----------------------------------------------------------------------------------------
 
@@ -253,7 +350,16 @@ class Run:
 
     def close(self) -> None:
         with self._lock:
-            for file in self._files.values():
-                file.close()
-            self._files.clear()
+            files, self._files = self._files, {}
+            for file in files.values():
+                try:
+                    file.close()
+                except OSError as error:  # the run stays usable: files reopen on write
+                    self._failed(file.path, error, 0)
             self._warn_drops()
+
+    def forget_files(self) -> None:
+        """In a forked child: drop the parent's files without writing to them (this
+        process writes files of its own) and take a fresh lock."""
+        self._lock = threading.Lock()
+        self._files = {}

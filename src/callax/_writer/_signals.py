@@ -189,8 +189,8 @@ def flush_before_exit(timeout: float) -> bool:
 
 
 def _on_exit_signal(signum: int, frame) -> None:
-    if not _in_forked_child:
-        flush_before_exit(EXIT_FLUSH_TIMEOUT)
+    # (In a forked child: the child's own queue, which starts empty at the fork.)
+    flush_before_exit(EXIT_FLUSH_TIMEOUT)
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
