@@ -242,10 +242,25 @@ def model(program, counter0: int, top_seeds: list[int] | None = None
 # The same program in JAX.
 
 
-def build(program, writers):
-    """``f(counter, idx, seed) -> counter``: the program as a traceable JAX function."""
+def build(program, writers, counter0: int):
+    """``f(seed) -> counter``: the program as a traceable JAX function (``seed``: a float,
+    or the traced seed position of a pmapped/vmapped entry point).
+
+    The counter is kept static (a Python int) as long as it can be: outside loops and conds
+    writes get Python-int steps and constant values, as a user's unrolled Python loop does,
+    and inside a loop body every write depends only on the loop carry, not on the write
+    before it. Nothing but program order relates the writes, as in the issue's examples.
+    A loop, a cond and a vmap that holds either return the counter as a traced value."""
     import jax
     import jax.numpy as jnp
+
+    def traced(state):
+        base, offset = state
+        return jnp.int32(offset) if base is None else base + offset
+
+    def value_of(state):
+        base, offset = state
+        return offset if base is None else base + offset
 
     def compile_node(node):
         t = node["t"]
@@ -253,62 +268,67 @@ def build(program, writers):
             writer, d, auto = writers[node["w"]], node["d"], node["auto"]
             tags, kind, prefix, keys = tags_of(node), node["kind"], node["prefix"], node["keys"]
 
-            def write(counter, idx, seed):
-                counter = counter + d
-                base = seed * SEED_SCALE + 4.0 * counter.astype(jnp.float32)
+            def write(state, idx, seed):
+                state = (state[0], state[1] + d)
+                counter = value_of(state)
+                if isinstance(counter, int):
+                    base = seed * SEED_SCALE + 4.0 * counter
+                else:
+                    base = seed * SEED_SCALE + 4.0 * counter.astype(jnp.float32)
                 step = None if auto else counter
                 if kind == "scalar":
                     writer.add_scalar(tags[0], base, global_step=step)
                 else:
                     writer.add_dict(prefix, {k: base + j for j, k in enumerate(keys)},
                                     global_step=step)
-                return counter
+                return state
 
             return write
         if t == "seq":
             children = [compile_node(c) for c in node["body"]]
 
-            def seq(counter, idx, seed):
+            def seq(state, idx, seed):
                 for child in children:
-                    counter = child(counter, idx, seed)
-                return counter
+                    state = child(state, idx, seed)
+                return state
 
             return seq
         if t == "pyloop":
             body, n = compile_node(node["body"]), node["n"]
 
-            def pyloop(counter, idx, seed):
+            def pyloop(state, idx, seed):
                 for i in range(n):
-                    counter = body(counter, jnp.int32(i), seed)
-                return counter
+                    state = body(state, i, seed)
+                return state
 
             return pyloop
         if t == "scan":
             body, n, unroll = compile_node(node["body"]), node["n"], node["unroll"]
 
-            def scan(counter, idx, seed):
-                step = lambda c, i: (body(c, i, seed), None)  # noqa: E731
-                return jax.lax.scan(step, counter, jnp.arange(n, dtype=jnp.int32),
-                                    unroll=unroll)[0]
+            def scan(state, idx, seed):
+                step = lambda c, i: (traced(body((c, 0), i, seed)), None)  # noqa: E731
+                return jax.lax.scan(step, traced(state), jnp.arange(n, dtype=jnp.int32),
+                                    unroll=unroll)[0], 0
 
             return scan
         if t == "fori":
             body, n = compile_node(node["body"]), node["n"]
 
-            def fori(counter, idx, seed):
-                return jax.lax.fori_loop(0, n, lambda i, c: body(c, i, seed), counter)
+            def fori(state, idx, seed):
+                return jax.lax.fori_loop(0, n, lambda i, c: traced(body((c, 0), i, seed)),
+                                         traced(state)), 0
 
             return fori
         if t == "while":
             body, n = compile_node(node["body"]), node["n"]
 
-            def while_(counter, idx, seed):
+            def while_(state, idx, seed):
                 def step(carry):
                     c, i = carry
-                    return body(c, i, seed), i + 1
+                    return traced(body((c, 0), i, seed)), i + 1
 
                 return jax.lax.while_loop(lambda carry: carry[1] < n, step,
-                                          (counter, jnp.int32(0)))[0]
+                                          (traced(state), jnp.int32(0)))[0], 0
 
             return while_
         if t == "cond":
@@ -316,24 +336,31 @@ def build(program, writers):
             other = None if node["else"] is None else compile_node(node["else"])
             on, m, r = node["on"], node["m"], node["r"]
 
-            def cond(counter, idx, seed):
-                pred = ((idx if on == "idx" else counter) % m) == r
+            def cond(state, idx, seed):
+                pred = (jnp.asarray(idx if on == "idx" else traced(state)) % m) == r
                 return jax.lax.cond(
-                    pred, lambda c: then(c, idx, seed),
-                    (lambda c: c) if other is None else (lambda c: other(c, idx, seed)),
-                    counter)
+                    pred, lambda: traced(then(state, idx, seed)),
+                    lambda: traced(state if other is None else other(state, idx, seed))), 0
 
             return cond
         assert t == "vmap"
         body, b = compile_node(node["body"]), node["b"]
 
-        def vmap(counter, idx, seed):
-            return jax.vmap(lambda j: body(counter, idx, seed * b + j), out_axes=None)(
-                jnp.arange(b, dtype=jnp.float32))
+        def vmap(state, idx, seed):
+            inner = []
+
+            def one(j):
+                inner.append(body(state, idx, seed * b + j))
+                return traced(inner[-1])
+
+            out = jax.vmap(one, out_axes=None)(jnp.arange(b, dtype=jnp.float32))
+            # A body without loops or conds leaves the counter static (the same base).
+            return inner[0] if inner[0][0] is state[0] else (out, 0)
 
         return vmap
 
-    return compile_node(program)
+    f = compile_node(program)
+    return lambda seed: traced(f((None, counter0), 0, seed))
 
 
 # ------------------------------------------------------------------------------------------

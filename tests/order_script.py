@@ -36,26 +36,20 @@ TOP_SEEDS = {
 
 
 def run(layout: str, program, counter0: int, writers) -> None:
-    f = build(program, writers)
-    c0 = jnp.int32(counter0)
+    f = build(program, writers, counter0)
     mesh = jax.make_mesh((DEVICES,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
     seeds = jnp.arange(TOP_SEEDS[layout], dtype=jnp.float32)
     if layout == "pmap":
-        out = jax.pmap(lambda s, c: f(c, jnp.int32(0), s), in_axes=(0, None))(seeds, c0)
+        out = jax.pmap(f)(seeds)
     elif layout == "shard_map":
-        def per_device(s, c):
-            return (f(c, jnp.int32(0), s[0]) + 0 * s.astype(jnp.int32))
-
-        out = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"), P()),
-                                    out_specs=P("d")))(
-            jax.device_put(seeds, NamedSharding(mesh, P("d"))), c0)
+        out = jax.jit(jax.shard_map(lambda s: f(s[0]) + 0 * s.astype(jnp.int32), mesh=mesh,
+                                    in_specs=P("d"), out_specs=P("d")))(
+            jax.device_put(seeds, NamedSharding(mesh, P("d"))))
     elif layout == "pmap_vmap":
-        inner = jax.vmap(lambda s, c: f(c, jnp.int32(0), s), in_axes=(0, None))
-        out = jax.pmap(inner, in_axes=(0, None))(seeds.reshape(DEVICES, PER_DEVICE), c0)
+        out = jax.pmap(jax.vmap(f))(seeds.reshape(DEVICES, PER_DEVICE))
     else:
         assert layout == "jit_vmap"
-        out = jax.jit(jax.vmap(lambda s, c: f(c, jnp.int32(0), s), in_axes=(0, None)))(
-            jax.device_put(seeds, NamedSharding(mesh, P("d"))), c0)
+        out = jax.jit(jax.vmap(f))(jax.device_put(seeds, NamedSharding(mesh, P("d"))))
     jax.block_until_ready(out)
 
 
@@ -73,6 +67,18 @@ def main(root: str, programs_path: str) -> None:
             run(layout, program, counter0, writers)
             result[f"{layout}/{name}"] = {
                 d: read_run(os.path.join(case, d)) for d in run_dirs(case)}
+    # The issue's case: pmap(vmap(f)), f writing 3 points (no data dependency between them).
+    case = os.path.join(root, "issue_pmap_vmap")
+    writer = callax.JITSummaryWriter(case)
+
+    def f(s):
+        for i in range(3):
+            writer.add_scalar("x", s + i, global_step=i)
+        return s
+
+    jax.block_until_ready(jax.pmap(jax.vmap(f))(
+        jnp.arange(DEVICES * PER_DEVICE, dtype=jnp.float32).reshape(DEVICES, PER_DEVICE)))
+    result["issue_pmap_vmap"] = {d: read_run(os.path.join(case, d)) for d in run_dirs(case)}
     print("RESULT " + json.dumps(result))
 
 

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import callax
-from conftest import free_port, get_json, read_run, run_dirs
+from conftest import free_port, get_json, read_run, run_dirs, sync
 from order_model import (RandomChoices, build, count_points, differences, generate, kinds_of,
                          model, show, writers_of)
 
@@ -64,9 +64,9 @@ def _run(case_dir: str, program, counter0: int) -> dict:
     points read back with EventAccumulator (``{run: {tag: [(step, value)]}}``)."""
     writers = [callax.JITSummaryWriter(os.path.join(case_dir, f"w{k}"))
                for k in range(max(writers_of(program)) + 1)]
-    f = build(program, writers)
-    jax.jit(lambda c: f(c, jnp.int32(0), jnp.float32(0)))(jnp.int32(counter0)
-                                                            ).block_until_ready()
+    f = build(program, writers, counter0)
+    jax.jit(lambda: f(0.0))().block_until_ready()
+    sync()  # before looking for the directory: the writer thread creates it
     if not os.path.isdir(case_dir):
         return {}
     return {d: read_run(os.path.join(case_dir, d)) for d in run_dirs(case_dir)}
@@ -86,7 +86,8 @@ def _tensorboard() -> str:
 
 def _data_server_points(root: str, expected: dict[str, dict[str, list]]) -> dict:
     """Start TensorBoard's data server on ``root`` once; return ``{run: {tag: [(step,
-    value)]}}`` for every run and tag of ``expected``, read from its HTTP scalars API."""
+    value)]}}`` for every run and tag of ``expected``, read from its HTTP scalars API (polled
+    until it serves what is expected, or for at most 120 s)."""
     port = free_port()
     server = subprocess.Popen(
         [_tensorboard(), "--logdir", root, "--host", "127.0.0.1", "--port", str(port),
@@ -94,31 +95,29 @@ def _data_server_points(root: str, expected: dict[str, dict[str, list]]) -> dict
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"
 
-    def loaded(tags) -> bool:  # every expected point of every run is there
-        for run, want in expected.items():
-            if set(tags.get(run, {})) != set(want):
-                return False
-        return True
-
-    try:
-        deadline = time.monotonic() + 120
-        tags: dict = {}
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                tags = get_json(f"{base}/tags")
-            except OSError:
-                tags = {}
-            if loaded(tags):
-                break
-            time.sleep(0.5)
-        assert server.poll() is None, server.stderr.read()[-2000:]
+    def served() -> dict:
+        tags = get_json(f"{base}/tags")
         out: dict[str, dict[str, list]] = {}
         for run, want in expected.items():
             out[run] = {}
-            for tag in want:
+            for tag in set(want) & set(tags.get(run, {})):
                 query = urllib.parse.urlencode({"run": run, "tag": tag})
                 points = get_json(f"{base}/scalars?{query}")  # [[wall_time, step, value]]
                 out[run][tag] = [(step, float(value)) for _, step, value in points]
+        return out
+
+    try:
+        deadline = time.monotonic() + 120
+        out: dict = {}
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                out = served()
+            except OSError:
+                out = {}
+            if not differences(out, expected):
+                break
+            time.sleep(0.5)
+        assert server.poll() is None, server.stderr.read()[-2000:]
         return out
     finally:
         server.kill()
@@ -139,7 +138,7 @@ def test_random_jitted_programs_write_every_point_in_program_order(tmp_path_fact
         got = _run(os.path.join(root, name), program, counter0)
         want = model(program, counter0)
         _assert_model(got, want, f"{show(program)} (counter from {counter0})")
-        for run, tags in want.items():
+        for run, tags in list(want.items())[:3]:  # a few runs of each early program
             if len(sample) < 12:
                 sample[f"{name}/{run}"] = tags
 
@@ -204,13 +203,13 @@ def test_four_devices_write_every_point_in_program_order(device_runs, layout):
 
 
 def test_issue_pmap_vmap_three_writes_reach_every_seed(device_runs):
-    # pmap(vmap(f)) with 3 writes: "step 1 missing in all 8 seed runs".
+    # pmap(vmap(f)), f writing 3 points: "step 1 missing in all 8 seed runs".
     _, runs = device_runs
-    got = runs["pmap_vmap/three_writes"]
-    assert sorted(got) == sorted(f"w0/seed_{i}" for i in range(8))
+    got = runs["issue_pmap_vmap"]
+    assert sorted(got) == sorted(f"seed_{i}" for i in range(8))
     for i in range(8):
-        assert [tuple(p) for p in got[f"w0/seed_{i}"]["x"]] == [
-            (k, float(i * 8192 + 4 * k)) for k in range(3)], i
+        assert [tuple(p) for p in got[f"seed_{i}"]["x"]] == [(k, float(i + k))
+                                                             for k in range(3)], i
 
 
 # ------------------------------------------------------------------------------------------
