@@ -31,8 +31,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import callax
 from conftest import free_port, get_json, read_run, run_dirs, sync
-from order_model import (RandomChoices, build, count_points, differences, generate, kinds_of,
-                         model, show, writers_of)
+from order_model import (
+    RandomChoices,
+    build,
+    count_points,
+    differences,
+    generate,
+    kinds_of,
+    model,
+    show,
+    writers_of,
+)
 
 HERE = os.path.dirname(__file__)
 
@@ -206,10 +215,8 @@ def test_issue_pmap_vmap_three_writes_reach_every_seed(device_runs):
     # pmap(vmap(f)), f writing 3 points: "step 1 missing in all 8 seed runs".
     _, runs = device_runs
     got = runs["issue_pmap_vmap"]
-    assert sorted(got) == sorted(f"seed_{i}" for i in range(8))
-    for i in range(8):
-        assert [tuple(p) for p in got[f"seed_{i}"]["x"]] == [(k, float(i + k))
-                                                             for k in range(3)], i
+    want = {f"seed_{i}": {"x": [(k, float(i + k)) for k in range(3)]} for i in range(8)}
+    _assert_model(got, want, "pmap(vmap(f)), 3 writes")
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,7 +232,8 @@ def test_issue_scan_unrolled_writes_all_64_points(logdir, unroll):
         return c + 1.0, None
 
     jax.jit(lambda: jax.lax.scan(body, 0.0, jnp.arange(64), unroll=unroll)[0])()
-    assert read_run(logdir) == {"x": [(i, float(i)) for i in range(64)]}
+    _assert_model({"run": read_run(logdir)}, {"run": {"x": [(i, float(i)) for i in range(64)]}},
+                  f"scan(64, unroll={unroll})")
 
 
 def test_issue_ten_chained_add_scalar_in_one_jitted_function(logdir):
@@ -239,7 +247,9 @@ def test_issue_ten_chained_add_scalar_in_one_jitted_function(logdir):
         return c
 
     f(jnp.float32(0.0))
-    assert read_run(logdir) == {"x": [(i, float(2**i - 1)) for i in range(10)]}
+    _assert_model({"run": read_run(logdir)}, {"run": {"x": [(i, float(2**i - 1))
+                                                            for i in range(10)]}},
+                  "10 chained add_scalar")
 
 
 def test_issue_add_dict_in_a_python_loop_over_five_runs(logdir):
@@ -254,11 +264,11 @@ def test_issue_add_dict_in_a_python_loop_over_five_runs(logdir):
 
     f(jnp.float32(0.0))
     assert run_dirs(logdir) == [f"run_{k}" for k in range(5)]
-    for k in range(5):
-        assert read_run(os.path.join(logdir, f"run_{k}")) == {
-            "m/a": [(i, float(100 * k + i)) for i in range(10)],
-            "m/b": [(i, float(-100 * k - i)) for i in range(10)],
-        }, k
+    got = {f"run_{k}": read_run(os.path.join(logdir, f"run_{k}")) for k in range(5)}
+    want = {f"run_{k}": {"m/a": [(i, float(100 * k + i)) for i in range(10)],
+                         "m/b": [(i, float(-100 * k - i)) for i in range(10)]}
+            for k in range(5)}
+    _assert_model(got, want, "add_dict in a Python loop, 5 runs")
 
 
 def test_issue_global_step_none_in_jitted_loops(logdir):
@@ -277,5 +287,7 @@ def test_issue_global_step_none_in_jitted_loops(logdir):
         return jax.lax.scan(body, x, None, length=10, unroll=2)[0]
 
     f(jnp.float32(0.0))
-    assert read_run(logdir) == {"python_loop": [(i, float(i)) for i in range(10)],
-                                "scan": [(i, float(i)) for i in range(10)]}
+    _assert_model({"run": read_run(logdir)},
+                  {"run": {"python_loop": [(i, float(i)) for i in range(10)],
+                           "scan": [(i, float(i)) for i in range(10)]}},
+                  "global_step=None in a Python loop and a scan(unroll=2)")
