@@ -94,6 +94,8 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             kinds += ["seq", "pyloop", "scan", "fori", "while", "cond"]
             if seeds * 2 <= max_seeds:
                 kinds.append("vmap")
+        if depth == 0 and len(kinds) > 1:
+            kinds.remove("write")  # a program is more than one write
         kind = choices.choice(kinds)
         if kind == "write":
             return write(sites)

@@ -27,7 +27,7 @@ import urllib.parse
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import callax
 from conftest import free_port, get_json, read_run, run_dirs, sync
@@ -138,12 +138,15 @@ def test_random_jitted_programs_write_every_point_in_program_order(tmp_path_fact
     names = (f"case_{k:03d}" for k in itertools.count())
     sample: dict[str, dict[str, list]] = {}  # runs read again through the data server
 
-    @settings(max_examples=30, deadline=None, database=None,
+    @settings(max_examples=40, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=_programs())
     def check(case):
         program, counter0 = case
         name = next(names)
+        for kind in sorted(kinds_of(program)):  # coverage, shown by --hypothesis-show-statistics
+            event(kind)
+        event(f"points: {min(count_points(model(program, counter0)) // 10 * 10, 100)}+")
         got = _run(os.path.join(root, name), program, counter0)
         want = model(program, counter0)
         _assert_model(got, want, f"{show(program)} (counter from {counter0})")
@@ -176,7 +179,7 @@ def _device_programs() -> dict[str, tuple[dict, int]]:
         program = generate(RandomChoices(seed), writers=2, max_writes=40, max_sites=8,
                            max_seeds=3)
         kinds = kinds_of(program)  # a few programs with vmap, loops and several sites
-        if "vmap" in kinds and len(kinds) >= 7 and count_points(model(program, 0)) >= 8:
+        if "vmap" in kinds and len(kinds) >= 7 and count_points(model(program, 0)) >= 20:
             programs[f"random_{seed}"] = (program, 0)
     return programs
 
