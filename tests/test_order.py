@@ -27,7 +27,7 @@ import urllib.parse
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import callax
 from conftest import free_port, get_json, read_run, run_dirs, sync
@@ -144,9 +144,6 @@ def test_random_jitted_programs_write_every_point_in_program_order(tmp_path_fact
     def check(case):
         program, counter0 = case
         name = next(names)
-        for kind in sorted(kinds_of(program)):  # coverage, shown by --hypothesis-show-statistics
-            event(kind)
-        event(f"points: {min(count_points(model(program, counter0)) // 10 * 10, 100)}+")
         got = _run(os.path.join(root, name), program, counter0)
         want = model(program, counter0)
         _assert_model(got, want, f"{show(program)} (counter from {counter0})")
