@@ -28,6 +28,7 @@ Nodes:
 
 from __future__ import annotations
 
+import math
 import random
 
 SEED_SCALE = 8192  # value = seed * SEED_SCALE + 4 * counter + j (exact in float32)
@@ -73,7 +74,14 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
     most `max_sites` write sites in the compiled program, nested vmaps at most `max_seeds`
     seeds in all."""
 
-    def write(sites):
+    ids: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    def write(path):
+        # A writer serves one seed space (one path of vmap sizes): a run's seed_<i> then
+        # always means the same batch element, written by one device in program order.
+        # (Under pmap, the writes of device 1 outside a vmap and those of device 0's second
+        # vmap element would share seed_1 with no order between them.)
+        writer = ids.setdefault((choices.integer(0, writers - 1), path), len(ids))
         kind = choices.choice(("scalar", "dict"))
         if kind == "scalar":
             prefix, keys = "", [choices.choice(KEYS)]
@@ -82,13 +90,14 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             count = choices.integer(1, len(KEYS))
             start = choices.integer(0, len(KEYS) - 1)
             keys = [KEYS[(start + k) % len(KEYS)] for k in range(count)]
-        node = {"t": "write", "w": choices.integer(0, writers - 1), "kind": kind,
+        node = {"t": "write", "w": writer, "kind": kind,
                 "prefix": prefix, "keys": keys, "auto": choices.boolean(),
                 "d": choices.choice(INCREMENTS)}
         return node, 1, 1
 
-    def node(depth, writes, sites, seeds):
+    def node(depth, writes, sites, path):
         """(node, host calls per execution, write sites in the program)."""
+        seeds = math.prod(path)
         kinds = ["write"]
         if depth < max_depth and writes >= 2 and sites >= 2:
             kinds += ["seq", "pyloop", "scan", "fori", "while", "cond"]
@@ -98,13 +107,13 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             kinds.remove("write")  # a program is more than one write
         kind = choices.choice(kinds)
         if kind == "write":
-            return write(sites)
+            return write(path)
         if kind == "seq":
             body, used_writes, used_sites = [], 0, 0
             for _ in range(choices.integer(2, 3)):
                 if writes - used_writes < 1 or sites - used_sites < 1:
                     break
-                child, w, s = node(depth + 1, writes - used_writes, sites - used_sites, seeds)
+                child, w, s = node(depth + 1, writes - used_writes, sites - used_sites, path)
                 body.append(child)
                 used_writes, used_sites = used_writes + w, used_sites + s
             return {"t": "seq", "body": body}, used_writes, used_sites
@@ -115,25 +124,25 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             while copies > sites:  # a shorter loop fits
                 n -= 1
                 copies = n if kind == "pyloop" else _copies(n, unroll)
-            child, w, s = node(depth + 1, writes // n, sites // copies, seeds)
+            child, w, s = node(depth + 1, writes // n, sites // copies, path)
             out = {"t": kind, "n": n, "body": child}
             if kind == "scan":
                 out["unroll"] = unroll
             return out, n * w, copies * s
         if kind == "cond":
             m = choices.integer(2, 3)
-            then, w1, s1 = node(depth + 1, writes, sites // 2, seeds)
+            then, w1, s1 = node(depth + 1, writes, sites // 2, path)
             other, w2, s2 = None, 0, 0
             if choices.boolean():
-                other, w2, s2 = node(depth + 1, writes, sites // 2, seeds)
+                other, w2, s2 = node(depth + 1, writes, sites // 2, path)
             return ({"t": "cond", "on": choices.choice(("idx", "counter")), "m": m,
                      "r": choices.integer(0, m - 1), "then": then, "else": other},
                     max(w1, w2), s1 + s2)
         b = choices.integer(1, min(3, max_seeds // seeds))
-        child, w, s = node(depth + 1, writes, sites, seeds * b)
+        child, w, s = node(depth + 1, writes, sites, (*path, b))
         return {"t": "vmap", "b": b, "body": child}, w, s
 
-    return node(0, max_writes, max_sites, 1)[0]
+    return node(0, max_writes, max_sites, ())[0]
 
 
 def show(node) -> str:
