@@ -72,8 +72,8 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
              max_seeds: int = 12, max_depth: int = 3) -> dict:
     """A random program of at most `max_writes` host calls per execution (per seed) and at
     most `max_sites` write sites in the compiled program, nested vmaps at most `max_seeds`
-    seeds in all."""
-
+    seeds in all, writing to up to `writers` writers per seed space (see `write`); writers
+    are numbered 0, 1, ... in order of first use."""
     ids: dict[tuple[int, tuple[int, ...]], int] = {}
 
     def write(path):
