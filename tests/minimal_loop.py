@@ -31,13 +31,16 @@ def drive(callback, rewards, dones, key, opt_state=None, log_scale=1.0):
         return IterationContext(state, step_state, None, None, i, opt_state, log,
                                 {"active": active})
 
-    def cond(carry):
-        state, step_state, i = carry
+    def keep_going(state, step_state, i):
+        # Asked once per iteration (a host-read stop flag may change between two asks).
         ctx = iteration_ctx(state, step_state, i, {})
         return (i < n_iters) & callback.continue_training(ctx, key=key)
 
+    def cond(carry):
+        return carry[3]
+
     def body(carry):
-        state, step_state, i = carry
+        state, step_state, i, _ = carry
         # Under vmap the body also runs for seeds whose loop already ended: tell callbacks.
         active = cond(carry)
 
@@ -50,9 +53,11 @@ def drive(callback, rewards, dones, key, opt_state=None, log_scale=1.0):
         log = {"loss": log_scale * i.astype(jnp.float32), "iteration": i}
         state = callback.on_iteration(iteration_ctx(state, step_state, i + 1, log, active),
                                       key=key)
-        return state, step_state, i + 1
+        return state, step_state, i + 1, keep_going(state, step_state, i + 1)
 
-    state, step_state, i = jax.lax.while_loop(cond, body, (state, step_state, jnp.int32(0)))
+    first = keep_going(state, step_state, jnp.int32(0))
+    state, step_state, i, _ = jax.lax.while_loop(cond, body,
+                                                 (state, step_state, jnp.int32(0), first))
     state = callback.on_training_end(
         TrainingContext(state, step_state, None, None, total, i, opt_state), key=key
     )

@@ -34,6 +34,7 @@ from .callbacks import (
     HistogramCallback as HistogramCallback,
     HParamsCallback as HParamsCallback,
     ProgressBarCallback as ProgressBarCallback,
+    StopOnInterrupt as StopOnInterrupt,
     StopTrainingOnNoModelImprovement as StopTrainingOnNoModelImprovement,
     StopTrainingOnRewardThreshold as StopTrainingOnRewardThreshold,
     TensorBoardCallback as TensorBoardCallback,

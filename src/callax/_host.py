@@ -32,11 +32,12 @@ from jax.experimental import io_callback
 from jax.typing import ArrayLike
 
 from . import _step, _writer as host
+from ._writer import _interrupt
 
 __all__ = [
     "begin_training", "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced",
     "open_run", "register_layout", "seed_origin", "seed_positions", "send", "under_trace",
-    "write_eager",
+    "write_eager", "stop_requested", "training_started", "training_ended",
 ]
 
 _layout_lock = threading.Lock()
@@ -150,7 +151,8 @@ def known_layout(tags: tuple) -> int | None:
 
 
 def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
-    fn(*(np.asarray(a) for a in arrays))
+    with _interrupt.in_host_call():  # Ctrl-C here must not raise into XLA
+        fn(*(np.asarray(a) for a in arrays))
 
 
 def _partitioned_sharding(axis_context, avals_out):
@@ -300,7 +302,8 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
                                       multiple_results=True)(ctx, *args)
 
         def on_host(*arrays):
-            fn(*arrays)
+            with _interrupt.in_host_call():
+                fn(*arrays)
             return ()
 
         token = ctx.tokens_in.get(effect)
@@ -957,3 +960,66 @@ def clock(token) -> jax.Array:
     the clock once for the whole batch (the result is unbatched).
     """
     return _clock(jnp.asarray(token, jnp.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C: the stop flag, read once per iteration by a training (see callax._writer._interrupt).
+
+
+def _stop_flag(_: object) -> np.ndarray:
+    return np.asarray(_interrupt.stop_requested(), np.bool_)
+
+
+@custom_batching.custom_vmap
+def _read_stop(token: jax.Array) -> jax.Array:
+    # A pure callback, like _clock: allowed in a while_loop whose predicate is batched; its
+    # operand (this iteration's counter) keeps XLA from hoisting it out of the loop.
+    return jax.pure_callback(_stop_flag, jax.ShapeDtypeStruct((), jnp.bool_), token)
+
+
+@_read_stop.def_vmap
+def _read_stop_vmap(axis_size, in_batched, token):
+    return _read_stop(jnp.sum(token)), False  # one read for the whole batch
+
+
+def stop_requested(token) -> jax.Array:
+    """Whether Ctrl-C asked the running training to stop: a ``bool`` scalar read from the
+    host once ``token`` (e.g. the iteration counter) is computed. Under ``vmap`` one read for
+    the batch; under ``pmap``/``shard_map`` every device reads and all agree (the reads are
+    OR-ed over the manual axes), so every device stops at the same iteration."""
+    flag = _read_stop(jnp.asarray(token, jnp.int32))
+    axes = manual_axes()
+    if axes:
+        names = tuple(name for name, _ in axes)
+        flag = jax.lax.pmax(vary(flag).astype(jnp.int32), names) > 0
+    return flag
+
+
+def _mark(started: bool) -> Callable[..., None]:
+    def on_host(seed, when, *arrays) -> None:
+        del seed, arrays
+        if np.asarray(when).any():
+            (_interrupt.training_started if started else _interrupt.training_ended)()
+
+    return on_host
+
+
+_MARK_START, _MARK_END = _mark(True), _mark(False)
+
+
+def training_started(token: ArrayLike = 0) -> None:
+    """Tell the host a training that reads :func:`stop_requested` begins (eagerly or from
+    inside ``jit``; every device and process that runs it): the first Ctrl-C will stop it
+    instead of ending the process. Clears an earlier stop request."""
+    if not under_trace() and not is_traced(token):
+        _interrupt.training_started()
+        return
+    _each_device(_MARK_START)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))
+
+
+def training_ended(token: ArrayLike = 0) -> None:
+    """Tell the host that the training of :func:`training_started` ended."""
+    if not under_trace() and not is_traced(token):
+        _interrupt.training_ended()
+        return
+    _each_device(_MARK_END)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))

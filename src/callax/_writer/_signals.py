@@ -46,6 +46,14 @@ def install_signal_handlers() -> None:
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
     _signals_installed = True
+    from . import _interrupt
+
+    try:  # Ctrl-C: only where Python's own handler (raise KeyboardInterrupt) is in place
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            _previous_handlers[signal.SIGINT] = signal.default_int_handler
+            signal.signal(signal.SIGINT, _interrupt.on_sigint)
+    except (ValueError, OSError):  # pragma: no cover - an embedded interpreter
+        _previous_handlers.pop(signal.SIGINT, None)
     for signum in EXIT_SIGNALS:
         try:
             previous = signal.getsignal(signum)
@@ -83,6 +91,9 @@ def _start_signal_watcher() -> None:
         write_end.close()
         return
     _watcher_sockets.extend([read_end, write_end])  # kept open for the process's life
+    from . import _interrupt
+
+    _interrupt.watcher_active = True
     threading.Thread(target=_watch_signals, args=(read_end,), name="callax-signals",
                      daemon=True).start()
 
@@ -99,10 +110,13 @@ def in_forked_child() -> bool:
 def _after_fork_in_child() -> None:
     # A forked child (multiprocessing) shares the parent's wakeup socket: a signal to the
     # child must not reach the parent's watcher, so the child's end now writes to
-    # /dev/null. Its runs are the parent's (no writer thread survives a fork): the child's
-    # handler does not wait for them either.
+    # /dev/null, and the child (no watcher thread) counts its Ctrl-C in its handler. Its
+    # writer state starts empty (see _queue, _registry): its handlers write only its own.
     global _in_forked_child
     _in_forked_child = True
+    from . import _interrupt
+
+    _interrupt.watcher_active = False
     if len(_watcher_sockets) == 2:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
@@ -139,6 +153,12 @@ def _watch_signals(read_end: socket.socket) -> None:
         if not data:  # pragma: no cover
             return
         for signum in data:
+            if signum == signal.SIGINT:
+                from . import _interrupt
+
+                if signal.getsignal(signum) is _interrupt.on_sigint:
+                    _interrupt.on_watcher_sigint()
+                continue
             # Only while callax's handler is the signal's handler (a user may replace it).
             if signum in _previous_handlers and signal.getsignal(signum) is _on_exit_signal:
                 flush_before_exit(EXIT_FLUSH_TIMEOUT)
@@ -146,10 +166,15 @@ def _watch_signals(read_end: socket.socket) -> None:
                     # The main thread ends the process as soon as it runs Python code again
                     # (the flush is done); if it is stuck in a computation, end it here.
                     time.sleep(MAIN_THREAD_GRACE)
-                    _die(signum)
+                    die(signum)
 
 
-def _die(signum: int) -> None:
+def previous_handler(signum: int) -> object:
+    """The handler callax replaced for ``signum`` (``SIG_DFL`` if none)."""
+    return _previous_handlers.get(signum, signal.SIG_DFL)
+
+
+def die(signum: int) -> None:
     """End the process with ``signum``'s default action, from any thread (``signal.signal``
     works only in the main thread: the C library's ``signal`` restores the default)."""
     try:

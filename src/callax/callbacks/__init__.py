@@ -25,6 +25,7 @@ from ._hparams import (
     HParamsCallback as HParamsCallback,
     hparams_of as hparams_of,
 )
+from ._interrupt import StopOnInterrupt as StopOnInterrupt
 from ._progress import (
     ProgressBarCallback as ProgressBarCallback,
     ProgressBarStepState as ProgressBarStepState,

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
+from .. import _host
 from .._callback import (
     AbstractCallback,
     IterationContext,
@@ -73,6 +74,8 @@ class TrainingResult(eqx.Module):
     - `callback_step_state`: the callback's per-env step states (leading axis ``n_envs``).
     - `iterations`: iterations done (fewer than planned after an early stop).
     - `total_timesteps`: env steps done, summed over envs.
+    - `interrupted`: whether Ctrl-C (``SIGINT``) ended the training early (at the boundary
+      of iteration `iterations`, after `total_timesteps` env steps).
     """
 
     agent_state: PyTree
@@ -81,6 +84,7 @@ class TrainingResult(eqx.Module):
     callback_step_state: PyTree
     iterations: Int[Array, ""]
     total_timesteps: Int[Array, ""]
+    interrupted: Bool[Array, ""]
 
 
 class _Carry(eqx.Module):
@@ -91,6 +95,7 @@ class _Carry(eqx.Module):
     cb_step_state: PyTree
     iteration: Int[Array, ""]
     keep_going: Bool[Array, ""]
+    interrupted: Bool[Array, ""]
     key: PRNGKeyArray
 
 
@@ -180,6 +185,11 @@ def run_training(
             agent_state = end_iteration_fn(agent_state, IterationContext(...))  # if given
             keep_going = cb.continue_training(IterationContext(...same iteration...))
         state = cb.on_training_end(TrainingContext(iteration_count=iteration))
+
+    Ctrl-C: the first ``SIGINT`` during the loop ends it at the next iteration boundary as
+    an early stop (``on_training_end`` runs, the result says ``interrupted``): next to
+    ``continue_training`` the loop reads a host flag once per iteration (see
+    [`callax.StopOnInterrupt`][], which does the same for a loop of your own).
 
     ``continue_training`` is thus checked before every iteration, including the first (where
     ``training_log`` has the structure of ``update_fn``'s log, filled with ``NaN``), and it
@@ -335,17 +345,25 @@ def run_training(
         return carry, rollout, log
 
     carry = _Carry(agent_state, env_state, obs, cb_state, cb_step_state,
-                   jnp.asarray(0, jnp.int32), jnp.asarray(True), k_loop)
+                   jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False), k_loop)
     carry = dataclasses.replace(
         carry, cb_state=cb.on_training_start(training_ctx(carry), key=k_start)
     )
+    _host.training_started(carry.iteration)
+
+    def keep_going_after(carry: _Carry, keep_going: Any) -> _Carry:
+        # Ctrl-C, read once per iteration next to the callbacks' decision.
+        stop = _host.stop_requested(carry.iteration)
+        return dataclasses.replace(
+            carry, keep_going=jnp.asarray(keep_going, jnp.bool_) & ~stop,
+            interrupted=carry.interrupted | stop)
 
     # The first check sees a training log of the right structure (filled with NaN).
     _, _, log_shape = eqx.filter_eval_shape(rollout_and_update, carry, carry.key)
     first_log = jax.tree.map(_placeholder, log_shape)
     keep_going = cb.continue_training(iteration_ctx(carry, first_log, None, jnp.asarray(True)),
                                       key=k_continue)
-    carry = dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_))
+    carry = keep_going_after(carry, keep_going)
 
     def cond(carry: _Carry) -> Bool[Array, ""]:
         return (carry.iteration < n_iterations) & carry.keep_going
@@ -362,12 +380,12 @@ def run_training(
             carry = dataclasses.replace(carry, agent_state=agent_state)
         keep_going = cb.continue_training(iteration_ctx(carry, log, rollout, active),
                                           key=k_continue)
-        return dataclasses.replace(carry, keep_going=jnp.asarray(keep_going, jnp.bool_),
-                                   key=key)
+        return dataclasses.replace(keep_going_after(carry, keep_going), key=key)
 
     carry = jax.lax.while_loop(cond, body, carry)
     key, k_end = jax.random.split(key)
     cb_state = cb.on_training_end(training_ctx(carry), key=k_end)
+    _host.training_ended(carry.iteration)
     return TrainingResult(
         agent_state=agent_state_fn(carry.agent_state),
         policy=policy_fn(carry.agent_state),
@@ -375,4 +393,5 @@ def run_training(
         callback_step_state=carry.cb_step_state,
         iterations=carry.iteration,
         total_timesteps=num_timesteps(carry.iteration),
+        interrupted=carry.interrupted,
     )

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
+from .. import _host
 from .._callback import (
     AbstractCallback,
     IterationContext,
@@ -43,6 +44,7 @@ from .._callback import (
 )
 from .._list import as_callback
 from .._summary_writer import JITSummaryWriter
+from .._writer import _interrupt
 from ..events._recorder import record
 from ..events._sac import SACEvents
 from ._loop import TrainingResult, as_key
@@ -302,10 +304,13 @@ def learn_async(
     ingested = 0
     n_updates = 0
     learner_key = k_learner
+    _host.training_started()  # from now on the first Ctrl-C stops at an iteration boundary
     try:
         for thread in threads:
             thread.start()
         while iteration < n_iterations and bool(keep_going):
+            if _interrupt.stop_requested():
+                break
             sums, count, n_items = zero_sums, jnp.zeros((), jnp.int32), 0
             target = (iteration + 1) * steps_per_iteration
             first = True
@@ -337,6 +342,8 @@ def learn_async(
                 cb_state, step_state, _with_buffer(learner, buffer), acc, sums, count,
                 n_items, iteration, ingested, k_end)
     finally:
+        interrupted = _interrupt.stop_requested()
+        _host.training_ended()
         stop.set()
         _drain(items)
         for thread in threads:
@@ -355,6 +362,7 @@ def learn_async(
         callback_step_state=step_state,
         iterations=jnp.asarray(iteration, jnp.int32),
         total_timesteps=jnp.asarray(ingested, jnp.int32),
+        interrupted=jnp.asarray(interrupted),
     )
 
 

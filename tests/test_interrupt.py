@@ -1,0 +1,117 @@
+"""Ctrl-C inside jit (issue 18): child processes (tests/interrupt_child.py) get SIGINT by PID
+once their first point is on disk, or while they compile."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from callax._writer._read import read_scalars
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.path.join(HERE, "interrupt_child.py")
+
+
+def interrupt(mode: str, log_dir: str, *, signals: int = 1, gap: float = 0.2,
+              trigger: str = "ready", delay: float = 0.0, timeout: float = 600):
+    """Run the child, send ``signals`` SIGINTs ``gap`` s apart once it prints ``trigger``
+    (after ``delay`` s); return ``(returncode, stdout, stderr)``."""
+    proc = subprocess.Popen([sys.executable, CHILD, mode, log_dir], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip() == trigger:
+            time.sleep(delay)
+            for k in range(signals):
+                if k:
+                    time.sleep(gap)
+                os.kill(proc.pid, signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, "".join(lines) + out, err
+
+
+def _result(out: str) -> tuple[bool, list[int], int]:
+    match = re.search(r"result interrupted=(\w+) iterations=\[([\d, ]+)\] planned=(\d+)", out)
+    assert match, out
+    return (match[1] == "True", [int(i) for i in match[2].split(",")], int(match[3]))
+
+
+def _steps(directory: str, tag: str) -> list[int]:
+    return [step for step, _ in read_scalars(directory)[tag]]
+
+
+def test_first_ctrl_c_stops_a_whole_jitted_ppo_at_an_iteration_boundary(tmp_path):
+    # PPO.learn vmapped over 2 seeds, one jitted call: the first SIGINT ends the loop at the
+    # next iteration, on_training_end writes the final rows, learn returns normally.
+    code, out, err = interrupt("ppo", str(tmp_path))
+    assert code == 0, err
+    interrupted, iterations, planned = _result(out)
+    assert interrupted and iterations[0] == iterations[1] < planned
+    assert "stopping at the end of this iteration" in err and "Traceback" not in err
+    for seed in (0, 1):
+        steps = _steps(str(tmp_path / "ppo" / f"seed_{seed}"), "train/learning_rate")
+        # Every iteration done is on disk (flush_every=1), the last one by on_training_end.
+        assert steps == [32 * (i + 1) for i in range(iterations[0])]
+
+
+def test_stop_on_interrupt_in_a_users_own_vmapped_loop(tmp_path):
+    code, out, err = interrupt("loop", str(tmp_path))
+    assert code == 0, err
+    interrupted, iterations, planned = _result(out)
+    assert interrupted and iterations[0] == iterations[1] < planned
+    for seed in (0, 1):
+        steps = _steps(str(tmp_path / "loop" / f"seed_{seed}"), "episode/return")
+        assert steps == [4 * (i + 1) for i in range(iterations[0])]
+
+
+def test_second_ctrl_c_exits_at_once_with_sigints_status(tmp_path):
+    # Slow iterations (a host call that sleeps in each): the second SIGINT comes while the
+    # first is still waiting for the iteration boundary.
+    code, out, err = interrupt("slow", str(tmp_path), signals=2, gap=0.8)
+    assert code == -signal.SIGINT, (code, err)
+    assert "result" not in out
+    steps = _steps(str(tmp_path / "slow"), "episode/return")
+    assert steps == [4 * (i + 1) for i in range(len(steps))] and steps  # no gap, no loss
+
+
+def test_plain_jitted_loop_ends_with_sigints_status_never_swallowed(tmp_path):
+    # No stop callback: the main thread is inside the jitted call; the process ends with
+    # SIGINT's status after writing what was handed over (a prefix of the steps, no gap).
+    code, out, err = interrupt("plain", str(tmp_path))
+    assert code == -signal.SIGINT, (code, err)
+    assert "result" not in out
+    steps = _steps(str(tmp_path), "x")
+    assert steps == list(range(len(steps))) and steps
+
+
+def test_ctrl_c_in_a_python_loop_raises_a_catchable_keyboard_interrupt(tmp_path):
+    code, out, err = interrupt("catch", str(tmp_path))
+    assert code == 0, err
+    assert "caught" in out
+    steps = _steps(str(tmp_path), "x")
+    assert steps == list(range(len(steps))) and steps
+
+
+def test_ctrl_c_during_compilation_ends_with_sigints_status(tmp_path):
+    code, out, err = interrupt("compile", str(tmp_path), trigger="compiling", delay=1.0)
+    assert code in (-signal.SIGINT, 130), (code, err)
+    assert code != -signal.SIGSEGV
+    assert "result compiled" not in out
+
+
+@pytest.mark.parametrize("layout", ["pmap", "shard_map"])
+def test_every_device_stops_at_the_same_iteration(tmp_path, layout):
+    code, out, err = interrupt(f"devices_{layout}", str(tmp_path))
+    assert code == 0, err
+    interrupted, iterations, planned = _result(out)
+    assert interrupted and len(set(iterations)) == 1 and iterations[0] < planned
