@@ -22,14 +22,19 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_out=True):
-    """Median env-steps/s with and without logging, measured in interleaved rounds."""
+def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_out=True,
+            stop_read=False):
+    """Median env-steps/s with and without logging, measured in interleaved rounds.
+
+    With ``stop_read`` both sides log, and the "logging" side also reads the Ctrl-C stop
+    flag once per iteration: the ratio is the cost of that read."""
 
     def callback():  # a fresh run each time; same pytree structure, so no recompilation
         return callax.TensorBoardCallback(name=name, log_dir=logdir)
 
-    base = make_train(n_envs, n_steps, n_iters, log_out=log_out)
-    logged = make_train(n_envs, n_steps, n_iters, logging=True, log_out=log_out)
+    base = make_train(n_envs, n_steps, n_iters, logging=stop_read, log_out=log_out)
+    logged = make_train(n_envs, n_steps, n_iters, logging=True, log_out=log_out,
+                        stop_read=stop_read)
     if seeds:
         base = jax.jit(jax.vmap(base, in_axes=(0, None)))
         logged = jax.jit(jax.vmap(logged, in_axes=(0, None)))
@@ -104,6 +109,8 @@ def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
             compare("ppo", 4, 128, iters, rounds, logdir=logdir)
         if "ppo-nolog" in cases:
             compare("ppo-nolog", 4, 128, iters, rounds, logdir=logdir, log_out=False)
+        if "ppo-stop" in cases:
+            compare("ppo-stop", 4, 128, iters, rounds, logdir=logdir, stop_read=True)
         if "tiny" in cases:
             compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
         if "vmap8" in cases:

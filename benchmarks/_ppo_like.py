@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import callax._host
 from callax import IterationContext, ResetContext, StepContext, TrainingContext
 from callax.envs import CartPole
 
@@ -39,8 +40,11 @@ class Net(eqx.Module):
 
 
 def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
-               log_out=True):
+               log_out=True, stop_read=False):
     """A jitted ``train(key, callback)``; ``callback`` is ignored unless ``logging``.
+
+    ``stop_read``: also read the Ctrl-C stop flag once per iteration, as callax's trainers
+    and ``StopOnInterrupt`` do (its result is returned, so XLA keeps the read).
 
     The callback is an argument, so a new one (a fresh run) does not recompile. ``train``
     returns the training log of every iteration (``log_out``) or only the losses.
@@ -138,6 +142,8 @@ def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
                     IterationContext(cb_state, step_state, env, None, i + 1, opt_state, log),
                     key=key)
             out = log if log_out else log["loss"]
+            if stop_read:
+                out = (out, callax._host.stop_requested(i))
             return (params, opt_state, obs, env_state, cb_state, step_state, key), out
 
         carry = (params, opt_state, obs, env_state, cb_state, step_state, key)

@@ -2,13 +2,15 @@
 
     python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
                                        [--cores 1|all|both]
-                                       [--cases ppo,ppo-nolog,tiny,vmap8,writer]
+                                       [--cases ppo,ppo-nolog,ppo-stop,tiny,vmap8,writer]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
 - ``ppo``: PPO-like CartPole loop jitted whole, 4 envs × 128 steps/iteration, 4 epochs ×
   4 minibatches, ~10 scalars per iteration (target ≤ 1.03×); ``ppo-nolog`` is the same
   against a baseline that discards its training log (XLA then skips computing it);
+  ``ppo-stop`` logs on both sides and adds, on one, the read of the Ctrl-C stop flag once
+  per iteration that callax's trainers and ``StopOnInterrupt`` make (its cost alone);
 - ``tiny``: the same with 1 env × 16 steps/iteration (target ≤ 1.5×);
 - ``vmap8``: the ``ppo`` loop vmapped over 8 seeds (target ≤ 1.05×, one host transfer per
   write for all seeds);
@@ -38,7 +40,7 @@ import statistics
 import subprocess
 import sys
 
-CASES = ("ppo", "ppo-nolog", "tiny", "vmap8", "writer")
+CASES = ("ppo", "ppo-nolog", "ppo-stop", "tiny", "vmap8", "writer")
 
 
 def _cases(text: str) -> list[str]:

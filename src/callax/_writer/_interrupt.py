@@ -16,30 +16,26 @@ and a handler that runs inside a host callback raises its ``KeyboardInterrupt`` 
   computation), the process ends with ``SIGINT``'s status (or :data:`exit_status`, which
   ``callax train`` sets to 130, after a one-line message).
 
-Deliveries are counted once each: by the signal watcher thread (which reads every signal from
-Python's wakeup fd, see :mod:`._signals`), or by the main-thread handler when no watcher
-runs. The watcher leaves each delivery to the main thread for
-:data:`~._signals.MAIN_THREAD_GRACE` seconds and acts itself only if the main thread did not.
+This module holds the state (the stop flag, whether a training runs, where host calls run);
+the handlers that act on ``SIGINT`` are in :mod:`._signals`.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
-import time
 
-__all__ = ["exit_status", "in_host_call", "on_sigint", "stop_requested", "training_ended",
-           "training_started"]
+__all__ = ["exit_status", "in_host_call", "inside_host_call", "stop_requested",
+           "training_ended", "training_started"]
 
 exit_status: int | None = None
 """If set (``callax train``: 130), an interrupt that must end the process from outside the
 main thread exits with this status after a one-line message, instead of the signal."""
 
-_lock = threading.Lock()
-_delivered = 0  # SIGINTs received (counted by the watcher, or the handler without one)
-_handled = 0  # deliveries acted upon
+lock = threading.Lock()
+delivered = 0  # SIGINTs received (counted by the watcher, or the handler without one)
+handled = 0  # deliveries acted upon
 _training = False  # a training that reads the stop flag is running
 _stop = False
 _host_call = threading.local()
@@ -62,7 +58,7 @@ _CALLBACK_FILES = (os.path.join("jax", "_src", "callback.py"),
                    os.path.join("jax", "_src", "debugging.py"))
 
 
-def _inside_host_call(frame) -> bool:
+def inside_host_call(frame) -> bool:
     """Whether the main thread is running a host callback (XLA can run one in the thread
     that called the jitted function): the marker, or JAX's trampoline on the stack."""
     if getattr(_host_call, "depth", 0) > 0:
@@ -77,13 +73,13 @@ def _inside_host_call(frame) -> bool:
 def training_started() -> None:
     """A training that reads the stop flag began: the first Ctrl-C will stop it."""
     global _training, _stop
-    with _lock:
+    with lock:
         _training, _stop = True, False
 
 
 def training_ended() -> None:
     global _training
-    with _lock:
+    with lock:
         _training = False
 
 
@@ -92,9 +88,9 @@ def stop_requested() -> bool:
     return _stop
 
 
-def _act(pending: int) -> str:
-    """Act on ``pending`` new deliveries (called with ``_lock`` held): ``"stop"`` (the stop
-    flag is set) or ``"exit"``."""
+def act(pending: int) -> str:
+    """Act on ``pending`` new Ctrl-C deliveries (with :data:`lock` held): ``"stop"`` (the
+    stop flag is now set: the first Ctrl-C during a training) or ``"exit"``."""
     global _stop
     if _training and not _stop and pending == 1:
         _stop = True
@@ -102,63 +98,3 @@ def _act(pending: int) -> str:
               file=sys.stderr, flush=True)
         return "stop"
     return "exit"
-
-
-def _exit_from_any_thread() -> None:
-    from . import _signals
-
-    _signals.flush_before_exit(_signals.EXIT_FLUSH_TIMEOUT)
-    if exit_status is not None:
-        print("callax: interrupted", file=sys.stderr, flush=True)
-        os._exit(exit_status)
-    _signals.die(signal.SIGINT)
-
-
-def on_sigint(signum: int, frame) -> None:
-    """callax's ``SIGINT`` handler (main thread)."""
-    global _delivered, _handled
-    if watcher_active:
-        # Give the watcher a moment to count this delivery (it reads the wakeup fd).
-        deadline = time.monotonic() + 0.1
-        while _delivered <= _handled and time.monotonic() < deadline:
-            time.sleep(0.002)
-    with _lock:
-        if not watcher_active:
-            _delivered += 1
-        pending = _delivered - _handled
-        if pending <= 0:
-            return  # the watcher acted on it already
-        _handled = _delivered
-        action = _act(pending)
-    if action == "stop":
-        return
-    if _inside_host_call(frame):
-        _exit_from_any_thread()
-    from . import _signals
-
-    _signals.flush_before_exit(_signals.EXIT_FLUSH_TIMEOUT)
-    previous = _signals.previous_handler(signal.SIGINT)
-    if callable(previous) and previous is not on_sigint:
-        previous(signum, frame)  # Python's default: raise KeyboardInterrupt
-        return
-    raise KeyboardInterrupt
-
-
-def on_watcher_sigint() -> None:
-    """The watcher thread read a ``SIGINT``: leave it to the main thread for a moment, then
-    act if the main thread did not (it runs no Python code)."""
-    global _delivered, _handled
-    from . import _signals
-
-    with _lock:
-        _delivered += 1
-        mine = _delivered
-    time.sleep(_signals.MAIN_THREAD_GRACE)
-    with _lock:
-        if _handled >= mine:
-            return
-        pending = _delivered - _handled
-        _handled = _delivered
-        action = _act(pending)
-    if action == "exit":
-        _exit_from_any_thread()

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from . import _queue
+from . import _interrupt, _queue
 
 __all__ = ["EXIT_FLUSH_TIMEOUT", "EXIT_SIGNALS", "MAIN_THREAD_GRACE", "flush_before_exit",
            "install_signal_handlers", "in_forked_child"]
@@ -46,12 +46,10 @@ def install_signal_handlers() -> None:
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
     _signals_installed = True
-    from . import _interrupt
-
     try:  # Ctrl-C: only where Python's own handler (raise KeyboardInterrupt) is in place
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             _previous_handlers[signal.SIGINT] = signal.default_int_handler
-            signal.signal(signal.SIGINT, _interrupt.on_sigint)
+            signal.signal(signal.SIGINT, on_sigint)
     except (ValueError, OSError):  # pragma: no cover - an embedded interpreter
         _previous_handlers.pop(signal.SIGINT, None)
     for signum in EXIT_SIGNALS:
@@ -91,8 +89,6 @@ def _start_signal_watcher() -> None:
         write_end.close()
         return
     _watcher_sockets.extend([read_end, write_end])  # kept open for the process's life
-    from . import _interrupt
-
     _interrupt.watcher_active = True
     threading.Thread(target=_watch_signals, args=(read_end,), name="callax-signals",
                      daemon=True).start()
@@ -114,8 +110,6 @@ def _after_fork_in_child() -> None:
     # writer state starts empty (see _queue, _registry): its handlers write only its own.
     global _in_forked_child
     _in_forked_child = True
-    from . import _interrupt
-
     _interrupt.watcher_active = False
     if len(_watcher_sockets) == 2:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -154,10 +148,8 @@ def _watch_signals(read_end: socket.socket) -> None:
             return
         for signum in data:
             if signum == signal.SIGINT:
-                from . import _interrupt
-
-                if signal.getsignal(signum) is _interrupt.on_sigint:
-                    _interrupt.on_watcher_sigint()
+                if signal.getsignal(signum) is on_sigint:
+                    _on_watcher_sigint()
                 continue
             # Only while callax's handler is the signal's handler (a user may replace it).
             if signum in _previous_handlers and signal.getsignal(signum) is _on_exit_signal:
@@ -224,3 +216,62 @@ def _on_exit_signal(signum: int, frame) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C (SIGINT): see callax._writer._interrupt for what it does. Deliveries are counted once
+# each: by the watcher thread (which reads every signal from the wakeup fd), or by the
+# main-thread handler when no watcher runs. The watcher leaves each delivery to the main
+# thread for MAIN_THREAD_GRACE seconds and acts itself only if the main thread did not.
+
+
+def _exit_from_any_thread() -> None:
+    flush_before_exit(EXIT_FLUSH_TIMEOUT)
+    if _interrupt.exit_status is not None:
+        print("callax: interrupted", file=sys.stderr, flush=True)
+        os._exit(_interrupt.exit_status)
+    die(signal.SIGINT)
+
+
+def on_sigint(signum: int, frame) -> None:
+    """callax's ``SIGINT`` handler (main thread)."""
+    if _interrupt.watcher_active:
+        # Give the watcher a moment to count this delivery (it reads the wakeup fd).
+        deadline = time.monotonic() + 0.1
+        while _interrupt.delivered <= _interrupt.handled and time.monotonic() < deadline:
+            time.sleep(0.002)
+    with _interrupt.lock:
+        if not _interrupt.watcher_active:
+            _interrupt.delivered += 1
+        pending = _interrupt.delivered - _interrupt.handled
+        if pending <= 0:
+            return  # the watcher acted on it already
+        _interrupt.handled = _interrupt.delivered
+        action = _interrupt.act(pending)
+    if action == "stop":
+        return
+    if _interrupt.inside_host_call(frame):
+        _exit_from_any_thread()
+    flush_before_exit(EXIT_FLUSH_TIMEOUT)
+    previous = previous_handler(signal.SIGINT)
+    if callable(previous) and previous is not on_sigint:
+        previous(signum, frame)  # Python's default: raise KeyboardInterrupt
+        return
+    raise KeyboardInterrupt
+
+
+def _on_watcher_sigint() -> None:
+    """The watcher read a ``SIGINT``: leave it to the main thread for a moment, then act if
+    the main thread did not (it runs no Python code: compiling, or in a jitted call)."""
+    with _interrupt.lock:
+        _interrupt.delivered += 1
+        mine = _interrupt.delivered
+    time.sleep(MAIN_THREAD_GRACE)
+    with _interrupt.lock:
+        if _interrupt.handled >= mine:
+            return
+        pending = _interrupt.delivered - _interrupt.handled
+        _interrupt.handled = _interrupt.delivered
+        action = _interrupt.act(pending)
+    if action == "exit":
+        _exit_from_any_thread()

@@ -26,7 +26,7 @@ class StopOnInterrupt(AbstractStepStatelessCallback[EmptyCallbackState]):
     during the training. The loop then ends as after any early stop: ``on_training_end``
     runs (final points, checkpoints) and the jitted function returns normally. A second
     Ctrl-C ends the process at once, after writing what was handed over (see
-    [Guarantees](../guarantees.md#exit-paths)).
+    [Guarantees](guarantees.md#exit-paths)).
 
     Works eagerly and inside ``jit``, under ``vmap`` over seeds, ``pmap``/``shard_map``
     (every device reads the flag and all agree, so all stop at the same iteration) and with
