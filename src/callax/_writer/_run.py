@@ -222,12 +222,16 @@ class Run:
         """The run's write error since the last call (``None`` if none), as a
         :class:`WriteError` counting the points lost; cleared."""
         with self._lock:
-            if self.error is None:
-                return None
-            error = WriteError(self.log_dir, self.error_path, self.error, self.lost)
-            error.__cause__ = self.error
-            self.error, self.lost = None, 0
-            return error
+            return self._take_error()
+
+    def _take_error(self) -> WriteError | None:
+        # With the lock held.
+        if self.error is None:
+            return None
+        error = WriteError(self.log_dir, self.error_path, self.error, self.lost)
+        error.__cause__ = self.error
+        self.error, self.lost = None, 0
+        return error
 
     def _drop_non_increasing(self, tags, seed, steps, valid) -> np.ndarray:
         """Keep a point only if its step is above every earlier step of its tag.
