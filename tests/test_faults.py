@@ -340,3 +340,149 @@ def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, mo
         callax.flush_all()
     assert info.value.lost == 2 * ITERATIONS and info.value.run == callback.tb_writer.log_dir
     assert read_run(callback.tb_writer.log_dir) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# Row 2: disk full, then space freed: the run goes on in a new file; the error is its own.
+
+
+def test_disk_full_then_space_freed_continues_in_a_new_file_and_error_stays_with_its_run(
+        small_fs, tmp_path):
+    writer = callax.JITSummaryWriter(os.path.join(small_fs, "a"))
+    other = callax.JITSummaryWriter(str(tmp_path / "b"))  # another run, on a healthy disk
+    before, during, after = 10, 400, 100  # points written before, while and after full
+
+    def write(start, stop):
+        for i in range(start, stop):
+            writer.add_scalar("x", float(i), i)
+            other.add_scalar("y", float(i), i)
+        wait_written()
+
+    write(0, before)
+    writer.flush()
+    (first,) = event_files(writer.log_dir)
+    dummy = fill(small_fs)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        write(before, before + during)
+        # The failed write is warned about once, naming run, file and OS error.
+        (message,) = warned(record, "failed", ENOSPC)
+        assert repr(writer.log_dir) in message and first in message
+        other.flush()  # writer A's error is never reported by writer B
+        os.remove(dummy)
+        write(before + during, before + during + after)
+    # The run continues in a second event file ...
+    files = event_files(writer.log_dir)
+    assert len(files) == 2 and files[0] == first
+    # ... and the prefix that fitted before the disk was full reads back, then every point
+    # written after space was freed.
+    total = before + during + after
+    (again,) = warned(record, "writing again")
+    assert files[1] in again
+    lost = int(re.search(r"(\d+) point\(s\) were not written", again).group(1))
+    # The error is raised once, by this run's flush, with the same count.
+    with pytest.raises(callax.WriteError, match=ENOSPC) as info:
+        writer.flush()
+    assert info.value.lost == lost and info.value.run == writer.log_dir
+    writer.flush()  # once
+    other.flush()
+    callax.flush_all()
+    run = read_run(writer.log_dir)
+    kept = total - after - lost
+    assert before <= kept < before + during
+    assert run == {"x": [(i, float(i)) for i in range(kept)]
+                   + [(i, float(i)) for i in range(before + during, total)]}
+    assert read_run(other.log_dir) == {"y": [(i, float(i)) for i in range(total)]}
+
+
+# --------------------------------------------------------------------------------------------
+# Row 5: forked workers (multiprocessing) that write and return without close().
+
+WORKER_POINTS = 200
+WORKERS = 2
+
+
+@pytest.mark.parametrize("method, pool, origin", [
+    ("fork", False, "child"),
+    ("fork", False, "parent"),
+    ("fork", True, "child"),
+    ("fork", True, "parent"),
+    ("forkserver", False, "child"),
+])
+def test_forked_workers_write_every_point_without_close(tmp_path, method, pool, origin):
+    import multiprocessing
+
+    import fault_workers
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method on this platform")
+    context = multiprocessing.get_context(method)
+    parent = callax.JITSummaryWriter(str(tmp_path / "parent"))
+    for i in range(WORKER_POINTS):
+        parent.add_scalar("parent", float(i), i)
+    fault_workers.WRITER = parent if origin == "parent" else None
+    jobs = [(None if origin == "parent" else str(tmp_path / f"worker_{k}"), f"w{k}",
+             WORKER_POINTS) for k in range(WORKERS)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # JAX: "os.fork() was called"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if pool:
+                workers = context.Pool(WORKERS)
+                processes = list(workers._pool)
+                result = workers.starmap_async(fault_workers.write_points, jobs)
+                pids = result.get(timeout=120)  # eager writes in a forked child never hang
+                workers.close()
+            else:
+                processes = [context.Process(target=fault_workers.write_points, args=job)
+                             for job in jobs]
+                for process in processes:
+                    process.start()
+                pids = [process.pid for process in processes]
+            for process in processes:
+                process.join(timeout=120)
+    finally:
+        fault_workers.WRITER = None
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    assert [process.exitcode for process in processes] == [0] * len(processes)
+    assert len(pids) == WORKERS
+    # Every point of every worker is on disk (the workers returned without close()).
+    expected = [(i, float(i)) for i in range(WORKER_POINTS)]
+    if origin == "parent":
+        for i in range(WORKER_POINTS, 2 * WORKER_POINTS):  # the parent's run goes on
+            parent.add_scalar("parent", float(i), i)
+        run = read_run(parent.log_dir)
+        assert run == {"parent": [(i, float(i)) for i in range(2 * WORKER_POINTS)],
+                       **{f"w{k}": expected for k in range(WORKERS)}}
+    else:
+        for k in range(WORKERS):
+            assert read_run(str(tmp_path / f"worker_{k}")) == {f"w{k}": expected}
+        assert read_run(parent.log_dir) == {"parent": expected}  # the parent's unaffected
+
+
+# --------------------------------------------------------------------------------------------
+# Row 7: every exit wait is bounded, atexit included.
+
+
+def test_exit_wait_is_bounded_when_writes_hang(tmp_path):
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    start = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, os.path.join(HERE, "fault_child.py"), "hang",
+                               str(tmp_path / "run")], env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"the child did not exit within 120 s: {error.stderr}") from None
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "written" in done.stdout
+    # Bounded by EXIT_FLUSH_TIMEOUT (plus interpreter start-up), not by the hanging write.
+    assert host.EXIT_FLUSH_TIMEOUT < 60
+    assert elapsed < 60, (elapsed, done.stderr[-3000:])
+    assert (f"not all written within {host.EXIT_FLUSH_TIMEOUT:g} s" in done.stderr), \
+        done.stderr[-3000:]
