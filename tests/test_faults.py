@@ -304,8 +304,13 @@ def _failing_write(self, data):
     raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
+def _failing_flush(self):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("fails", ["write", "flush"])
 def test_write_error_in_a_synchronous_buffer_flush_inside_jit_returns_normally(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, fails):
     writer = callax.JITSummaryWriter(str(tmp_path / "run"))
     rows = 3
 
@@ -318,15 +323,24 @@ def test_write_error_in_a_synchronous_buffer_flush_inside_jit_returns_normally(
         buffer.flush(writer, sync=True)  # written and flushed by this very host call
         return 2 * x
 
-    monkeypatch.setattr(EventFile, "write", _failing_write)
+    if fails == "write":
+        monkeypatch.setattr(EventFile, "write", _failing_write)
+    else:
+        monkeypatch.setattr(EventFile, "flush", _failing_flush)
     with pytest.warns(RuntimeWarning, match=re.escape(os.strerror(errno.EIO))):
         assert float(train(writer, jnp.float32(1.5))) == 3.0
         wait_written()
     monkeypatch.undo()
-    with pytest.raises(callax.WriteError) as info:
+    with pytest.raises(callax.WriteError, match=os.strerror(errno.EIO)) as info:
         writer.flush()
-    assert info.value.lost == 2 * rows and info.value.run == writer.log_dir
-    assert read_run(writer.log_dir) == {}
+    assert info.value.run == writer.log_dir
+    if fails == "write":  # every point lost, counted
+        assert info.value.lost == 2 * rows
+        assert read_run(writer.log_dir) == {}
+    else:  # written, then the flush failed: nothing lost
+        assert info.value.lost == 0
+        assert read_run(writer.log_dir) == {"a": [(i, 1.5 + i) for i in range(rows)],
+                                            "b": [(i, -1.5 - i) for i in range(rows)]}
 
 
 def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, monkeypatch):
@@ -417,6 +431,7 @@ def test_forked_workers_write_every_point_without_close(tmp_path, method, pool, 
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method on this platform")
     context = multiprocessing.get_context(method)
+    processes: list = []
     parent = callax.JITSummaryWriter(str(tmp_path / "parent"))
     for i in range(WORKER_POINTS):
         parent.add_scalar("parent", float(i), i)
@@ -441,6 +456,8 @@ def test_forked_workers_write_every_point_without_close(tmp_path, method, pool, 
                 pids = [process.pid for process in processes]
             for process in processes:
                 process.join(timeout=120)
+            if pool:
+                workers.join()
     finally:
         fault_workers.WRITER = None
         for process in processes:

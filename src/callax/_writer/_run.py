@@ -348,8 +348,11 @@ class Run:
         # Every batch is already flushed to the OS (readable by TensorBoard, kept if the
         # process dies); no fsync: that guards only against an OS crash and costs milliseconds.
         with self._lock:
-            for file in self._files.values():
-                file.flush()
+            for file in list(self._files.values()):
+                try:
+                    file.flush()
+                except OSError as error:  # this run's, never the (possibly jitted) caller's
+                    self._failed(file.path, error, 0)
             self._warn_drops()
 
     def close(self) -> None:
