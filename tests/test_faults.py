@@ -172,6 +172,59 @@ def test_disk_full_in_jitted_training_returns_and_reports_lost_points(small_fs, 
 
 
 # --------------------------------------------------------------------------------------------
+# Row 2: disk full, then space freed: the run goes on in a new file; the error is its own.
+
+
+def test_disk_full_then_space_freed_continues_in_a_new_file_and_error_stays_with_its_run(
+        small_fs, tmp_path):
+    writer = callax.JITSummaryWriter(os.path.join(small_fs, "a"))
+    other = callax.JITSummaryWriter(str(tmp_path / "b"))  # another run, on a healthy disk
+    before, during, after = 10, 400, 100  # points written before, while and after full
+
+    def write(start, stop):
+        for i in range(start, stop):
+            writer.add_scalar("x", float(i), i)
+            other.add_scalar("y", float(i), i)
+        wait_written()
+
+    write(0, before)
+    writer.flush()
+    (first,) = event_files(writer.log_dir)
+    dummy = fill(small_fs)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        write(before, before + during)
+        # The failed write is warned about once, naming run, file and OS error.
+        (message,) = warned(record, "failed", ENOSPC)
+        assert repr(writer.log_dir) in message and first in message
+        other.flush()  # writer A's error is never reported by writer B
+        os.remove(dummy)
+        write(before + during, before + during + after)
+    # The run continues in a second event file ...
+    files = event_files(writer.log_dir)
+    assert len(files) == 2 and files[0] == first
+    # ... and the prefix that fitted before the disk was full reads back, then every point
+    # written after space was freed.
+    total = before + during + after
+    (again,) = warned(record, "writing again")
+    assert files[1] in again
+    lost = int(re.search(r"(\d+) point\(s\) were not written", again).group(1))
+    # The error is raised once, by this run's flush, with the same count.
+    with pytest.raises(callax.WriteError, match=ENOSPC) as info:
+        writer.flush()
+    assert info.value.lost == lost and info.value.run == writer.log_dir
+    writer.flush()  # once
+    other.flush()
+    callax.flush_all()
+    run = read_run(writer.log_dir)
+    kept = total - after - lost
+    assert before <= kept < before + during
+    assert run == {"x": [(i, float(i)) for i in range(kept)]
+                   + [(i, float(i)) for i in range(before + during, total)]}
+    assert read_run(other.log_dir) == {"y": [(i, float(i)) for i in range(total)]}
+
+
+# --------------------------------------------------------------------------------------------
 # Row 3: the event file or the run directory deleted mid-run.
 
 
@@ -227,186 +280,6 @@ def test_failed_close_raises_for_its_run_and_the_run_stays_usable(tmp_path, monk
     assert len(event_files(writer.log_dir)) == 2  # a new file after the failed close
     assert read_run(writer.log_dir) == {"x": [(i, float(i)) for i in range(10)]}
     assert read_run(other.log_dir) == {"y": [(i, float(i)) for i in range(5)]}
-
-
-# --------------------------------------------------------------------------------------------
-# Row 6: bad input fails where it is written.
-
-LONE_SURROGATE = "\ud800"
-
-
-def test_lone_surrogate_tag_fails_at_the_call_naming_the_tag(tmp_path):
-    writer = callax.JITSummaryWriter(str(tmp_path / "run"))
-    named = re.escape(repr(LONE_SURROGATE))
-    writer.add_scalar("ok", 0.0, 0)
-    with pytest.raises(ValueError, match=named):
-        writer.add_scalar(LONE_SURROGATE, 1.0, 1)
-    with pytest.raises(ValueError, match=re.escape(repr("loss/" + LONE_SURROGATE))):
-        writer.add_dict("loss", {"ok": 1.0, LONE_SURROGATE: 2.0}, global_step=1)
-    with pytest.raises(ValueError, match=named):
-        writer.add_dict("", {"ok": 1.0, LONE_SURROGATE: 2.0}, global_step=1)
-
-    # Inside jit: at trace time (nothing compiled, nothing sent).
-    @jax.jit
-    def scalar(writer, x):
-        writer.add_scalar(LONE_SURROGATE, x, 1)
-        return x
-
-    @jax.jit
-    def mapping(writer, x):
-        writer.add_dict("", {"ok": x, LONE_SURROGATE: x}, global_step=1)
-        return x
-
-    for fn in (scalar, mapping):
-        with pytest.raises(ValueError, match=named):
-            fn(writer, jnp.float32(1.0))
-    writer.add_scalar("ok", 1.0, 1)
-    writer.flush()  # nothing failed later
-    # No valid tag of a refused call was written, none of the accepted calls was lost.
-    assert read_run(writer.log_dir) == {"ok": [(0, 0.0), (1, 1.0)]}
-
-
-def _constructors():
-    return {
-        "JITSummaryWriter": lambda path: callax.JITSummaryWriter(path),
-        "TensorBoardCallback": lambda path: callax.TensorBoardCallback(
-            name=os.path.basename(path), log_dir=os.path.dirname(path)),
-    }
-
-
-@pytest.mark.parametrize("constructor", list(_constructors()))
-@pytest.mark.parametrize("where", ["log_dir", "parent"])
-@pytest.mark.parametrize("link", ["dangling", "looping"])
-def test_dangling_or_looping_symlink_log_dir_fails_at_construction(tmp_path, constructor,
-                                                                   where, link):
-    bad = tmp_path / "link"
-    if link == "dangling":
-        os.symlink(tmp_path / "missing", bad)
-        error, match = FileNotFoundError, "dangling symlink"
-    else:
-        os.symlink(tmp_path / "other", bad)
-        os.symlink(bad, tmp_path / "other")
-        error, match = OSError, "symlink that loops"
-    path = str(bad) if where == "log_dir" else str(bad / "runs" / "run")
-    with pytest.raises(error, match=match) as info:
-        _constructors()[constructor](path)
-    assert info.value.errno == (errno.ENOENT if link == "dangling" else errno.ELOOP)
-    assert str(bad) in str(info.value)
-    assert sorted(os.listdir(tmp_path)) == (["link"] if link == "dangling"
-                                            else ["link", "other"])  # nothing created
-
-
-# --------------------------------------------------------------------------------------------
-# Row 8: a write error never raises inside a jitted program.
-
-
-def _failing_write(self, data):
-    raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-
-def _failing_flush(self):
-    raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-
-@pytest.mark.parametrize("fails", ["write", "flush"])
-def test_write_error_in_a_synchronous_buffer_flush_inside_jit_returns_normally(
-        tmp_path, monkeypatch, fails):
-    writer = callax.JITSummaryWriter(str(tmp_path / "run"))
-    rows = 3
-
-    @jax.jit
-    def train(writer, x):
-        buffer = callax.ScalarBuffer.empty(4, 2)
-        for i in range(rows):
-            buffer = buffer.append(writer, ("a", "b"), i, jnp.stack([x + i, -x - i]),
-                                   jnp.ones(2, bool))
-        buffer.flush(writer, sync=True)  # written and flushed by this very host call
-        return 2 * x
-
-    if fails == "write":
-        monkeypatch.setattr(EventFile, "write", _failing_write)
-    else:
-        monkeypatch.setattr(EventFile, "flush", _failing_flush)
-    with pytest.warns(RuntimeWarning, match=re.escape(os.strerror(errno.EIO))):
-        assert float(train(writer, jnp.float32(1.5))) == 3.0
-        wait_written()
-    monkeypatch.undo()
-    with pytest.raises(callax.WriteError, match=os.strerror(errno.EIO)) as info:
-        writer.flush()
-    assert info.value.run == writer.log_dir
-    if fails == "write":  # every point lost, counted
-        assert info.value.lost == 2 * rows
-        assert read_run(writer.log_dir) == {}
-    else:  # written, then the flush failed: nothing lost
-        assert info.value.lost == 0
-        assert read_run(writer.log_dir) == {"a": [(i, 1.5 + i) for i in range(rows)],
-                                            "b": [(i, -1.5 - i) for i in range(rows)]}
-
-
-def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, monkeypatch):
-    callback = callax.TensorBoardCallback(name="run", log_dir=str(tmp_path), flush_every=32)
-    monkeypatch.setattr(EventFile, "write", _failing_write)
-    with pytest.warns(RuntimeWarning, match=re.escape(os.strerror(errno.EIO))):
-        assert run_training(callback) == ITERATIONS
-        wait_written()
-    monkeypatch.undo()
-    with pytest.raises(callax.WriteError) as info:
-        callax.flush_all()
-    assert info.value.lost == 2 * ITERATIONS and info.value.run == callback.tb_writer.log_dir
-    assert read_run(callback.tb_writer.log_dir) == {}
-
-
-# --------------------------------------------------------------------------------------------
-# Row 2: disk full, then space freed: the run goes on in a new file; the error is its own.
-
-
-def test_disk_full_then_space_freed_continues_in_a_new_file_and_error_stays_with_its_run(
-        small_fs, tmp_path):
-    writer = callax.JITSummaryWriter(os.path.join(small_fs, "a"))
-    other = callax.JITSummaryWriter(str(tmp_path / "b"))  # another run, on a healthy disk
-    before, during, after = 10, 400, 100  # points written before, while and after full
-
-    def write(start, stop):
-        for i in range(start, stop):
-            writer.add_scalar("x", float(i), i)
-            other.add_scalar("y", float(i), i)
-        wait_written()
-
-    write(0, before)
-    writer.flush()
-    (first,) = event_files(writer.log_dir)
-    dummy = fill(small_fs)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        write(before, before + during)
-        # The failed write is warned about once, naming run, file and OS error.
-        (message,) = warned(record, "failed", ENOSPC)
-        assert repr(writer.log_dir) in message and first in message
-        other.flush()  # writer A's error is never reported by writer B
-        os.remove(dummy)
-        write(before + during, before + during + after)
-    # The run continues in a second event file ...
-    files = event_files(writer.log_dir)
-    assert len(files) == 2 and files[0] == first
-    # ... and the prefix that fitted before the disk was full reads back, then every point
-    # written after space was freed.
-    total = before + during + after
-    (again,) = warned(record, "writing again")
-    assert files[1] in again
-    lost = int(re.search(r"(\d+) point\(s\) were not written", again).group(1))
-    # The error is raised once, by this run's flush, with the same count.
-    with pytest.raises(callax.WriteError, match=ENOSPC) as info:
-        writer.flush()
-    assert info.value.lost == lost and info.value.run == writer.log_dir
-    writer.flush()  # once
-    other.flush()
-    callax.flush_all()
-    run = read_run(writer.log_dir)
-    kept = total - after - lost
-    assert before <= kept < before + during
-    assert run == {"x": [(i, float(i)) for i in range(kept)]
-                   + [(i, float(i)) for i in range(before + during, total)]}
-    assert read_run(other.log_dir) == {"y": [(i, float(i)) for i in range(total)]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +354,73 @@ def test_forked_workers_write_every_point_without_close(tmp_path, method, pool, 
 
 
 # --------------------------------------------------------------------------------------------
+# Row 6: bad input fails where it is written.
+
+LONE_SURROGATE = "\ud800"
+
+
+def test_lone_surrogate_tag_fails_at_the_call_naming_the_tag(tmp_path):
+    writer = callax.JITSummaryWriter(str(tmp_path / "run"))
+    named = re.escape(repr(LONE_SURROGATE))
+    writer.add_scalar("ok", 0.0, 0)
+    with pytest.raises(ValueError, match=named):
+        writer.add_scalar(LONE_SURROGATE, 1.0, 1)
+    with pytest.raises(ValueError, match=re.escape(repr("loss/" + LONE_SURROGATE))):
+        writer.add_dict("loss", {"ok": 1.0, LONE_SURROGATE: 2.0}, global_step=1)
+    with pytest.raises(ValueError, match=named):
+        writer.add_dict("", {"ok": 1.0, LONE_SURROGATE: 2.0}, global_step=1)
+
+    # Inside jit: at trace time (nothing compiled, nothing sent).
+    @jax.jit
+    def scalar(writer, x):
+        writer.add_scalar(LONE_SURROGATE, x, 1)
+        return x
+
+    @jax.jit
+    def mapping(writer, x):
+        writer.add_dict("", {"ok": x, LONE_SURROGATE: x}, global_step=1)
+        return x
+
+    for fn in (scalar, mapping):
+        with pytest.raises(ValueError, match=named):
+            fn(writer, jnp.float32(1.0))
+    writer.add_scalar("ok", 1.0, 1)
+    writer.flush()  # nothing failed later
+    # No valid tag of a refused call was written, none of the accepted calls was lost.
+    assert read_run(writer.log_dir) == {"ok": [(0, 0.0), (1, 1.0)]}
+
+
+def _constructors():
+    return {
+        "JITSummaryWriter": lambda path: callax.JITSummaryWriter(path),
+        "TensorBoardCallback": lambda path: callax.TensorBoardCallback(
+            name=os.path.basename(path), log_dir=os.path.dirname(path)),
+    }
+
+
+@pytest.mark.parametrize("constructor", list(_constructors()))
+@pytest.mark.parametrize("where", ["log_dir", "parent"])
+@pytest.mark.parametrize("link", ["dangling", "looping"])
+def test_dangling_or_looping_symlink_log_dir_fails_at_construction(tmp_path, constructor,
+                                                                   where, link):
+    bad = tmp_path / "link"
+    if link == "dangling":
+        os.symlink(tmp_path / "missing", bad)
+        error, match = FileNotFoundError, "dangling symlink"
+    else:
+        os.symlink(tmp_path / "other", bad)
+        os.symlink(bad, tmp_path / "other")
+        error, match = OSError, "symlink that loops"
+    path = str(bad) if where == "log_dir" else str(bad / "runs" / "run")
+    with pytest.raises(error, match=match) as info:
+        _constructors()[constructor](path)
+    assert info.value.errno == (errno.ENOENT if link == "dangling" else errno.ELOOP)
+    assert str(bad) in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == (["link"] if link == "dangling"
+                                            else ["link", "other"])  # nothing created
+
+
+# --------------------------------------------------------------------------------------------
 # Row 7: every exit wait is bounded, atexit included.
 
 
@@ -503,3 +443,63 @@ def test_exit_wait_is_bounded_when_writes_hang(tmp_path):
     assert elapsed < 60, (elapsed, done.stderr[-3000:])
     assert (f"not all written within {host.EXIT_FLUSH_TIMEOUT:g} s" in done.stderr), \
         done.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 8: a write error never raises inside a jitted program.
+
+
+def _failing_write(self, data):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def _failing_flush(self):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("fails", ["write", "flush"])
+def test_write_error_in_a_synchronous_buffer_flush_inside_jit_returns_normally(
+        tmp_path, monkeypatch, fails):
+    writer = callax.JITSummaryWriter(str(tmp_path / "run"))
+    rows = 3
+
+    @jax.jit
+    def train(writer, x):
+        buffer = callax.ScalarBuffer.empty(4, 2)
+        for i in range(rows):
+            buffer = buffer.append(writer, ("a", "b"), i, jnp.stack([x + i, -x - i]),
+                                   jnp.ones(2, bool))
+        buffer.flush(writer, sync=True)  # written and flushed by this very host call
+        return 2 * x
+
+    if fails == "write":
+        monkeypatch.setattr(EventFile, "write", _failing_write)
+    else:
+        monkeypatch.setattr(EventFile, "flush", _failing_flush)
+    with pytest.warns(RuntimeWarning, match=re.escape(os.strerror(errno.EIO))):
+        assert float(train(writer, jnp.float32(1.5))) == 3.0
+        wait_written()
+    monkeypatch.undo()
+    with pytest.raises(callax.WriteError, match=os.strerror(errno.EIO)) as info:
+        writer.flush()
+    assert info.value.run == writer.log_dir
+    if fails == "write":  # every point lost, counted
+        assert info.value.lost == 2 * rows
+        assert read_run(writer.log_dir) == {}
+    else:  # written, then the flush failed: nothing lost
+        assert info.value.lost == 0
+        assert read_run(writer.log_dir) == {"a": [(i, 1.5 + i) for i in range(rows)],
+                                            "b": [(i, -1.5 - i) for i in range(rows)]}
+
+
+def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, monkeypatch):
+    callback = callax.TensorBoardCallback(name="run", log_dir=str(tmp_path), flush_every=32)
+    monkeypatch.setattr(EventFile, "write", _failing_write)
+    with pytest.warns(RuntimeWarning, match=re.escape(os.strerror(errno.EIO))):
+        assert run_training(callback) == ITERATIONS
+        wait_written()
+    monkeypatch.undo()
+    with pytest.raises(callax.WriteError) as info:
+        callax.flush_all()
+    assert info.value.lost == 2 * ITERATIONS and info.value.run == callback.tb_writer.log_dir
+    assert read_run(callback.tb_writer.log_dir) == {}
