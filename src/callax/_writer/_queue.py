@@ -35,9 +35,16 @@ _pending_jobs = 0
 _pending_rows = 0
 
 
+on_thread_start: Callable[[], None] | None = None
+"""Called (under the queue's lock) whenever a writer thread starts: once per process that
+queues anything, forked children included (see ``_registry._register_worker_exit``)."""
+
+
 def _ensure_thread() -> None:
     global _thread
     if _thread is None or not _thread.is_alive():
+        if on_thread_start is not None:
+            on_thread_start()
         _thread = threading.Thread(target=_worker, name="callax-writer", daemon=True)
         _thread.start()
 

@@ -255,14 +255,22 @@ def close_all_before_exit() -> None:
     """At interpreter exit (and when a forked worker ends): write what was handed over,
     waiting at most :data:`~._signals.EXIT_FLUSH_TIMEOUT` seconds, close every file and
     warn about every run whose writing failed (exit never raises)."""
+    deadline = time.monotonic() + _signals.EXIT_FLUSH_TIMEOUT
     _signals.flush_before_exit(_signals.EXIT_FLUSH_TIMEOUT)
     for run in _all_runs():
-        with run._lock:
+        # A write that hangs (a dead network file system) holds its run's lock: within the
+        # same bound, then that run's files are left to the OS (every batch written is
+        # already flushed to it), and its error to the warning above.
+        if not run._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            continue
+        try:
             files, run._files = run._files, {}
+            error = run._take_error()
+        finally:
+            run._lock.release()
         for file in files.values():
             with contextlib.suppress(OSError):
                 file.close()
-        error = run.take_error()
         if error is not None:
             warnings.warn(str(error), RuntimeWarning, stacklevel=1)
     error = _queue.pending_error()
@@ -295,14 +303,20 @@ def _register_worker_exit() -> None:
     multiprocessing.util.Finalize(None, close_all_before_exit, exitpriority=100)
 
 
+# Also when a process starts its writer thread: a forked worker writing to a run its parent
+# opened calls no open_run, and a hook registered at the fork itself would be lost
+# (multiprocessing clears its exit hooks in the child before running the worker).
+_queue.on_thread_start = _register_worker_exit
+
+
 def _after_fork_in_child() -> None:
     # The child writes its own files (the parent's stay the parent's): fresh locks, no
-    # inherited open files; the queue starts empty (see _queue).
+    # inherited open files; the queue starts empty (see _queue), and its writer thread,
+    # started at the child's first write, registers the child's exit hook.
     global _lock
     _lock = threading.Lock()
     for run in _runs.values():
         run.forget_files()
-    _register_worker_exit()
 
 
 if hasattr(os, "register_at_fork"):

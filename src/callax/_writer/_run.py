@@ -222,12 +222,16 @@ class Run:
         """The run's write error since the last call (``None`` if none), as a
         :class:`WriteError` counting the points lost; cleared."""
         with self._lock:
-            if self.error is None:
-                return None
-            error = WriteError(self.log_dir, self.error_path, self.error, self.lost)
-            error.__cause__ = self.error
-            self.error, self.lost = None, 0
-            return error
+            return self._take_error()
+
+    def _take_error(self) -> WriteError | None:
+        # With the lock held.
+        if self.error is None:
+            return None
+        error = WriteError(self.log_dir, self.error_path, self.error, self.lost)
+        error.__cause__ = self.error
+        self.error, self.lost = None, 0
+        return error
 
     def _drop_non_increasing(self, tags, seed, steps, valid) -> np.ndarray:
         """Keep a point only if its step is above every earlier step of its tag.
@@ -344,8 +348,11 @@ class Run:
         # Every batch is already flushed to the OS (readable by TensorBoard, kept if the
         # process dies); no fsync: that guards only against an OS crash and costs milliseconds.
         with self._lock:
-            for file in self._files.values():
-                file.flush()
+            for file in list(self._files.values()):
+                try:
+                    file.flush()
+                except OSError as error:  # this run's, never the (possibly jitted) caller's
+                    self._failed(file.path, error, 0)
             self._warn_drops()
 
     def close(self) -> None:
