@@ -4,7 +4,8 @@
 - [`TensorBoardWriter`][callax.writers.TensorBoardWriter] (``"tensorboard"``, the default);
 - [`JsonlWriter`][callax.writers.JsonlWriter] (``"jsonl"``), read back by
   [`read_jsonl`][callax.writers.read_jsonl];
-- ``WandbWriter`` (``"wandb"``, the ``callax[wandb]`` extra).
+- [`WandbWriter`][callax.writers.WandbWriter] (``"wandb"``, the ``callax[wandb]``
+  extra; ``wandb`` is imported when a run uses it).
 """
 
 from ._writer._interface import (
@@ -15,3 +16,4 @@ from ._writer._interface import (
 )
 from ._writer._jsonl import JsonlWriter as JsonlWriter, read_jsonl as read_jsonl
 from ._writer._tensorboard import TensorBoardWriter as TensorBoardWriter
+from ._writer._wandb import WandbWriter as WandbWriter
