@@ -22,6 +22,7 @@ import callax
 from callax.writers import AbstractWriter, Destination
 
 
+# --8<-- [start:CsvWriter]
 class CsvWriter(AbstractWriter):
     """``<directory>/metrics.csv``: ``step,tag,value,wall_time`` per point."""
 
@@ -43,6 +44,7 @@ class CsvWriter(AbstractWriter):
 
     def close(self):
         self.file.close()
+# --8<-- [end:CsvWriter]
 
 
 def main(argv: list[str] | None = None) -> str:
