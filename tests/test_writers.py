@@ -199,3 +199,15 @@ def test_rerun_moves_every_writer_to_the_new_directory(tmp_path):
     assert read_jsonl(str(tmp_path / "r")) == {"x": [(0, 1.0)]}
     assert read_jsonl(str(tmp_path / "r_1")) == {"x": [(0, 2.0)]}
     assert read_scalars(str(tmp_path / "r_1")) == {"x": [(0, 2.0)]}
+
+
+def test_cli_writer_flag():
+    from callax.cli import ENVS, UsageError, _build_parser
+
+    parser = _build_parser()
+    base = ["train", "--algo", "ppo", "--env", ENVS[0]]
+    assert parser.parse_args(base).writers is None  # TensorBoard alone
+    args = parser.parse_args([*base, "--writer", "jsonl", "--writer", "wandb"])
+    assert args.writers == ["jsonl", "wandb"]
+    with pytest.raises(UsageError, match="invalid choice: 'csv'"):
+        parser.parse_args([*base, "--writer", "csv"])
