@@ -68,6 +68,56 @@ def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_o
     return med_logged / med_base
 
 
+def compare_writers(name, n_envs, n_steps, n_iters, rounds, *, logdir, seeds=None):
+    """Median training time with no logging, TensorBoard alone, and TensorBoard + JSON lines
+    + W&B (offline), in interleaved rounds of one process. The writers' own work happens on
+    the writer thread: what is left of it when a training returns is timed apart (closing
+    the run: W&B starts a run per seed at its first write and finishes it at close)."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DIR", logdir)
+    arms = {"none": None, "tensorboard": ("tensorboard",),
+            "all3": ("tensorboard", "jsonl", "wandb")}
+    base = make_train(n_envs, n_steps, n_iters)
+    logged = make_train(n_envs, n_steps, n_iters, logging=True)
+    if seeds:
+        base = jax.jit(jax.vmap(base, in_axes=(0, None)))
+        logged = jax.jit(jax.vmap(logged, in_axes=(0, None)))
+        key = jax.random.split(jax.random.key(0), seeds)
+    else:
+        key = jax.random.key(0)
+
+    def one(arm):
+        writers = arms[arm]
+        callback = callax.TensorBoardCallback(name=f"{name}_{arm}", log_dir=logdir,
+                                              writers=writers or ("tensorboard",))
+        took = timed(base if writers is None else logged, key, callback)
+        start = time.perf_counter()
+        callback.tb_writer.close()
+        return took, time.perf_counter() - start
+
+    for arm in arms:  # compile, then one warm run each
+        one(arm), one(arm)
+    times = {arm: [] for arm in arms}
+    drains = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            took, drain = one(arm)
+            times[arm].append(took)
+            drains[arm].append(drain)
+    med = {arm: statistics.median(t) for arm, t in times.items()}
+    steps = n_envs * n_steps * n_iters * (seeds or 1)
+    print(f"{name:9s} " + " | ".join(
+        f"{arm} {steps / med[arm]:9,.0f} steps/s (close {statistics.median(drains[arm]) * 1e3:.0f}"
+        " ms)" for arm in arms)
+        + f" | all3/tensorboard {med['all3'] / med['tensorboard']:.3f}"
+        f" | all3/none {med['all3'] / med['none']:.3f}"
+        f" | tensorboard/none {med['tensorboard'] / med['none']:.3f}", flush=True)
+    print(f"RESULT {name}-all3/tb {med['all3'] / med['tensorboard']:.4f}", flush=True)
+    print(f"RESULT {name}-all3/none {med['all3'] / med['none']:.4f}", flush=True)
+    return med
+
+
 def writer_cost(n_rows=2000, n_tags=10):
     from tensorboardX import SummaryWriter
 
@@ -115,5 +165,10 @@ def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
             compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
         if "vmap8" in cases:
             compare("vmap8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8, logdir=logdir)
+        if "writers" in cases:
+            compare_writers("writers", 4, 128, iters, rounds, logdir=logdir)
+        if "writers8" in cases:
+            compare_writers("writers8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8,
+                            logdir=logdir)
     if "writer" in cases:
         writer_cost()

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
                                        [--cores 1|all|both]
-                                       [--cases ppo,ppo-nolog,ppo-stop,tiny,vmap8,writer]
+                                       [--cases ppo,ppo-nolog,ppo-stop,tiny,vmap8,writer,
+                                                writers,writers8]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
@@ -14,6 +15,13 @@ Prints env-steps/s with and without a TensorBoardCallback for:
 - ``tiny``: the same with 1 env × 16 steps/iteration (target ≤ 1.5×);
 - ``vmap8``: the ``ppo`` loop vmapped over 8 seeds (target ≤ 1.05×, one host transfer per
   write for all seeds);
+- ``writers`` (and ``writers8``, vmapped over 8 seeds): the ``ppo`` loop with no
+  logging, TensorBoard alone, and TensorBoard + JSON lines + W&B offline
+  (``writers=("tensorboard", "jsonl", "wandb")``, needs ``callax[wandb]``), in interleaved
+  rounds of one process: ratios all three / TensorBoard and all three / no logging, and
+  how long closing the run takes after the training returned (the writer thread's
+  remaining work: W&B starts one run per seed and finishes it at close). Not in the
+  default set;
 - the host writer's cost per scalar against tensorboardX's ``SummaryWriter.add_scalar``
   (target ≤ 3 µs).
 
@@ -41,11 +49,12 @@ import subprocess
 import sys
 
 CASES = ("ppo", "ppo-nolog", "ppo-stop", "tiny", "vmap8", "writer")
+EXTRA_CASES = ("writers", "writers8")  # only when asked for (W&B: the callax[wandb] extra)
 
 
 def _cases(text: str) -> list[str]:
     cases = text.split(",")
-    unknown = sorted(set(cases) - set(CASES))
+    unknown = sorted(set(cases) - set(CASES) - set(EXTRA_CASES))
     if unknown:
         choices = ",".join(CASES)
         raise argparse.ArgumentTypeError(f"unknown case(s) {unknown}; choose from {choices}")

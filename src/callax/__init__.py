@@ -1,5 +1,6 @@
 """callax: JAX-native training callbacks for reinforcement learning, logging to TensorBoard."""
 
+from . import writers as writers
 from ._buffer import ScalarBuffer as ScalarBuffer
 from ._callback import (
     AbstractCallback as AbstractCallback,

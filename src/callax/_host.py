@@ -68,7 +68,7 @@ _run_names = itertools.count()
 
 
 def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_process: bool,
-                 purge_step: int | None = None) -> int:
+                 purge_step: int | None = None, writers=None) -> int:
     """Open a run on the host and return its handle, the name decided once for every process.
 
     With several processes (``jax.distributed``), process 0 names the run (time stamp,
@@ -78,7 +78,8 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
     """
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
-        return host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step)
+        return host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step,
+                             writers=writers)
     from jax._src import distributed
 
     client = distributed.global_state.client
@@ -86,7 +87,8 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
         raise RuntimeError("callax: several JAX processes but no jax.distributed client")
     key = f"callax/run/{next(_run_names)}"
     if index == 0:
-        handle = host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step)
+        handle = host.open_run(log_dir, avoid_existing=avoid_existing, purge_step=purge_step,
+                             writers=writers)
         name = host.get_run(handle).log_dir
         client.key_value_set(key, name)
     else:
@@ -98,29 +100,32 @@ def _shared_name(log_dir: str | Callable[[], str], avoid_existing: bool, per_pro
             run = host.get_run(handle)
             run.log_dir = run.base_dir = directory
         else:
-            handle = host.open_run(directory, purge_step=purge_step)
+            handle = host.open_run(directory, purge_step=purge_step, writers=writers)
     elif handle is None:
-        handle = host.open_run(name, purge_step=purge_step)
+        handle = host.open_run(name, purge_step=purge_step, writers=writers)
     return handle
 
 
 def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
-             per_process: bool = False, purge_step: int | None = None) -> jax.Array:
+             per_process: bool = False, purge_step: int | None = None,
+             writers=None) -> jax.Array:
     """Register a run and return its handle as an ``int32`` scalar.
 
     Called eagerly, the run is opened now. Called while tracing (inside ``jax.jit``), the run
     is opened by a host callback each time the compiled function executes, so every execution
     writes to a fresh run directory. With several processes the run's name is decided once
     (by process 0) and shared; ``per_process`` gives each process ``<run>/process_<p>``.
-    ``purge_step``: see :func:`callax._writer.open_run`.
+    ``purge_step``, ``writers``: see :func:`callax._writer.open_run` (writers are resolved
+    here: an unknown name or a missing package fails now, not when the run opens).
     """
+    writers = host.resolve_writers(writers)
     if not _under_trace():
-        return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step),
-                           jnp.int32)
+        return jnp.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step,
+                                        writers), jnp.int32)
 
     def _open() -> np.ndarray:
-        return np.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step),
-                          np.int32)
+        return np.asarray(_shared_name(log_dir, avoid_existing, per_process, purge_step,
+                                       writers), np.int32)
 
     return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
 

@@ -286,6 +286,7 @@ class JITSummaryWriter(eqx.Module):
         reduce: str | None = None,
         per_process: bool = False,
         purge_step: int | None = None,
+        writers: Any = None,
         _handle=None,
     ):
         """**Arguments:**
@@ -309,6 +310,10 @@ class JITSummaryWriter(eqx.Module):
           ``purge_step``): TensorBoard hides the points written there before at steps
           ``>= purge_step``, so a tail re-run after restoring a checkpoint is not shown
           twice. The directory is then used as it is (no ``_1`` suffix).
+        - `writers`: where the points go: names among ``"tensorboard"``, ``"jsonl"``,
+          ``"wandb"``, or [`callax.writers.AbstractWriter`][] factories (default:
+          ``("tensorboard",)``). Every flush is one host call, whatever the writers; see
+          the "Writers" page.
         """
         if reduce not in _host.REDUCE_MODES:
             raise ValueError(f"reduce must be one of {_host.REDUCE_MODES}, got {reduce!r}")
@@ -331,11 +336,13 @@ class JITSummaryWriter(eqx.Module):
         if log_dir is None:
             host.prepare_log_dir(default_log_dir())
             self.handle = _as_handle(_host.open_run(
-                default_log_dir, per_process=self.per_process, purge_step=purge_step))
+                default_log_dir, per_process=self.per_process, purge_step=purge_step,
+                writers=writers))
         else:
             log_dir = os.fspath(host.prepare_log_dir(log_dir))
             self.handle = _as_handle(_host.open_run(
-                log_dir, per_process=self.per_process, purge_step=purge_step))
+                log_dir, per_process=self.per_process, purge_step=purge_step,
+                writers=writers))
 
     @classmethod
     def _from_handle(cls, handle: Int[ArrayLike, ""], **options) -> JITSummaryWriter:

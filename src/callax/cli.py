@@ -74,6 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="parent directory of runs (default: runs)")
     train.add_argument("--name", default=None,
                        help="run name, a directory under DIR (default: <algo>_<env>_<time>)")
+    train.add_argument("--writer", action="append", choices=("tensorboard", "jsonl", "wandb"),
+                       default=None, dest="writers", metavar="{tensorboard,jsonl,wandb}",
+                       help="where the metrics go; repeat for several (default: tensorboard)")
     train.add_argument("--no-progress", action="store_true", help="no progress line")
     train.add_argument("--table", action="store_true",
                        help="print Stable-Baselines3's console table on stdout (about every "
@@ -152,7 +155,8 @@ def _train(args: argparse.Namespace) -> int:
     name = args.name or "{}_{}_{}".format(
         args.algo, args.env, datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     )
-    tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir)
+    writers = tuple(dict.fromkeys(getattr(args, "writers", None) or ("tensorboard",)))
+    tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir, writers=writers)
     run_dir = tensorboard.tb_writer.log_dir
     callbacks: list[Any] = [tensorboard]
     if not args.no_progress:
@@ -221,22 +225,25 @@ def _view_command(logdir: str) -> str:
 
 
 def _event_dirs(root: str) -> list[str]:
+    from ._writer._read import is_run_file
+
     found = []
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
-        if any(f.startswith("events.out.tfevents") for f in files):
+        if any(is_run_file(f) for f in files):
             found.append(directory)
     return sorted(found)
 
 
 def read_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` of the event files directly in ``directory``: every
+    """``{tag: [(step, value), ...]}`` of the event files directly in ``directory`` (or, if
+    it has none, of its ``metrics.jsonl`` from the JSON lines writer): every
     point TensorBoard's ``EventAccumulator`` would keep, read without TensorBoard (so the core
     install suffices). A truncated last record, as in a file still being written, is not an
     error: the points before it are read. A corrupt record is skipped with a warning."""
-    from ._writer._read import read_scalars as read
+    from ._writer._read import read_run
 
-    return read(directory)
+    return read_run(directory)
 
 
 def summarize(root: str) -> dict[str, dict[str, dict[str, Any]]]:

@@ -1,13 +1,25 @@
 """Host side of callax's writer (no JAX here): runs, the writer thread, exit paths, files.
 
 - :mod:`._registry`: runs by handle and what device code asks of them;
-- :mod:`._run`: one run (directory, per-seed event files, increasing steps per tag);
+- :mod:`._run`: one run (directory, writers per seed, increasing steps per tag, faults);
+- :mod:`._interface`: the writer interface (:class:`AbstractWriter`) and writers by name;
+- :mod:`._tensorboard`, :mod:`._jsonl`, :mod:`._wandb`: the writers (event files, JSON
+  lines, Weights & Biases);
 - :mod:`._queue`: the writer thread and its bounded queue;
 - :mod:`._signals`: exit signals and forked children;
 - :mod:`._event_file`, :mod:`._encode`, :mod:`._read`: TensorBoard's file format;
 - :mod:`._paths`: checks of run names and directories.
 """
 
+from ._interface import (
+    DEFAULT_WRITERS as DEFAULT_WRITERS,
+    AbstractWriter as AbstractWriter,
+    Destination as Destination,
+    WriterSpec as WriterSpec,
+    register_writer as register_writer,
+    resolve_writers as resolve_writers,
+    writer_names as writer_names,
+)
 from ._paths import check_log_dir as check_log_dir, check_run_name as check_run_name
 from ._queue import MAX_PENDING_ROWS as MAX_PENDING_ROWS
 from ._registry import (
@@ -22,6 +34,7 @@ from ._registry import (
     unique_dir as unique_dir,
     write as write,
     write_histograms as write_histograms,
+    write_hparams as write_hparams,
     write_row as write_row,
     write_summaries as write_summaries,
 )

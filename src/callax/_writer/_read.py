@@ -208,3 +208,23 @@ def read_scalars(
                 continue
             scalars.add(event)
     return {tag: scalars.points[tag] for tag in sorted(scalars.points)}
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file name is one of a run's outputs that :func:`read_run` reads (an event
+    file or ``metrics.jsonl``)."""
+    from ._jsonl import FILE_NAME
+
+    return name.startswith("events.out.tfevents") or name == FILE_NAME
+
+
+def read_run(directory: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of a run directory: its event files
+    (:func:`read_scalars`) if it has any, else its ``metrics.jsonl`` (the JSON lines
+    writer's file, read by :func:`~._jsonl.read_jsonl`). Both hold the same points when a
+    run is written by both writers."""
+    from ._jsonl import FILE_NAME, read_jsonl
+
+    if not event_files(directory) and os.path.isfile(os.path.join(directory, FILE_NAME)):
+        return read_jsonl(directory)
+    return read_scalars(directory)

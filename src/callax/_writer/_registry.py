@@ -11,7 +11,6 @@ keeps everything already written; at interpreter exit every run is written and c
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
 import struct
@@ -25,12 +24,13 @@ import numpy as np
 
 from . import _queue, _signals
 from ._encode import frame, varint
+from ._interface import resolve_writers
 from ._paths import check_log_dir
 from ._run import NO_SEED, Run
 
 __all__ = ["begin_training", "close", "close_all_before_exit", "flush", "flush_all", "get_run",
-           "open_run", "prepare_log_dir", "write", "write_histograms", "write_row",
-           "write_summaries"]
+           "open_run", "prepare_log_dir", "write", "write_hparams", "write_histograms",
+           "write_row", "write_summaries"]
 
 _lock = threading.Lock()
 _runs: dict[int, Run] = {}
@@ -60,7 +60,7 @@ def unique_dir(log_dir: str, avoid_existing: bool) -> str:
 
 
 def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
-             purge_step: int | None = None) -> int:
+             purge_step: int | None = None, writers=None) -> int:
     """Register a new run and return its handle.
 
     A directory already opened by this process gets a suffix ``_1``, ``_2``, ... so that two
@@ -72,7 +72,11 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     With ``purge_step`` the run continues ``log_dir`` itself (no suffix): the first event
     file of each of its directories starts with a ``SessionLog.START`` at ``purge_step``, so
     TensorBoard hides the points at steps ``>= purge_step`` written there before.
+
+    ``writers``: the outputs of the run (names or factories, see
+    :func:`~._interface.resolve_writers`; default TensorBoard alone).
     """
+    factories = resolve_writers(writers)
     directory = log_dir() if callable(log_dir) else log_dir
     directory = check_log_dir(directory)
     if purge_step is not None:
@@ -87,7 +91,7 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     _register_worker_exit()
     with _lock:
         handle = next(_next_handle)
-        _runs[handle] = Run(handle, directory, purge_step)
+        _runs[handle] = Run(handle, directory, purge_step, factories)
     return handle
 
 
@@ -198,6 +202,21 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
     _queue.submit(job, rows=len(seeds))
 
 
+def write_hparams(handle: int, seeds: np.ndarray, hparams: dict) -> None:
+    """Queue the run's hyperparameters for every writer of every seed position of
+    ``seeds`` (TensorBoard: an HParams session start; JSON lines: a line; W&B: the config),
+    in order with the run's scalars."""
+    run = get_run(handle)
+    now = time.time()
+    seeds = seeds.tolist()
+    hparams = dict(hparams)
+
+    def job() -> None:
+        run.guarded(lambda: run.write_hparams(seeds, hparams, now), len(seeds))
+
+    _queue.submit(job, rows=len(seeds))
+
+
 def _raise_for(runs: list[Run]) -> None:
     errors = [error for error in (run.take_error() for run in runs) if error is not None]
     _queue.raise_pending_error()
@@ -258,19 +277,8 @@ def close_all_before_exit() -> None:
     deadline = time.monotonic() + _signals.EXIT_FLUSH_TIMEOUT
     _signals.flush_before_exit(_signals.EXIT_FLUSH_TIMEOUT)
     for run in _all_runs():
-        # A write that hangs (a dead network file system) holds its run's lock: within the
-        # same bound, then that run's files are left to the OS (every batch written is
-        # already flushed to it), and its error to the warning above.
-        if not run._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            continue
-        try:
-            files, run._files = run._files, {}
-            error = run._take_error()
-        finally:
-            run._lock.release()
-        for file in files.values():
-            with contextlib.suppress(OSError):
-                file.close()
+        # A write that hangs holds its run's lock: wait for it within the same bound.
+        error = run.close_quietly(timeout=max(0.0, deadline - time.monotonic()))
         if error is not None:
             warnings.warn(str(error), RuntimeWarning, stacklevel=1)
     error = _queue.pending_error()

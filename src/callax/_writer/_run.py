@@ -1,19 +1,19 @@
-"""One run: a directory, one TensorBoard event file per seed position, and what keeps each
-tag's steps increasing (TensorBoard's data server discards earlier points when a tag's step
-goes back)."""
+"""One run: a directory, its writers per seed position, and what keeps each tag's steps
+increasing (TensorBoard's data server discards earlier points when a tag's step goes back,
+W&B charts need it too)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
-from ._encode import encode_histogram, encode_scalar_rows
-from ._event_file import EventFile
+from ._interface import AbstractWriter, Destination, resolve_writers
+from ._tensorboard import TensorBoardWriter
 
 __all__ = ["AUTO_STEP", "NO_SEED", "Run", "WriteError"]
 
@@ -40,26 +40,32 @@ class WriteError(RuntimeError):
 
 
 class Run:
-    """One run directory, with one event file per seed position (created on first write).
+    """One run directory, with one set of writers per seed position (made on first write).
 
+    The run owns what does not depend on the output: increasing steps per tag (points
+    whose step goes back are dropped and reported), ``AUTO`` steps, wall times, a new
+    directory per training and write errors; it hands each batch it keeps to every writer
+    of the seed (:class:`~._interface.AbstractWriter`: TensorBoard event files by default).
     Batches are written by the writer thread, or inline by a waiting caller: one at a time
     per run (``_lock``).
 
-    Faults cost points, never the training: a write that fails (a full disk, a removed
-    directory) is counted as lost, warned about once (naming the run, the file and the
-    error) and kept for this run's ``flush()``/``close()`` to raise; the broken file is
-    closed, and the next write opens a new one (so writing goes on once space is freed). A
-    file deleted under the run is noticed at the next write and replaced, with a warning.
+    Faults cost points, never the training: a writer that fails (a full disk, a removed
+    directory, an error of its own) loses its points, counted and warned about once
+    (naming the run, the file and the error) and kept for this run's ``flush()``/``close()``
+    to raise; that writer is closed and the next write makes a new one (so writing goes on
+    once space is freed), and the seed's other writers go on meanwhile.
     """
 
-    def __init__(self, handle: int, log_dir: str, purge_step: int | None = None):
+    def __init__(self, handle: int, log_dir: str, purge_step: int | None = None,
+                 writers: tuple[Callable[[Destination], AbstractWriter], ...] | None = None):
         self.handle = handle
         self.log_dir = log_dir
         self.base_dir = log_dir  # what later trainings' directories are named after
         self.purge_step = purge_step
+        self.factories = resolve_writers(None) if writers is None else tuple(writers)
         self.trainings = 0
-        self._files: dict[int, EventFile] = {}
-        self._purged: set[int] = set()
+        self._writers: dict[int, list[AbstractWriter | None]] = {}
+        self._purged: set[tuple[int, int]] = set()
         self._last_step: dict[tuple[int, str], int] = {}
         self._last_histogram_step: dict[tuple[int, str], int] = {}
         self._last_flush_time: dict[int, float] = {}
@@ -71,7 +77,7 @@ class Run:
         self.error: BaseException | None = None
         self.error_path = ""
         self.lost = 0
-        self._failing = False
+        self._failing: set[int] = set()  # writers (by position) whose last write failed
         self._lock = threading.Lock()
 
     def directory(self, seed: int) -> str:
@@ -80,35 +86,72 @@ class Run:
             return self.log_dir
         return os.path.join(self.log_dir, f"seed_{seed}")
 
-    def _file(self, seed: int) -> EventFile:
-        file = self._files.get(seed)
-        if file is None:
-            # A resumed run marks the restart in the first file of each of its directories
-            # only: a later file (after close) must not hide the resumed points.
-            purge = None if seed in self._purged else self.purge_step
-            file = self._files[seed] = EventFile(self.directory(seed), purge)
-            self._purged.add(seed)
+    def _writer(self, seed: int, index: int) -> AbstractWriter:
+        slots = self._writers.get(seed)
+        if slots is None:
+            slots = self._writers[seed] = [None] * len(self.factories)
+        writer = slots[index]
+        if writer is None:
+            # A resumed run marks the restart in the first output of each of its seeds
+            # only: a later one (after close) must not hide the resumed points.
+            purge = None if (seed, index) in self._purged else self.purge_step
+            destination = Destination(self.directory(seed), self.log_dir,
+                                      None if seed == NO_SEED else seed, purge)
+            writer = slots[index] = self.factories[index](destination)
+            self._purged.add((seed, index))
             self._written = True
             # Points written again by the restart count as this run's: steps go on after them.
-            for tag, step in file.last_steps.items():
+            for tag, step in getattr(writer, "last_steps", {}).items():
                 key = (seed, tag)
                 self._last_step[key] = max(self._last_step.get(key, step), step)
-        return file
+        return writer
+
+    def _each(self, seed: int, points: int, call: Callable[[AbstractWriter], None]) -> None:
+        """``call(writer)`` for every writer of the seed: an error costs that writer's
+        ``points`` and is recorded (never raised); the other writers go on."""
+        for index in range(len(self.factories)):
+            path = self.directory(seed)
+            try:
+                writer = self._writer(seed, index)
+                path = writer.path or path
+                call(writer)
+            except Exception as error:  # noqa: BLE001 - kept for this run's flush()/close()
+                self._failed(path, error, points, seed, index)
+                continue
+            if index in self._failing:
+                self._failing.discard(index)
+                warnings.warn(f"callax: run {self.log_dir!r}: writing again, in {path!r}; "
+                              f"{self.lost} point(s) were not written", RuntimeWarning,
+                              stacklevel=1)
+
+    def _all_writers(self) -> list[AbstractWriter]:
+        return [w for slots in self._writers.values() for w in slots if w is not None]
+
+    def _close_writers(self) -> None:
+        """Close every writer; an error is recorded (the run stays usable: writers are
+        made again on the next write)."""
+        writers, self._writers = self._writers, {}
+        for slots in writers.values():
+            for writer in slots:
+                if writer is None:
+                    continue
+                try:
+                    writer.close()
+                except Exception as error:  # noqa: BLE001
+                    self._failed(writer.path or self.log_dir, error, 0)
 
     # ----------------------------------------------------------------------------------------
     # A new training in the same run object.
 
     def begin_training(self, next_directory) -> str | None:
         """A training begins: if this run already holds points of an earlier one, move on to
-        the directory ``next_directory()`` returns (files closed, steps start afresh) and
+        the directory ``next_directory()`` returns (writers closed, steps start afresh) and
         return it; otherwise keep writing here (``None``)."""
         with self._lock:
             self.trainings += 1
             if not self._written:
                 return None
-            for file in self._files.values():
-                file.close()
-            self._files.clear()
+            self._close_writers()
             self._last_step.clear()
             self._last_histogram_step.clear()
             self._last_flush_time.clear()
@@ -133,13 +176,11 @@ class Run:
         rows = np.flatnonzero(valid.any(axis=1))
         if rows.size == 0:
             return
-        if self.purge_step is not None and seed not in self._purged:
+        if self.purge_step is not None:
             # First, so that a restarted run knows the steps it writes again.
-            try:
-                self._file(seed)
-            except OSError as error:
-                self._failed(self.directory(seed), error, int(valid[rows].sum()))
-                return
+            for index in range(len(self.factories)):
+                if (seed, index) not in self._purged:
+                    self._each_one(seed, index, int(valid[rows].sum()))
         steps = steps[rows].astype(np.int64)
         values = values[rows]
         valid = valid[rows]
@@ -160,50 +201,34 @@ class Run:
             start = self._last_flush_time.get(seed, float(now))
             wall = np.linspace(start, float(now), len(rows) + 1)[1:]
         self._last_flush_time[seed] = now
-        if valid.all():
-            data = encode_scalar_rows(tags, steps, values, wall)
-        else:
-            data = self._encode_masked(tags, steps, values, valid, wall)
-        self._append(seed, data, int(valid.sum()))
+        self._each(seed, int(valid.sum()),
+                   lambda writer: writer.write_scalars(tags, steps, values, valid, wall))
+
+    def _each_one(self, seed: int, index: int, points: int) -> None:
+        """Make writer ``index`` of the seed (an error is recorded, not raised)."""
+        try:
+            self._writer(seed, index)
+        except Exception as error:  # noqa: BLE001
+            self._failed(self.directory(seed), error, points, seed, index)
 
     # ----------------------------------------------------------------------------------------
     # Faults.
 
-    def _append(self, seed: int, data: bytes, points: int) -> None:
-        """Write ``data`` (``points`` points) to the seed's file: a deleted file is
-        replaced, an error costs the points and is recorded, never raised."""
-        path = self.directory(seed)
-        try:
-            file = self._file(seed)
-            path = file.path
-            if file.deleted():
-                self._files.pop(seed).close()
-                warnings.warn(f"callax: run {self.log_dir!r}: the event file {file.path!r} "
-                              "(or its directory) was deleted; writing goes on in a new file",
-                              RuntimeWarning, stacklevel=1)
-                file = self._file(seed)
-                path = file.path
-            file.write(data)
-        except OSError as error:
-            self._failed(path, error, points)
-            return
-        if self._failing:
-            self._failing = False
-            warnings.warn(f"callax: run {self.log_dir!r}: writing again, in {path!r}; "
-                          f"{self.lost} point(s) were not written", RuntimeWarning,
-                          stacklevel=1)
-
-    def _failed(self, path: str, error: BaseException, points: int) -> None:
+    def _failed(self, path: str, error: BaseException, points: int, seed: int | None = None,
+                index: int | None = None) -> None:
         self.lost += points
-        for seed, file in list(self._files.items()):
-            if file.path == path:
-                del self._files[seed]
-                with contextlib.suppress(OSError):
-                    file.close()
+        if seed is not None and index is not None:
+            slots = self._writers.get(seed)
+            writer = slots[index] if slots else None
+            if slots and writer is not None:
+                slots[index] = None
+                with contextlib.suppress(Exception):
+                    writer.close()
         if self.error is None:
             self.error, self.error_path = error, path
-        if not self._failing:
-            self._failing = True
+        key = -1 if index is None else index
+        if key not in self._failing:
+            self._failing.add(key)
             reason = getattr(error, "strerror", None) or error
             warnings.warn(f"callax: run {self.log_dir!r}: writing {path!r} failed: {reason}; "
                           "its points are lost until writing works again (the training goes "
@@ -302,71 +327,77 @@ class Run:
                 last[tag] = max(last[tag], int(steps[row]))
         return steps
 
-    @staticmethod
-    def _encode_masked(tags, steps, values, valid, wall) -> bytes:
-        # Consecutive rows sharing a validity pattern are encoded together with the tags
-        # present; segments stay in row order so every tag's steps keep increasing.
-        change = np.flatnonzero((valid[1:] != valid[:-1]).any(axis=1)) + 1
-        bounds = [0, *change.tolist(), len(steps)]
-        out = []
-        for start, stop in itertools.pairwise(bounds):
-            columns = np.flatnonzero(valid[start])
-            out.append(encode_scalar_rows(tuple(tags[c] for c in columns), steps[start:stop],
-                                          values[start:stop][:, columns], wall[start:stop]))
-        return b"".join(out)
-
     # ----------------------------------------------------------------------------------------
-    # Histograms and prebuilt records.
+    # Histograms, hyperparameters and prebuilt records.
 
     def write_histograms(self, tags: tuple[str, ...], seed: int, step: int,
                          stats: np.ndarray, counts: np.ndarray, now: float) -> None:
         """``stats[n, 6]``: min, max, num, sum, sum of squares, bucket width; ``counts[n, B]``."""
-        out = []
         with self._lock:
-            for tag, row, bucket in zip(tags, stats.tolist(), counts, strict=True):
+            keep = []
+            for column, (tag, num) in enumerate(zip(tags, stats[:, 2].tolist(), strict=True)):
                 key = (seed, tag)
-                if step <= self._last_histogram_step.get(key, -1) or row[2] <= 0:
+                if step <= self._last_histogram_step.get(key, -1) or num <= 0:
                     continue  # TensorBoard would purge earlier points of a repeated step
                 self._last_histogram_step[key] = step
-                minimum, maximum, num, total, squares, width = row
-                limits = minimum + width * np.arange(1, len(bucket) + 1, dtype=np.float64)
-                limits[-1] = max(maximum, limits[-1])
-                out.append(encode_histogram(tag, step, now, minimum, maximum, num, total,
-                                            squares, limits, bucket))
-            if out:
-                self._append(seed, b"".join(out), len(out))
+                keep.append(column)
+            if not keep:
+                return
+            kept = tuple(tags[c] for c in keep)
+            self._each(seed, len(keep), lambda writer: writer.write_histograms(
+                kept, step, stats[keep], counts[keep], now))
 
-    def write_records(self, seeds, records: bytes) -> None:
-        """Append encoded event records to the files of every seed position in ``seeds``."""
+    def write_hparams(self, seeds, hparams, now: float) -> None:
+        """The hyperparameters, to every writer of every seed position in ``seeds``."""
         with self._lock:
             for seed in seeds:
-                self._append(seed, records, 1)
+                self._each(seed, 1, lambda writer: writer.write_hparams(hparams, now))
+
+    def write_records(self, seeds, records: bytes) -> None:
+        """Append encoded event records to the TensorBoard files of every seed position in
+        ``seeds`` (other writers have no use for them)."""
+        with self._lock:
+            for seed in seeds:
+                self._each(seed, 1, lambda writer: writer.write_records(records)
+                           if isinstance(writer, TensorBoardWriter) else None)
 
     # ----------------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        # Every batch is already flushed to the OS (readable by TensorBoard, kept if the
-        # process dies); no fsync: that guards only against an OS crash and costs milliseconds.
+        # Every batch is already handed to the OS by the file writers (readable by
+        # TensorBoard, kept if the process dies); no fsync: that guards only against an OS
+        # crash and costs milliseconds.
         with self._lock:
-            for file in list(self._files.values()):
-                try:
-                    file.flush()
-                except OSError as error:  # this run's, never the (possibly jitted) caller's
-                    self._failed(file.path, error, 0)
+            for seed, slots in list(self._writers.items()):
+                for index, writer in enumerate(slots):
+                    if writer is None:
+                        continue
+                    try:
+                        writer.flush()
+                    except Exception as error:  # noqa: BLE001
+                        self._failed(writer.path or self.log_dir, error, 0, seed, index)
             self._warn_drops()
 
     def close(self) -> None:
         with self._lock:
-            files, self._files = self._files, {}
-            for file in files.values():
-                try:
-                    file.close()
-                except OSError as error:  # the run stays usable: files reopen on write
-                    self._failed(file.path, error, 0)
+            self._close_writers()
             self._warn_drops()
 
+    def close_quietly(self, timeout: float = -1) -> WriteError | None:
+        """At exit: close every writer and return the run's error (never raised). A write
+        that hangs (a dead network file system) holds the lock: after ``timeout`` seconds
+        the run's writers are left to the OS (every batch written is already handed to
+        it)."""
+        if not self._lock.acquire(timeout=timeout):
+            return None
+        try:
+            self._close_writers()
+            return self._take_error()
+        finally:
+            self._lock.release()
+
     def forget_files(self) -> None:
-        """In a forked child: drop the parent's files without writing to them (this
+        """In a forked child: drop the parent's writers without writing to them (this
         process writes files of its own) and take a fresh lock."""
         self._lock = threading.Lock()
-        self._files = {}
+        self._writers = {}

@@ -14,15 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, Key
 
-# tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
-from tensorboardX.proto.api_pb2 import Status  # pyright: ignore[reportAttributeAccessIssue]
-from tensorboardX.proto.plugin_hparams_pb2 import (
-    HParamsPluginData,  # pyright: ignore[reportAttributeAccessIssue]
-    SessionEndInfo,  # pyright: ignore[reportAttributeAccessIssue]
-    SessionStartInfo,  # pyright: ignore[reportAttributeAccessIssue]
-)
-from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
-
 from .. import _host, _writer as host
 from .._callback import (
     AbstractContinuingCallback,
@@ -33,11 +24,12 @@ from .._callback import (
     TrainingContext,
 )
 from .._summary_writer import JITSummaryWriter
+from .._writer._tensorboard import hparams_summaries
 
 __all__ = ["HParamsCallback", "hparams_of"]
 
 _START, _END = 0, 1
-_sessions: dict[int, tuple[bytes, bytes]] = {}
+_sessions: dict[int, tuple[dict[str, HParamValue], tuple[bytes, bytes]]] = {}
 _lock = threading.Lock()
 _handles = itertools.count()
 
@@ -64,32 +56,9 @@ def hparams_of(config: Any) -> dict[str, HParamValue]:
     return out
 
 
-def _summary(tag: str, data: HParamsPluginData) -> bytes:
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
-        plugin_name="hparams", content=data.SerializeToString()))
-    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)]).SerializeToString()
-
-
 def _session(hparams: Mapping[str, HParamValue]) -> tuple[bytes, bytes]:
     """Serialized ``Summary`` protos: the session start (hyperparameters) and end."""
-    start = SessionStartInfo()
-    for name, value in hparams.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"hyperparameter names must be non-empty strings, got {name!r}")
-        if isinstance(value, bool):
-            start.hparams[name].bool_value = value
-        elif isinstance(value, int | float):
-            start.hparams[name].number_value = float(value)
-        elif isinstance(value, str):
-            start.hparams[name].string_value = value
-        else:
-            raise TypeError(f"hyperparameter {name!r} must be a bool, number or str, got "
-                            f"{value!r}")
-    end = SessionEndInfo(status=Status.Value("STATUS_SUCCESS"))
-    return (_summary("_hparams_/session_start_info",
-                     HParamsPluginData(version=0, session_start_info=start)),
-            _summary("_hparams_/session_end_info",
-                     HParamsPluginData(version=0, session_end_info=end)))
+    return hparams_summaries(hparams)
 
 
 def _host_session(seed, when, kind, writer, session, marker) -> None:
@@ -99,9 +68,12 @@ def _host_session(seed, when, kind, writer, session, marker) -> None:
     rows = np.flatnonzero(when)
     if rows.size == 0:
         return
-    start, end = _sessions[int(session[rows[0]])]
-    host.write_summaries(int(writer[rows[0]]), seed[rows],
-                         (start,) if int(kind[rows[0]]) == _START else (end,))
+    hparams, (_, end) = _sessions[int(session[rows[0]])]
+    if int(kind[rows[0]]) == _START:
+        # Every writer of the run: TensorBoard's session start, a JSON line, W&B's config.
+        host.write_hparams(int(writer[rows[0]]), seed[rows], hparams)
+    else:
+        host.write_summaries(int(writer[rows[0]]), seed[rows], (end,))
 
 
 class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
@@ -130,7 +102,8 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
         - `hparams`: ``{name: bool | int | float | str}``, or a configuration (a dataclass
           or Equinox module such as a ``PPO``) read by [`callax.hparams_of`][].
         """
-        session = _session(hparams_of(hparams))  # bad values fail before a run is opened
+        hparams = hparams_of(hparams)
+        session = hparams, _session(hparams)  # bad values fail before a run is opened
         if isinstance(writer, str | os.PathLike):
             writer = JITSummaryWriter(writer)
         if not isinstance(writer, JITSummaryWriter):

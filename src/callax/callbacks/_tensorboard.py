@@ -196,6 +196,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         reduce: str | None = None,
         per_process: bool = False,
         resume_from_step: int | None = None,
+        writers: Any = None,
     ):
         """**Arguments:**
 
@@ -217,6 +218,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           at env step ``S``: the run directory is reused as it is, points it holds at steps
           after ``S`` (the lost tail) are hidden by TensorBoard, and the global steps written
           start from ``S`` (the trainer counts env steps from 0 again). Needs `name`.
+        - `writers`: where the points go, as for [`callax.JITSummaryWriter`][] (default
+          TensorBoard alone; e.g. ``("tensorboard", "jsonl", "wandb")``).
 
         The run directory is checked here: a `name` with a path separator, ``..`` or an
         absolute path, a `log_dir` that is a file or not writable, or a path too long for
@@ -252,11 +255,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
                                        per_process=per_process)
         JITSummaryWriter(_handle=0, **options)  # validate the options before opening a run
         if resume_from_step is None:
-            handle = open_run(run_dir, avoid_existing=True, per_process=per_process)
+            handle = open_run(run_dir, avoid_existing=True, per_process=per_process,
+                              writers=writers)
         else:
             # Points logged at S itself belong to the restored history: hide those after S.
             handle = open_run(run_dir, per_process=per_process,
-                              purge_step=int(resume_from_step) + 1)
+                              purge_step=int(resume_from_step) + 1, writers=writers)
         self.tb_writer = JITSummaryWriter._from_handle(handle, **options)
         self.step_offset = 0 if resume_from_step is None else int(resume_from_step)
         self.alpha = float(alpha)

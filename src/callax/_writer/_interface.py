@@ -1,0 +1,166 @@
+"""The host writer interface: what a run hands to each of its outputs (TensorBoard event
+files, JSON lines, Weights & Biases, or one's own).
+
+A :class:`~._run.Run` keeps everything that does not depend on the output: increasing steps
+per tag (points whose step goes back are dropped and reported), ``AUTO`` steps, wall times,
+a new directory per training, and the bookkeeping of write errors. Each seed position of a
+run (``<run>/seed_<i>``, or the run itself) gets one writer per configured output, made by
+a *factory* called with a :class:`Destination` when that seed first writes; the run then
+hands it only the points it kept, in order, from the writer thread (never from inside a
+jitted program). A writer that raises loses its own points (counted, warned about, raised by
+the run's ``flush()``/``close()`` as :class:`~callax.WriteError`); the other writers of the
+run go on, and the failed one is replaced by a fresh one at the next write.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AbstractWriter", "DEFAULT_WRITERS", "Destination", "WriterSpec", "register_writer",
+           "resolve_writers", "writer_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+    """Where one writer writes: one seed position of one run.
+
+    **Attributes:**
+
+    - `directory`: the seed's directory, ``<run>/seed_<i>`` (or the run directory itself
+      when the data was not vmapped over seeds). Not created yet.
+    - `run_dir`: the run directory (a W&B *group*: the seeds of one run).
+    - `seed`: the seed position ``i``, or ``None`` for the run itself.
+    - `purge_step`: set when the run continues a restarted one: points written there before
+      at steps ``>= purge_step`` should be hidden (``None`` otherwise).
+    """
+
+    directory: str
+    run_dir: str
+    seed: int | None = None
+    purge_step: int | None = None
+
+
+class AbstractWriter(abc.ABC):
+    """One output of one seed position of a run (see :class:`Destination`).
+
+    Made by a factory (usually the class itself, ``MyWriter(destination)``) when the seed
+    first writes; called from callax's writer thread, one call at a time per run. Every
+    method may raise: the error is the run's (counted, warned about once, raised by its
+    ``flush()``/``close()``), this writer is closed and a new one made at the next write,
+    and the run's other writers are not affected.
+
+    Implement :meth:`write_scalars` and :meth:`close`; the others default to doing nothing.
+    """
+
+    path: str = ""
+    """What this writer writes (a file or directory), named in error messages."""
+
+    @abc.abstractmethod
+    def write_scalars(self, tags: tuple[str, ...], steps: np.ndarray, values: np.ndarray,
+                      valid: np.ndarray, wall_times: np.ndarray) -> None:
+        """Write ``K`` rows: ``values[k, j]`` (``float32``) of ``tags[j]`` at step
+        ``steps[k]`` (``int64``) where ``valid[k, j]``, recorded at ``wall_times[k]``
+        (seconds since the epoch, ``float64``). Every row has a valid point; per tag, steps
+        strictly increase over all calls. Values may be ``NaN`` or infinite."""
+
+    def write_histograms(self, tags: tuple[str, ...], step: int, stats: np.ndarray,
+                         counts: np.ndarray, wall_time: float) -> None:
+        """Write one histogram per tag at ``step``: ``stats[j]`` = min, max, count, sum, sum
+        of squares and bucket width; ``counts[j, b]`` per bucket (bucket ``b`` ends at
+        ``min + (b + 1) * width``, the last one at ``max``). Per tag, steps increase."""
+        del tags, step, stats, counts, wall_time
+
+    def write_hparams(self, hparams: Mapping[str, bool | int | float | str],
+                      wall_time: float) -> None:
+        """Record the run's hyperparameters (:class:`~callax.HParamsCallback`)."""
+        del hparams, wall_time
+
+    def flush(self) -> None:
+        """Make everything written so far readable (called by the run's ``flush()``)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release the output. Writing again to the seed makes a new writer."""
+
+
+WriterSpec = str | Callable[[Destination], AbstractWriter]
+"""A writer by name (``"tensorboard"``, ``"jsonl"``, ``"wandb"``) or a factory called with a
+:class:`Destination` (an :class:`AbstractWriter` subclass, or a ``functools.partial`` of one
+with options)."""
+
+DEFAULT_WRITERS: tuple[str, ...] = ("tensorboard",)
+
+_factories: dict[str, Callable[[], Callable[[Destination], AbstractWriter]]] = {}
+
+
+def register_writer(name: str, load: Callable[[], Callable[[Destination], AbstractWriter]]
+                    ) -> None:
+    """Make ``name`` usable in ``writers=``; ``load()`` returns the factory (called the first
+    time a run uses the name, so that optional packages are imported only then)."""
+    _factories[name] = load
+
+
+def writer_names() -> tuple[str, ...]:
+    return tuple(_factories)
+
+
+def resolve_writers(writers: Any) -> tuple[Callable[[Destination], AbstractWriter], ...]:
+    """The factories of ``writers`` (a :data:`WriterSpec` or a sequence of them; ``None``:
+    TensorBoard alone), checked now: an unknown
+    name, a writer instance (a writer serves one seed of one run: give its class or a
+    factory), an empty or repeated list raise here, when the run is configured."""
+    if writers is None:
+        writers = DEFAULT_WRITERS
+    if isinstance(writers, str) or callable(writers):
+        writers = (writers,)
+    writers = tuple(writers)
+    if not writers:
+        raise ValueError("writers must name at least one writer (e.g. ('tensorboard',))")
+    out = []
+    for spec in writers:
+        if isinstance(spec, str):
+            load = _factories.get(spec)
+            if load is None:
+                raise ValueError(f"unknown writer {spec!r}: use one of {writer_names()}, or an "
+                                 "AbstractWriter subclass / factory")
+            out.append(load())
+        elif isinstance(spec, AbstractWriter):
+            raise TypeError(f"writers takes names or factories, got the writer instance "
+                            f"{spec!r}: pass its class (or functools.partial(cls, ...)); one "
+                            "writer is made per seed of each run")
+        elif callable(spec):
+            out.append(spec)
+        else:
+            raise TypeError(f"a writer is a name or a factory, got {spec!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"a writer is listed twice in {writers!r}")
+    return tuple(out)
+
+
+def _tensorboard():
+    from ._tensorboard import TensorBoardWriter
+
+    return TensorBoardWriter
+
+
+def _jsonl():
+    from ._jsonl import JsonlWriter
+
+    return JsonlWriter
+
+
+def _wandb():
+    from ._wandb import WandbWriter
+
+    WandbWriter.check_installed()
+    return WandbWriter
+
+
+register_writer("tensorboard", _tensorboard)
+register_writer("jsonl", _jsonl)
+register_writer("wandb", _wandb)

@@ -1,0 +1,130 @@
+"""The TensorBoard writer: one event file per seed directory (see :mod:`._event_file`)."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+# tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
+from tensorboardX.proto.api_pb2 import Status  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.plugin_hparams_pb2 import (
+    HParamsPluginData,  # pyright: ignore[reportAttributeAccessIssue]
+    SessionEndInfo,  # pyright: ignore[reportAttributeAccessIssue]
+    SessionStartInfo,  # pyright: ignore[reportAttributeAccessIssue]
+)
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
+
+from ._encode import encode_histogram, encode_scalar_rows, frame, varint
+from ._event_file import EventFile
+from ._interface import AbstractWriter, Destination
+
+__all__ = ["TensorBoardWriter", "hparams_summaries", "summary_records"]
+
+
+class TensorBoardWriter(AbstractWriter):
+    """TensorBoard event files: ``<directory>/events.out.tfevents.*``, one per writer, written
+    without a buffer (every batch reaches the operating system at once), read by
+    ``tensorboard --logdir <run>`` and ``callax summary``.
+
+    A restarted run (``purge_step``) begins its file with a ``SessionLog.START`` and writes
+    again the points TensorBoard needs to hide the lost tail (see :mod:`._event_file`);
+    :attr:`last_steps` are the steps those points reach, which the run's steps go on from.
+    A file deleted under the writer is replaced by a new one at the next write (warned).
+    """
+
+    def __init__(self, destination: Destination):
+        self.destination = destination
+        self._file = EventFile(destination.directory, destination.purge_step)
+        self.path = self._file.path
+        self.last_steps: dict[str, int] = dict(self._file.last_steps)
+
+    def _append(self, data: bytes) -> None:
+        if self._file.deleted():
+            self._file.close()
+            old = self.path
+            self._file = EventFile(self.destination.directory)
+            self.path = self._file.path
+            warnings.warn(f"callax: run {self.destination.run_dir!r}: the event file {old!r} "
+                          "(or its directory) was deleted; writing goes on in a new file",
+                          RuntimeWarning, stacklevel=1)
+        self._file.write(data)
+
+    def write_scalars(self, tags, steps, values, valid, wall_times) -> None:
+        if valid.all():
+            self._append(encode_scalar_rows(tags, steps, values, wall_times))
+            return
+        # Consecutive rows sharing a validity pattern are encoded together with the tags
+        # present; segments stay in row order so every tag's steps keep increasing.
+        change = np.flatnonzero((valid[1:] != valid[:-1]).any(axis=1)) + 1
+        bounds = [0, *change.tolist(), len(steps)]
+        out = []
+        for start, stop in itertools.pairwise(bounds):
+            columns = np.flatnonzero(valid[start])
+            out.append(encode_scalar_rows(tuple(tags[c] for c in columns), steps[start:stop],
+                                          values[start:stop][:, columns],
+                                          wall_times[start:stop]))
+        self._append(b"".join(out))
+
+    def write_histograms(self, tags, step, stats, counts, wall_time) -> None:
+        out = []
+        for tag, row, bucket in zip(tags, stats.tolist(), counts, strict=True):
+            minimum, maximum, num, total, squares, width = row
+            limits = minimum + width * np.arange(1, len(bucket) + 1, dtype=np.float64)
+            limits[-1] = max(maximum, limits[-1])
+            out.append(encode_histogram(tag, step, wall_time, minimum, maximum, num, total,
+                                        squares, limits, bucket))
+        self._append(b"".join(out))
+
+    def write_hparams(self, hparams, wall_time) -> None:
+        start, _ = hparams_summaries(hparams)
+        self._append(summary_records((start,), wall_time))
+
+    def write_records(self, records: bytes) -> None:
+        """Append prebuilt event records (TensorBoard only: an HParams session's end)."""
+        self._append(records)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def summary_records(summaries, wall_time: float, step: int = 0) -> bytes:
+    """Serialized ``Summary`` protos framed as events at ``step``."""
+    import struct
+
+    return b"".join(
+        frame(b"\x09" + struct.pack("<d", wall_time) + b"\x10" + varint(step)
+              + b"\x2a" + varint(len(summary)) + summary)
+        for summary in summaries
+    )
+
+
+def _summary(tag: str, data) -> bytes:
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="hparams", content=data.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)]).SerializeToString()
+
+
+def hparams_summaries(hparams: Mapping[str, bool | int | float | str]) -> tuple[bytes, bytes]:
+    """Serialized ``Summary`` protos of TensorBoard's HParams plugin: the session start
+    (hyperparameters) and end. Bad names or values raise ``TypeError``."""
+    start = SessionStartInfo()
+    for name, value in hparams.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"hyperparameter names must be non-empty strings, got {name!r}")
+        if isinstance(value, bool):
+            start.hparams[name].bool_value = value
+        elif isinstance(value, int | float):
+            start.hparams[name].number_value = float(value)
+        elif isinstance(value, str):
+            start.hparams[name].string_value = value
+        else:
+            raise TypeError(f"hyperparameter {name!r} must be a bool, number or str, got "
+                            f"{value!r}")
+    end = SessionEndInfo(status=Status.Value("STATUS_SUCCESS"))
+    return (_summary("_hparams_/session_start_info",
+                     HParamsPluginData(version=0, session_start_info=start)),
+            _summary("_hparams_/session_end_info",
+                     HParamsPluginData(version=0, session_end_info=end)))
