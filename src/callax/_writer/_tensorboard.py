@@ -86,6 +86,10 @@ class TensorBoardWriter(AbstractWriter):
         """Append prebuilt event records (TensorBoard only: an HParams session's end)."""
         self._append(records)
 
+    def flush(self) -> None:
+        # Every write already reached the OS; the file's flush is where an fsync would go.
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 
