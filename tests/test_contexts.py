@@ -10,21 +10,24 @@ from callax import IterationContext, ResetContext, StepContext, TrainingContext
 from conftest import read_run
 
 
+S, SS = callax.EmptyCallbackState(), callax.EmptyCallbackStepState()
+
+
 def test_defaults():
-    ctx = IterationContext(state=1, step_state=2, training_log={"loss": 0.5})
+    ctx = IterationContext(state=S, step_state=SS, training_log={"loss": 0.5})
     assert (ctx.env, ctx.policy, ctx.opt_state, ctx.iteration_count, ctx.locals) == (
         None, None, None, 0, {})
-    assert TrainingContext(state=1, step_state=2).total_timesteps == 0
-    assert IterationContext(state=1, step_state=2).training_log == {}
-    step = StepContext(state=1, done=True, reward=1.0)
+    assert TrainingContext(state=S, step_state=SS).total_timesteps == 0
+    assert IterationContext(state=S, step_state=SS).training_log == {}
+    step = StepContext(state=SS, done=True, reward=1.0)
     assert (step.env, step.policy, step.locals) == (None, None, {})
 
 
 def test_step_context_needs_done_and_reward():
     with pytest.raises(TypeError, match="done= and reward="):
-        StepContext(state=1, reward=1.0)
+        StepContext(state=SS, reward=1.0)
     with pytest.raises(TypeError, match="done= and reward="):
-        StepContext(state=1, done=True)
+        StepContext(state=SS, done=True)
 
 
 def test_keyword_only_loop_writes_episode_and_train_tags(logdir):
