@@ -9,7 +9,6 @@ import callax
 from callax import IterationContext, ResetContext, StepContext, TrainingContext
 from conftest import read_run
 
-
 S, SS = callax.EmptyCallbackState(), callax.EmptyCallbackStepState()
 
 

@@ -93,7 +93,7 @@ class _Carry(eqx.Module):
     iteration: Int[Array, ""]
     keep_going: Bool[Array, ""]
     key: PRNGKeyArray
-    start_time: Int[Array, "2"]
+    start_time: Int[Array, 2]
     time_elapsed: Float[Array, ""]
 
 
@@ -200,10 +200,11 @@ def run_training(
     env. ``IterationContext.locals`` holds ``rollout``, ``agent_state``, ``num_timesteps``
     (env steps so far, over all envs), ``time_elapsed`` (seconds since training
     started, from the host clock read once per iteration after the update; compilation
-    excluded: SB3's ``time/fps`` is ``num_timesteps / time_elapsed``) and ``active``: ``False`` only for a seed that has
-    already stopped while other seeds of a ``jax.vmap`` batch go on (the loop body then runs
-    for it too and its results are discarded; callbacks with host side effects should skip
-    them). ``TrainingContext.locals`` holds ``agent_state`` and ``num_timesteps``.
+    excluded: SB3's ``time/fps`` is ``num_timesteps / time_elapsed``) and ``active``: ``False``
+    only for a seed that has already stopped while other seeds of a ``jax.vmap`` batch go
+    on (the loop body then runs for it too and its results are discarded; callbacks with
+    host side effects should skip them). ``TrainingContext.locals`` holds ``agent_state``
+    and ``num_timesteps``.
 
     This function is not jitted itself: call it inside ``jax.jit`` / ``eqx.filter_jit``
     (``n_envs``, ``n_steps`` and ``n_iterations`` must be Python ints). Vmap it over ``key``
