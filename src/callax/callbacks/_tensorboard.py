@@ -28,6 +28,7 @@ from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 from .._writer._host import check_run_name, prepare_log_dir
 from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
+from ._seeds import HEADLINE_TAGS, SeedRows
 
 __all__ = [
     "TensorBoardCallback",
@@ -138,9 +139,11 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
 
 
 class TensorBoardCallbackState(AbstractCallbackState):
-    """Run state of [`callax.TensorBoardCallback`][]: the rows not yet sent to the host."""
+    """Run state of [`callax.TensorBoardCallback`][]: the rows not yet sent to the host
+    (`seeds`: the headline values for the ``seeds`` run, ``None`` without it)."""
 
     buffer: ScalarBuffer
+    seeds: SeedRows | None = None
 
 
 def find_learning_rate(opt_state: Any) -> jax.Array | None:
@@ -201,6 +204,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     alpha: float
     stats_window_size: int = eqx.field(static=True)
     moving_average: bool = eqx.field(static=True)
+    seeds_run: bool = eqx.field(static=True)
     flush_every: int = eqx.field(static=True)
     max_scalars: int = eqx.field(static=True)
     step_offset: int = eqx.field(static=True)
@@ -221,6 +225,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         resume_from_step: int | None = None,
         stats_window_size: int = 100,
         moving_average: bool = True,
+        seeds_run: bool = True,
     ):
         """**Arguments:**
 
@@ -234,6 +239,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           each env keeps that many, so the step state holds ``3 * stats_window_size``
           numbers per env).
         - `moving_average`: also write lerax's ``episode/return`` and ``episode/length``.
+        - `seeds_run`: under ``jax.vmap`` over several seeds, also write the run
+          ``<run>/seeds``: for ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``, the
+          mean (same tag), ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
+          every seed has a value, with a custom-scalars layout drawing the mean with its
+          min-max band (one more host call per `flush_every` iterations). Not with
+          `reduce` (the rows are then devices of one agent, not seeds).
         - `log_dir`: the parent directory of runs.
         - `flush_every`: iterations buffered on device between host transfers (``1``: send
           every iteration at once). This is also how many iterations a crash can lose.
@@ -292,11 +303,15 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         self.alpha = float(alpha)
         self.stats_window_size = stats_window_size
         self.moving_average = bool(moving_average)
+        self.seeds_run = bool(seeds_run) and reduce is None
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> TensorBoardCallbackState:
-        return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars))
+        seeds = (SeedRows.empty(self.flush_every, len(HEADLINE_TAGS)) if self.seeds_run
+                 else None)
+        return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars),
+                                        seeds)
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
                    ) -> TensorBoardCallbackStepState:
@@ -345,16 +360,27 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             tags.append(tag)
             values.append(value)
             valid.append(jnp.asarray(True))
+        # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
+        # steps per env), summed exactly as 64-bit words with carry (past 2**31); a
+        # resumed run counts on from its checkpoint's step.
+        step = Step._from_words(wide_sum(
+            jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))) + self.step_offset
+        active = ctx.locals.get("active", True)
         buffer = ctx.state.buffer.append(
-            # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
-            # steps per env), summed exactly as 64-bit words with carry (past 2**31); a
-            # resumed run counts on from its checkpoint's step.
-            self.tb_writer, tuple(tags), Step._from_words(wide_sum(
-                jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))) + self.step_offset,
-            stack_scalars(values), stack_scalars(valid, jnp.bool_),
-            when=ctx.locals.get("active", True)
+            self.tb_writer, tuple(tags), step, stack_scalars(values),
+            stack_scalars(valid, jnp.bool_), when=active
         )
-        return TensorBoardCallbackState(buffer)
+        seeds = ctx.state.seeds
+        if seeds is not None:
+            position = {tag: i for i, tag in enumerate(tags)}
+            nan, false = jnp.asarray(jnp.nan, jnp.float32), jnp.asarray(False)
+            seeds = seeds.append(
+                step, [values[position[t]] if t in position else nan for t in HEADLINE_TAGS],
+                [valid[position[t]] if t in position else false for t in HEADLINE_TAGS],
+                when=active)
+            seeds = seeds.send(self.tb_writer.handle, HEADLINE_TAGS,
+                               when=seeds.count == seeds.values.shape[0])
+        return TensorBoardCallbackState(buffer, seeds)
 
     def on_training_start(self, ctx: TrainingContext, *, key: Key[Array, ""]
                           ) -> TensorBoardCallbackState:
@@ -362,7 +388,11 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
                         ) -> TensorBoardCallbackState:
-        return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True))
+        seeds = ctx.state.seeds
+        if seeds is not None:
+            seeds = seeds.send(self.tb_writer.handle, HEADLINE_TAGS, when=True)
+        return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True),
+                                        seeds)
 
     def continue_training(self, ctx: IterationContext, *, key: Key[Array, ""]) -> Bool[Array, ""]:
         return jnp.asarray(True)

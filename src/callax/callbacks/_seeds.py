@@ -1,0 +1,169 @@
+"""Seeds at a glance: the run ``<run>/seeds``, holding the mean, min and max over vmapped
+seeds of a few headline tags at every step, and the custom-scalars layout that draws them.
+
+The seeds' values are buffered on device next to the run's own rows (a [`SeedRows`][]) and
+sent to the host with one call for the whole ``vmap`` batch (``callax._host.send``: every
+row carries its seed position; under ``pmap`` the rows of all devices are gathered). The
+host computes the statistics in float64 from the very float32 values the seed runs hold and
+writes them once, to their own run: ``<tag>`` (the mean), ``<tag>/min`` and ``<tag>/max``.
+A step is written only when every seed of the batch has a value there (a seed that stopped
+early or has not finished an episode yet leaves the step out: never a mean of fewer seeds).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, UInt32
+from tensorboardX.proto import layout_pb2
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
+
+from .. import _host
+from .._step import Step, words_to_int64
+from .._writer import _host as host
+
+__all__ = ["HEADLINE_TAGS", "SEEDS_RUN", "SeedRows", "layout_summary", "seed_statistics",
+           "write_layout"]
+
+SEEDS_RUN = "seeds"
+"""The name of the run, under the seeds' run, that holds their mean, min and max."""
+
+HEADLINE_TAGS = ("rollout/ep_rew_mean", "rollout/ep_len_mean")
+"""The tags summarised over seeds (those written by the run)."""
+
+_seed_runs: dict[int, int] = {}  # run handle -> handle of its <run>/seeds
+_layouts_written: set[int] = set()
+_lock = threading.Lock()
+
+
+def seed_statistics(values: np.ndarray) -> np.ndarray:
+    """``[3, n]``: mean, min and max over axis 0 of ``values[seeds, n]`` (float64)."""
+    values = np.asarray(values, np.float64)
+    return np.stack([values.mean(axis=0), values.min(axis=0), values.max(axis=0)])
+
+
+class SeedRows(eqx.Module):
+    """Device buffer of one seed's headline values: ``values[K, n]``, ``valid[K, n]`` and
+    the step of each row (as [`callax.Step`][] words), ``count`` rows filled."""
+
+    words: UInt32[Array, "K 2"]
+    values: Float[Array, "K n"]
+    valid: Bool[Array, "K n"]
+    count: Int[Array, ""]
+
+    @classmethod
+    def empty(cls, rows: int, n: int) -> SeedRows:
+        return cls(jnp.zeros((rows, 2), jnp.uint32), jnp.zeros((rows, n), jnp.float32),
+                   jnp.zeros((rows, n), jnp.bool_), jnp.asarray(0, jnp.int32))
+
+    def append(self, step: Step, values: Sequence[ArrayLike], valid: Sequence[ArrayLike],
+               when: Bool[ArrayLike, ""]) -> SeedRows:
+        when = jnp.asarray(when, jnp.bool_)
+        row = jnp.arange(self.values.shape[0]) == self.count
+        hit = when & row
+        values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+        valid = jnp.stack([jnp.asarray(v, jnp.bool_) for v in valid])
+        return SeedRows(
+            words=jnp.where(hit[:, None], step.words.astype(jnp.uint32), self.words),
+            values=jnp.where(hit[:, None], values, self.values),
+            valid=jnp.where(hit[:, None], valid, self.valid),
+            count=self.count + when.astype(jnp.int32),
+        )
+
+    def send(self, handle: Int[ArrayLike, ""], tags: tuple[str, ...],
+             when: Bool[ArrayLike, ""]) -> SeedRows:
+        """Hand the filled rows to the host (one call for the batch) when `when` holds and
+        rows are filled; the buffer is then empty."""
+        due = jnp.asarray(when, jnp.bool_) & (self.count > 0)
+        _host.send(_host_seed_rows, jnp.asarray(handle, jnp.int32),
+                   jnp.asarray(_host.register_layout(tags), jnp.int32), self.words,
+                   self.values, self.valid, self.count, when=due)
+        return SeedRows(self.words, self.values, self.valid,
+                        jnp.where(due, 0, self.count))
+
+
+def _seeds_handle(handle: int) -> int:
+    with _lock:
+        seeds = _seed_runs.get(handle)
+        if seeds is None:
+            directory = os.path.join(host.get_run(handle).log_dir, SEEDS_RUN)
+            seeds = _seed_runs[handle] = host.open_run(directory)
+    return seeds
+
+
+def _host_seed_rows(seed, when, handle, layout, words, values, valid, count) -> None:
+    n_seeds = seed.shape[0]
+    rows = np.flatnonzero(when)
+    if n_seeds < 2 or rows.size == 0:
+        return
+    tags = _host._layout_tags[int(layout[rows[0]])]
+    steps = words_to_int64(words)  # [B, K]
+    by_step: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for b in rows:
+        for k in range(int(count[b])):
+            by_step.setdefault(int(steps[b, k]), []).append((values[b, k], valid[b, k]))
+    complete = sorted(s for s, entries in by_step.items() if len(entries) == n_seeds)
+    if not complete:
+        return
+    out = np.zeros((len(complete), 3 * len(tags)), np.float32)
+    ok = np.zeros((len(complete), 3 * len(tags)), np.bool_)
+    for i, step in enumerate(complete):
+        entries = by_step[step]
+        vals = np.stack([v for v, _ in entries])
+        every = np.stack([m for _, m in entries]).all(axis=0)
+        stats = seed_statistics(vals)  # [3, n]
+        out[i] = stats.T.reshape(-1)
+        ok[i] = np.repeat(every, 3)
+    seeds_handle = _seeds_handle(int(handle[rows[0]]))
+    out_tags = tuple(t for tag in tags for t in (tag, f"{tag}/min", f"{tag}/max"))
+    host.write(seeds_handle, out_tags, np.array([host.NO_SEED]), np.array([complete]),
+               out[None], ok[None])
+    write_layout(seeds_handle, host.NO_SEED, tags, seeds=True)
+
+
+def layout_summary(tags: Sequence[str] = HEADLINE_TAGS, *, seeds: bool = True) -> bytes:
+    """A serialized ``Summary`` holding TensorBoard's custom-scalars layout: a first
+    category "returns" with, per tag, the mean over seeds drawn with its min-max band (a
+    *margin* chart of the ``seeds`` run, when `seeds`) and every run's curve (a multiline
+    chart), then ``time/fps``."""
+    charts = []
+    for tag in tags:
+        name = tag.rpartition("/")[2]
+        if seeds:
+            series = layout_pb2.MarginChartContent.Series(value=tag, lower=f"{tag}/min",
+                                                          upper=f"{tag}/max")
+            charts.append(layout_pb2.Chart(
+                title=f"{name}: mean over seeds, min-max band",
+                margin=layout_pb2.MarginChartContent(series=[series])))
+        charts.append(layout_pb2.Chart(
+            title=f"{name}: every run",
+            multiline=layout_pb2.MultilineChartContent(tag=[f"^{tag}$"])))
+    layout = layout_pb2.Layout(category=[
+        layout_pb2.Category(title="returns", chart=charts),
+        layout_pb2.Category(title="time", chart=[layout_pb2.Chart(
+            title="fps", multiline=layout_pb2.MultilineChartContent(tag=["^time/fps$"]))]),
+    ])
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="custom_scalars"))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()],
+                         tensor_shape=TensorShapeProto())
+    return Summary(value=[Summary.Value(tag="custom_scalars__config__", tensor=tensor,
+                                        metadata=metadata)]).SerializeToString()
+
+
+def write_layout(handle: int, seed: int, tags: Sequence[str] = HEADLINE_TAGS, *,
+                 seeds: bool = True) -> None:
+    """Write the custom-scalars layout once into seed position `seed` of run `handle` (host
+    side; TensorBoard merges the layouts of all runs)."""
+    with _lock:
+        if handle in _layouts_written:
+            return
+        _layouts_written.add(handle)
+    host.write_summaries(handle, np.array([seed]), (layout_summary(tags, seeds=seeds),))
