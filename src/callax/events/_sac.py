@@ -18,7 +18,8 @@ class SACEvents(EventInterface):
     ``SACEvents/policy_entropy``) and two critics (keys ``0`` and ``1``:
     ``SACEvents/critic_value/0``); it does not record ``policy_loss``, ``entropy_coef`` and
     ``entropy_loss``, whose values are its training log's ``actor_loss``, ``ent_coef`` and
-    ``ent_coef_loss`` (``train/*`` in TensorBoard, Stable-Baselines3's names). ``time`` is in seconds, measured by a real clock; ``percent`` is the
+    ``ent_coef_loss`` (``train/*`` in TensorBoard, Stable-Baselines3's names).
+    ``time`` is in seconds, measured by a real clock; ``percent`` is the
     phase's share of one update, in percent (0-100). See ``docs/sac.md`` for how
     [`callax.train.SAC`][] measures each event.
     """
