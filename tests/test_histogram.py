@@ -96,7 +96,7 @@ def test_spread_edges_increase_and_end_at_the_max(logdir):
     assert all(left < right for left, right in pairs)
     assert pairs[-1][1] == pytest.approx(float(values.max()), rel=1e-6)
     width = (float(values.max()) - float(values.min())) / 10
-    np.testing.assert_allclose([r - l for l, r in pairs], width, rtol=1e-4)
+    np.testing.assert_allclose([right - left for left, right in pairs], width, rtol=1e-4)
 
 
 def test_jit_vmap_one_host_call_for_all_seeds_and_tags(logdir, monkeypatch):

@@ -33,14 +33,15 @@ from .._callback import (
 from .._summary_writer import JITSummaryWriter
 from .._writer import _host as host
 
-__all__ = ["HParamsCallback", "hparams_of"]
+__all__ = ["HParamsCallback", "hparams_of", "trial_name"]
+
+HParamValue = bool | int | float | str
 
 _START, _END = 0, 1
-_sessions: dict[int, tuple[bytes, bytes]] = {}
+_sessions: dict[int, dict[str, HParamValue]] = {}
 _lock = threading.Lock()
 _handles = itertools.count()
 
-HParamValue = bool | int | float | str
 
 
 def hparams_of(config: Any) -> dict[str, HParamValue]:
@@ -69,9 +70,19 @@ def _summary(tag: str, data: HParamsPluginData) -> bytes:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata)]).SerializeToString()
 
 
-def _session(hparams: Mapping[str, HParamValue]) -> tuple[bytes, bytes]:
-    """Serialized ``Summary`` protos: the session start (hyperparameters) and end."""
-    start = SessionStartInfo()
+def trial_name(log_dir: str, seed: int) -> str:
+    """The HParams dashboard's trial name of seed position `seed` of the run in `log_dir`:
+    the seed first (the table cuts long names), then the run's last two path parts."""
+    parent, base = os.path.split(os.path.normpath(log_dir))
+    run = f"{os.path.basename(parent)}/{base}" if os.path.basename(parent) else base
+    return run if seed < 0 else f"seed {seed} · {run}"
+
+
+def _session(hparams: Mapping[str, HParamValue], group_name: str = ""
+             ) -> tuple[bytes, bytes]:
+    """Serialized ``Summary`` protos: the session start (hyperparameters, trial name
+    `group_name`) and end."""
+    start = SessionStartInfo(group_name=group_name)
     for name, value in hparams.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"hyperparameter names must be non-empty strings, got {name!r}")
@@ -98,9 +109,16 @@ def _host_session(seed, when, kind, writer, session, marker) -> None:
     rows = np.flatnonzero(when)
     if rows.size == 0:
         return
-    start, end = _sessions[int(session[rows[0]])]
-    host.write_summaries(int(writer[rows[0]]), seed[rows],
-                         (start,) if int(kind[rows[0]]) == _START else (end,))
+    hparams = _sessions[int(session[rows[0]])]
+    handle = int(writer[rows[0]])
+    log_dir = host.get_run(handle).log_dir
+    for position in seed[rows].tolist():
+        # Each seed is its own trial, named with its seed, with a ``seed`` column.
+        column = "seed" if "seed" not in hparams else "seed_position"
+        values = hparams if position < 0 else {**hparams, column: position}
+        start, end = _session(values, trial_name(log_dir, position))
+        host.write_summaries(handle, np.array([position]),
+                             (start,) if int(kind[rows[0]]) == _START else (end,))
 
 
 class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
@@ -111,8 +129,10 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
     At training start it writes the hyperparameters (an hparams *session start*) into the
     run of `writer`, at training end the session's end (status "success"); under
     ``jax.vmap`` over seeds into every ``<run>/seed_<i>`` (each seed is a session), one host
-    call for the whole batch. Give it the run the metrics go to, e.g. a
-    [`callax.TensorBoardCallback`][]'s ``tb_writer``::
+    call for the whole batch. Each seed's trial is named ``seed <i> · <parent>/<run>`` (the
+    seed first: the dashboard's table cuts long names) and has a ``seed`` hyperparameter,
+    its seed position (``seed_position`` if `hparams` already has a ``seed``). Give it the
+    run the metrics go to, e.g. a [`callax.TensorBoardCallback`][]'s ``tb_writer``::
 
         tb = callax.TensorBoardCallback(log_dir="runs/ppo")
         callbacks = [tb, callax.HParamsCallback(tb.tb_writer, ppo)]
@@ -129,14 +149,15 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
         - `hparams`: ``{name: bool | int | float | str}``, or a configuration (a dataclass
           or Equinox module such as a ``PPO``) read by [`callax.hparams_of`][].
         """
-        session = _session(hparams_of(hparams))  # bad values fail before a run is opened
+        values = hparams_of(hparams)
+        _session(values)  # bad values fail before a run is opened
         if isinstance(writer, str | os.PathLike):
             writer = JITSummaryWriter(writer)
         if not isinstance(writer, JITSummaryWriter):
             raise TypeError(f"writer must be a JITSummaryWriter or a path, got {writer!r}")
         handle = next(_handles)
         with _lock:
-            _sessions[handle] = session
+            _sessions[handle] = values
         self.writer = writer
         self.session = jnp.asarray(handle, jnp.int32)
 
