@@ -27,10 +27,11 @@ from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
 from .. import _host
 from .._step import Step, words_to_int64
+from .._summary_writer import stack_scalars
 from .._writer import _host as host
 
-__all__ = ["HEADLINE_TAGS", "SEEDS_RUN", "SeedRows", "layout_summary", "seed_statistics",
-           "write_layout"]
+__all__ = ["HEADLINE_TAGS", "SEEDS_RUN", "SeedRows", "layout_summary", "open_seeds_run",
+           "seed_statistics", "write_layout"]
 
 SEEDS_RUN = "seeds"
 """The name of the run, under the seeds' run, that holds their mean, min and max."""
@@ -60,33 +61,52 @@ class SeedRows(eqx.Module):
 
     @classmethod
     def empty(cls, rows: int, n: int) -> SeedRows:
-        return cls(jnp.zeros((rows, 2), jnp.uint32), jnp.zeros((rows, n), jnp.float32),
-                   jnp.zeros((rows, n), jnp.bool_), jnp.asarray(0, jnp.int32))
+        # Varying over enclosing manual axes (``shard_map``), so it can be a loop carry.
+        return cls(*_host.vary((jnp.zeros((rows, 2), jnp.uint32),
+                                jnp.zeros((rows, n), jnp.float32),
+                                jnp.zeros((rows, n), jnp.bool_), jnp.asarray(0, jnp.int32))))
 
     def append(self, step: Step, values: Sequence[ArrayLike], valid: Sequence[ArrayLike],
                when: Bool[ArrayLike, ""]) -> SeedRows:
         when = jnp.asarray(when, jnp.bool_)
-        row = jnp.arange(self.values.shape[0]) == self.count
-        hit = when & row
-        values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
-        valid = jnp.stack([jnp.asarray(v, jnp.bool_) for v in valid])
+        index = jnp.minimum(self.count, self.values.shape[0] - 1)
+        values = stack_scalars(list(values))  # one sharding for all (Explicit meshes)
+        valid = stack_scalars(list(valid), jnp.bool_)
+        words = step.words.astype(jnp.uint32)
         return SeedRows(
-            words=jnp.where(hit[:, None], step.words.astype(jnp.uint32), self.words),
-            values=jnp.where(hit[:, None], values, self.values),
-            valid=jnp.where(hit[:, None], valid, self.valid),
+            words=self.words.at[index].set(jnp.where(when, words, self.words[index])),
+            values=self.values.at[index].set(jnp.where(when, values, self.values[index])),
+            valid=self.valid.at[index].set(jnp.where(when, valid, self.valid[index])),
             count=self.count + when.astype(jnp.int32),
         )
 
-    def send(self, handle: Int[ArrayLike, ""], tags: tuple[str, ...],
-             when: Bool[ArrayLike, ""]) -> SeedRows:
+    def send(self, handle: Int[ArrayLike, ""], seeds_handle: Int[ArrayLike, ""],
+             tags: tuple[str, ...], when: Bool[ArrayLike, ""]) -> SeedRows:
         """Hand the filled rows to the host (one call for the batch) when `when` holds and
-        rows are filled; the buffer is then empty."""
+        rows are filled; the buffer is then empty. `handle` is the seeds' run,
+        `seeds_handle` the ``seeds`` run (from :func:`open_seeds_run`; ``-1``: opened on the
+        host at the first write)."""
         due = jnp.asarray(when, jnp.bool_) & (self.count > 0)
         _host.send(_host_seed_rows, jnp.asarray(handle, jnp.int32),
+                   jnp.asarray(seeds_handle, jnp.int32),
                    jnp.asarray(_host.register_layout(tags), jnp.int32), self.words,
                    self.values, self.valid, self.count, when=due)
         return SeedRows(self.words, self.values, self.valid,
                         jnp.where(due, 0, self.count))
+
+
+def open_seeds_run(handle: Int[ArrayLike, ""], purge_step: int | None = None) -> Array:
+    """The handle of ``<run>/seeds`` for the run `handle`, opened now (in every process, in
+    the same order as the run itself, so that handles agree across processes); ``-1`` for
+    a run opened inside ``jax.jit`` (its name is known only when it executes: the host
+    opens the ``seeds`` run at its first write, single-process only)."""
+    if _host.is_traced(handle):
+        return jnp.asarray(-1, jnp.int32)
+    directory = os.path.join(host.get_run(int(handle)).log_dir, SEEDS_RUN)
+    seeds = _host.open_run(directory, purge_step=purge_step)
+    with _lock:
+        _seed_runs[int(handle)] = int(seeds)
+    return seeds
 
 
 def _seeds_handle(handle: int) -> int:
@@ -98,7 +118,8 @@ def _seeds_handle(handle: int) -> int:
     return seeds
 
 
-def _host_seed_rows(seed, when, handle, layout, words, values, valid, count) -> None:
+def _host_seed_rows(seed, when, handle, seeds_handle, layout, words, values, valid,
+                    count) -> None:
     n_seeds = seed.shape[0]
     rows = np.flatnonzero(when)
     if n_seeds < 2 or rows.size == 0:
@@ -121,7 +142,9 @@ def _host_seed_rows(seed, when, handle, layout, words, values, valid, count) -> 
         stats = seed_statistics(vals)  # [3, n]
         out[i] = stats.T.reshape(-1)
         ok[i] = np.repeat(every, 3)
-    seeds_handle = _seeds_handle(int(handle[rows[0]]))
+    seeds_handle = int(seeds_handle[rows[0]])
+    if seeds_handle < 0:
+        seeds_handle = _seeds_handle(int(handle[rows[0]]))
     out_tags = tuple(t for tag in tags for t in (tag, f"{tag}/min", f"{tag}/max"))
     host.write(seeds_handle, out_tags, np.array([host.NO_SEED]), np.array([complete]),
                out[None], ok[None])

@@ -28,7 +28,7 @@ from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 from .._writer._host import check_run_name, prepare_log_dir
 from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
-from ._seeds import HEADLINE_TAGS, SeedRows
+from ._seeds import HEADLINE_TAGS, SeedRows, open_seeds_run
 
 __all__ = [
     "TensorBoardCallback",
@@ -201,6 +201,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     """
 
     tb_writer: JITSummaryWriter
+    seeds_handle: Int[Array, ""]
     alpha: float
     stats_window_size: int = eqx.field(static=True)
     moving_average: bool = eqx.field(static=True)
@@ -244,7 +245,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           mean (same tag), ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
           every seed has a value, with a custom-scalars layout drawing the mean with its
           min-max band (one more host call per `flush_every` iterations). Not with
-          `reduce` (the rows are then devices of one agent, not seeds).
+          `reduce` (the rows are then devices of one agent, not seeds) nor `per_process`.
         - `log_dir`: the parent directory of runs.
         - `flush_every`: iterations buffered on device between host transfers (``1``: send
           every iteration at once). This is also how many iterations a crash can lose.
@@ -303,7 +304,10 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         self.alpha = float(alpha)
         self.stats_window_size = stats_window_size
         self.moving_average = bool(moving_average)
-        self.seeds_run = bool(seeds_run) and reduce is None
+        self.seeds_run = bool(seeds_run) and reduce is None and not per_process
+        purge = None if resume_from_step is None else int(resume_from_step) + 1
+        self.seeds_handle = (open_seeds_run(handle, purge) if self.seeds_run
+                             else jnp.asarray(-1, jnp.int32))
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
 
@@ -378,7 +382,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
                 step, [values[position[t]] if t in position else nan for t in HEADLINE_TAGS],
                 [valid[position[t]] if t in position else false for t in HEADLINE_TAGS],
                 when=active)
-            seeds = seeds.send(self.tb_writer.handle, HEADLINE_TAGS,
+            seeds = seeds.send(self.tb_writer.handle, self.seeds_handle, HEADLINE_TAGS,
                                when=seeds.count == seeds.values.shape[0])
         return TensorBoardCallbackState(buffer, seeds)
 
@@ -390,7 +394,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
                         ) -> TensorBoardCallbackState:
         seeds = ctx.state.seeds
         if seeds is not None:
-            seeds = seeds.send(self.tb_writer.handle, HEADLINE_TAGS, when=True)
+            seeds = seeds.send(self.tb_writer.handle, self.seeds_handle, HEADLINE_TAGS,
+                               when=True)
         return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True),
                                         seeds)
 
