@@ -55,7 +55,8 @@ def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
     for seed in (0, 1):
         run = read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")
         # The table shows 3 significant digits; the dashboard has the same numbers.
-        for tag in ("train/loss", "rollout/ep_rew_mean", "rollout/ep_len_mean"):
+        for tag in ("train/loss", "train/learning_rate", "rollout/ep_rew_mean",
+                    "rollout/ep_len_mean"):
             points = dict(run[tag])
             assert [float(t[tag][seed]) for t in tables] == [
                 pytest.approx(points[s], rel=6e-3) for s in (64, 128)], tag

@@ -39,7 +39,7 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
             assert not any(t.startswith("episode/") for t in served[run])
         assert set(served["tiny/seeds"]) == {
             f"{t}{s}" for t in ("rollout/ep_rew_mean", "rollout/ep_len_mean")
-            for s in ("", "/min", "/max")}
+            for s in ("/mean", "/min", "/max")}
 
         def points(run, tag):
             query = urllib.parse.urlencode({"run": run, "tag": tag})
@@ -47,7 +47,7 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
 
         # The served seeds run is the mean, min and max of the served seed values.
         per_seed = [points(run, "rollout/ep_rew_mean") for run in seed_runs]
-        mean = points("tiny/seeds", "rollout/ep_rew_mean")
+        mean = points("tiny/seeds", "rollout/ep_rew_mean/mean")
         low = points("tiny/seeds", "rollout/ep_rew_mean/min")
         high = points("tiny/seeds", "rollout/ep_rew_mean/max")
         assert mean and set(mean) == set(low) == set(high)
@@ -60,6 +60,7 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
         first = layout["category"][0]
         assert first["title"] == "returns"
         margin = first["chart"][0]["margin"]["series"][0]
-        assert margin == {"value": "rollout/ep_rew_mean", "lower": "rollout/ep_rew_mean/min",
+        assert margin == {"value": "rollout/ep_rew_mean/mean",
+                          "lower": "rollout/ep_rew_mean/min",
                           "upper": "rollout/ep_rew_mean/max"}
     assert os.path.isdir(tmp_path / "tiny" / "seeds")

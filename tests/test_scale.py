@@ -83,7 +83,7 @@ def expected_seeds(n_seeds: int) -> dict[str, list[tuple[int, float]]]:
         series = [dict(p[tag]) for p in per_seed]
         steps = sorted(set.intersection(*(set(x) for x in series)))
         values = np.array([[x[s] for s in steps] for x in series], np.float32)
-        for suffix, stat in (("", values.mean(axis=0, dtype=np.float64)),
+        for suffix, stat in (("/mean", values.mean(axis=0, dtype=np.float64)),
                              ("/min", values.min(axis=0)), ("/max", values.max(axis=0))):
             out[tag + suffix] = list(zip(steps, stat.tolist(), strict=True))
     return out

@@ -30,13 +30,13 @@ def test_seeds_run_holds_exact_mean_min_max(logdir):
     assert run_dirs(root) == ["seed_0", "seed_1", "seed_2", "seeds"]
     seeds = [read_run(f"{root}/seed_{i}") for i in range(3)]
     summary = read_run(f"{root}/seeds")
-    assert set(summary) == {t + s for t in HEADLINE_TAGS for s in ("", "/min", "/max")}
+    assert set(summary) == {t + s for t in HEADLINE_TAGS for s in ("/mean", "/min", "/max")}
     for tag in HEADLINE_TAGS:
         per_seed = [dict(run[tag]) for run in seeds]
         common = sorted(set.intersection(*(set(p) for p in per_seed)))
         assert common and min(common) > min(min(p) for p in per_seed[1:])  # seed 0 late
         values = np.array([[p[s] for s in common] for p in per_seed], np.float64)
-        for suffix, expected in (("", values.mean(axis=0)), ("/min", values.min(axis=0)),
+        for suffix, expected in (("/mean", values.mean(axis=0)), ("/min", values.min(axis=0)),
                                  ("/max", values.max(axis=0))):
             got = summary[tag + suffix]
             assert [s for s, _ in got] == common
@@ -49,7 +49,7 @@ def test_seeds_run_holds_exact_mean_min_max(logdir):
     assert layout.category[0].title == "returns"
     margin = layout.category[0].chart[0].margin.series[0]
     assert (margin.value, margin.lower, margin.upper) == (
-        "rollout/ep_rew_mean", "rollout/ep_rew_mean/min", "rollout/ep_rew_mean/max")
+        "rollout/ep_rew_mean/mean", "rollout/ep_rew_mean/min", "rollout/ep_rew_mean/max")
 
 
 def test_no_seeds_run_for_one_seed_or_when_disabled(logdir):

@@ -28,6 +28,7 @@ from .._callback import (
 )
 from .._summary_writer import flatten_scalars
 from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
+from ._tensorboard import find_learning_rate
 
 __all__ = ["ConsoleTableCallback", "ConsoleTableState", "ConsoleTableStepState", "format_table"]
 
@@ -200,6 +201,9 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
             **sb3_time(ctx.locals),
             **flatten_scalars("train", ctx.training_log),
         }
+        learning_rate = find_learning_rate(ctx.opt_state)  # as TensorBoardCallback writes it
+        if learning_rate is not None and "train/learning_rate" not in scalars:
+            scalars["train/learning_rate"] = learning_rate
         tags = tuple(scalars)
         values = jnp.stack([jnp.asarray(v, jnp.float32) for v in scalars.values()])
         due = (jnp.asarray(ctx.iteration_count) % self.every == 0) & jnp.asarray(

@@ -5,7 +5,9 @@ The seeds' values are buffered on device next to the run's own rows (a [`SeedRow
 sent to the host with one call for the whole ``vmap`` batch (``callax._host.send``: every
 row carries its seed position; under ``pmap`` the rows of all devices are gathered). The
 host computes the statistics in float64 from the very float32 values the seed runs hold and
-writes them once, to their own run: ``<tag>`` (the mean), ``<tag>/min`` and ``<tag>/max``.
+writes them once, to their own run: ``<tag>/mean``, ``<tag>/min`` and ``<tag>/max`` (own
+names: a margin chart matches every run holding its value tag, and only this run holds all
+three).
 A step is written only when every seed of the batch has a value there (a seed that stopped
 early or has not finished an episode yet leaves the step out: never a mean of fewer seeds).
 """
@@ -145,7 +147,7 @@ def _host_seed_rows(seed, when, handle, seeds_handle, layout, words, values, val
     seeds_handle = int(seeds_handle[rows[0]])
     if seeds_handle < 0:
         seeds_handle = _seeds_handle(int(handle[rows[0]]))
-    out_tags = tuple(t for tag in tags for t in (tag, f"{tag}/min", f"{tag}/max"))
+    out_tags = tuple(f"{tag}/{s}" for tag in tags for s in ("mean", "min", "max"))
     host.write(seeds_handle, out_tags, np.array([host.NO_SEED]), np.array([complete]),
                out[None], ok[None])
     write_layout(seeds_handle, host.NO_SEED, tags, seeds=True)
@@ -160,8 +162,8 @@ def layout_summary(tags: Sequence[str] = HEADLINE_TAGS, *, seeds: bool = True) -
     for tag in tags:
         name = tag.rpartition("/")[2]
         if seeds:
-            series = layout_pb2.MarginChartContent.Series(value=tag, lower=f"{tag}/min",
-                                                          upper=f"{tag}/max")
+            series = layout_pb2.MarginChartContent.Series(
+                value=f"{tag}/mean", lower=f"{tag}/min", upper=f"{tag}/max")
             charts.append(layout_pb2.Chart(
                 title=f"{name}: mean over seeds, min-max band",
                 margin=layout_pb2.MarginChartContent(series=[series])))

@@ -241,8 +241,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           numbers per env).
         - `moving_average`: also write lerax's ``episode/return`` and ``episode/length``.
         - `seeds_run`: under ``jax.vmap`` over several seeds, also write the run
-          ``<run>/seeds``: for ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``, the
-          mean (same tag), ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
+          ``<run>/seeds``: for ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``,
+          ``<tag>/mean``, ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
           every seed has a value, with a custom-scalars layout drawing the mean with its
           min-max band (one more host call per `flush_every` iterations). Not with
           `reduce` (the rows are then devices of one agent, not seeds) nor `per_process`.
