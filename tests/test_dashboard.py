@@ -64,3 +64,21 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
                           "lower": "rollout/ep_rew_mean/min",
                           "upper": "rollout/ep_rew_mean/max"}
     assert os.path.isdir(tmp_path / "tiny" / "seeds")
+
+
+def test_train_writes_histograms_by_default(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(cli, "_make_algo", lambda algo, env: TINY)
+    base = ["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "256",
+            "--no-progress", "--logdir"]
+    run_main([*base, str(tmp_path / "on"), "--name", "h"])
+    run_main([*base, str(tmp_path / "off"), "--name", "h", "--no-histograms"])
+    found = {}
+    for which in ("on", "off"):
+        accumulator = EventAccumulator(str(tmp_path / which / "h" / "seed_0"))
+        accumulator.Reload()
+        found[which] = accumulator.Tags()["histograms"]
+    assert set(found["on"]) == {"rollout_histograms/actions", "rollout_histograms/rewards",
+                                "rollout_histograms/values"}
+    assert found["off"] == []

@@ -146,6 +146,16 @@ def _make_algo(algo: str, env: str) -> Any:
     return SAC(learning_rate=1e-3, hidden_sizes=(64, 64))
 
 
+def _histograms(ctx: Any) -> dict[str, Any]:
+    """The rollout's histograms under ``rollout_histograms/``: their own group, after
+    ``rollout/`` (TensorBoard orders groups by name), so that the episode statistics open
+    the ``rollout`` group."""
+    from .callbacks import rollout_histograms
+
+    return {"rollout_histograms/" + tag.rpartition("/")[2]: values
+            for tag, values in rollout_histograms(ctx).items()}
+
+
 def _train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     import jax
@@ -179,7 +189,8 @@ def _train(args: argparse.Namespace) -> int:
     if not getattr(args, "no_histograms", False):
         from .callbacks import HistogramCallback
 
-        callbacks.append(HistogramCallback(tensorboard.tb_writer, every=every))
+        callbacks.append(HistogramCallback(tensorboard.tb_writer, every=every,
+                                           select=_histograms))
     if getattr(args, "table", False):
         from .callbacks import ConsoleTableCallback
 
