@@ -89,7 +89,8 @@ def jitted(tmp_path_factory):
 
 def test_one_run_per_seed_with_every_jitted_mode_event(jitted):
     assert run_dirs(jitted["logdir"]) == (
-        [f"plain/seed_{i}" for i in range(SEEDS)] + [f"run/seed_{i}" for i in range(SEEDS)])
+        [f"plain/seed_{i}" for i in range(SEEDS)] + ["plain/seeds"]
+        + [f"run/seed_{i}" for i in range(SEEDS)] + ["run/seeds"])
     for run in jitted["runs"]:
         sac = {t for t in run if t.startswith("SACEvents/")}
         assert sac == sac_tags(asynchronous=False)  # no queue events: never faked

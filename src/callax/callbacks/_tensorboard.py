@@ -52,7 +52,7 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
       episode ends: such an env does not count in the logged mean.
 
     - `window`: the env's last finished episodes for SB3's ``rollout/ep_rew_mean`` and
-      ``rollout/ep_len_mean`` (an [`callax.callbacks.EpisodeWindow`][]), or ``None`` (a
+      ``rollout/ep_len_mean`` (an ``EpisodeWindow``), or ``None`` (a
       state built without one writes only the moving averages).
 
     Six plain arrays, one per number, each in its natural dtype, so every value is exact on
