@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 
 import jax
@@ -80,3 +85,56 @@ def get_json(url: str):
     """GET `url` and parse its JSON body."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir: str):
+    """A real TensorBoard (its Rust data server, ``--load_fast=true``, reloading every
+    second) on ``logdir``; yields ``(port, process)`` and kills it afterwards. Skips the
+    test when TensorBoard is not installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("tensorboard is not installed")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "true", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield port, server
+    finally:
+        server.kill()
+        server.wait()
+
+
+def settled(fetch, server, *, timeout: float = 120):
+    """``fetch()`` once two calls in a row give the same non-``None`` result (the server has
+    loaded everything); ``fetch`` returns ``None`` or raises ``OSError`` while it is not
+    ready. Fails if the server exits or the deadline passes."""
+    deadline = time.monotonic() + timeout  # a generous bound on a loaded machine
+    previous = None
+    while time.monotonic() < deadline:
+        try:
+            result = fetch()
+        except OSError:  # not serving yet, or a tag not loaded yet
+            result = None
+        if result is not None and result == previous:
+            return result
+        previous = result
+        if server.poll() is not None:
+            pytest.fail(f"tensorboard exited: {server.stderr.read()}")
+        time.sleep(1.5)
+    raise AssertionError(f"the data server did not settle: {previous}")
+
+
+def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
+    """``{run: {tag: [(step, value), ...]}}`` of the given runs and tags as TensorBoard's
+    data server serves them, once two reloads found the same."""
+    with tensorboard_server(logdir) as (port, server):
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+
+        def fetch():
+            return {run: {tag: [(p[1], p[2]) for p in get_json(
+                f"{base}/scalars?{urllib.parse.urlencode({'run': run, 'tag': tag})}")]
+                for tag in tags} for run, tags in runs.items()}
+
+        return settled(fetch, server)

@@ -43,26 +43,44 @@ def run_main(argv):
 def test_train_writes_one_run_per_seed(ppo_run):
     logdir, out, err = ppo_run
     root = os.path.join(logdir, "ppo_run")
-    assert run_dirs(root) == ["seed_0", "seed_1"]
+    assert run_dirs(root) == ["seed_0", "seed_1", "seeds"]
     for seed in (0, 1):
         run = read_run(os.path.join(root, f"seed_{seed}"))
         assert_steps_increase(run)
-        for tag in ("episode/return", "episode/length", "train/learning_rate",
-                    "train/value_loss", "train/policy_gradient_loss", "train/approx_kl"):
+        for tag in ("rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps",
+                    "train/learning_rate", "train/value_loss", "train/policy_gradient_loss",
+                    "train/approx_kl"):
             assert tag in run, tag
+        # SB3's names only: no second "return" chart, and no two tags with equal values.
+        assert "episode/return" not in run and "episode/length" not in run
+        # (CartPole pays 1 per step: ep_rew_mean equals ep_len_mean by the env's design;
+        # the SAC Pendulum test below checks every tag.)
+        series = [tuple(v for _, v in points) for tag, points in run.items()
+                  if tag != "rollout/ep_len_mean"]
+        assert len(set(series)) == len(series)
         assert run["train/value_loss"][-1][0] == PPO_STEPS
         assert len(run["train/value_loss"]) == PPO_STEPS // 256
     # the summary names the run, each seed's final return, timings and the tensorboard line
     lines = out.strip().splitlines()
     assert lines[0] == f"run: {root}"
     for seed in (0, 1):
-        final = read_run(os.path.join(root, f"seed_{seed}"))["episode/return"][-1][1]
-        assert f"seed {seed}: final mean return {final:.1f} after {PPO_STEPS:,} steps" in out
+        final = read_run(os.path.join(root, f"seed_{seed}"))["rollout/ep_rew_mean"][-1][1]
+        assert f"seed {seed}: final ep_rew_mean {final:.1f} after {PPO_STEPS:,} steps" in out
     assert "steps/s" in out and "wall time" in out
     assert lines[-1] == f"tensorboard --logdir {logdir}"  # TensorBoard is installed here
     # progress went to stderr, with a final 100% line
     assert f"{PPO_STEPS:,}/{PPO_STEPS:,} steps (100%)" in err
     assert "2 seeds" in err
+
+
+def custom_scalars_layout(directory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    accumulator = EventAccumulator(directory)
+    accumulator.Reload()
+    tensor = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
+    return layout_pb2.Layout.FromString(tensor.string_val[0])
 
 
 def assert_reads_like_tensorboard(directory):
@@ -139,6 +157,13 @@ def test_summary_table_matches_event_files(ppo_run):
     assert lines[0].split() == ["run", "tag", "points", "last", "step", "last", "value", "min",
                                 "max"]
     rows = {}
+    end = lines.index("")  # then the section over seeds
+    over_seeds = lines[end + 1:]
+    lines = lines[:end]
+    assert over_seeds[0].startswith("Over seeds: interquartile mean")
+    assert over_seeds[1].split()[:4] == ["seeds", "of", "tag", "seeds"]
+    assert any(line.split()[:3] == [os.path.join("ppo_run", "seed_*"), "rollout/ep_rew_mean",
+                                    "2"] for line in over_seeds[2:])
     for line in lines[1:]:
         run, tag, points, last_step, last_value, low, high = line.split()
         rows[(run, tag)] = (int(points), int(last_step), float(last_value), float(low),
@@ -147,8 +172,7 @@ def test_summary_table_matches_event_files(ppo_run):
     widths = {len(line) for line in lines}
     assert max(widths) - min(widths) < 12
     expected = {}
-    for seed in (0, 1):
-        run_name = os.path.join("ppo_run", f"seed_{seed}")
+    for run_name in ("ppo_run/seed_0", "ppo_run/seed_1", "ppo_run/seeds"):
         for tag, points in read_run(os.path.join(logdir, run_name)).items():
             values = [v for _, v in points]
             expected[(run_name, tag)] = (len(points), points[-1][0], values[-1], min(values),
@@ -165,8 +189,21 @@ def test_summary_json_matches_event_files(ppo_run):
     logdir, _, _ = ppo_run
     out, _ = run_main(["summary", str(logdir), "--json"])
     summary = json.loads(out)
-    assert sorted(summary) == [os.path.join("ppo_run", "seed_0"),
-                               os.path.join("ppo_run", "seed_1")]
+    over_seeds = summary.pop(os.path.join("ppo_run", "seed_*"))
+    assert sorted(summary) == [os.path.join("ppo_run", name)
+                               for name in ("seed_0", "seed_1", "seeds")]
+    # Over seeds: the IQM of the seeds' last values (two seeds: their mean) and its CI.
+    from callax._iqm import stratified_bootstrap_ci
+
+    for tag, stats in over_seeds.items():
+        last = [read_run(os.path.join(logdir, "ppo_run", f"seed_{i}"))[tag][-1][1]
+                for i in (0, 1)]
+        assert stats["seeds"] == 2
+        assert stats["iqm"] == pytest.approx(sum(last) / 2, rel=1e-6)
+        low, high = stratified_bootstrap_ci(last)
+        assert (stats["ci95_low"], stats["ci95_high"]) == pytest.approx((low, high))
+        assert min(last) <= stats["ci95_low"] <= stats["ci95_high"] <= max(last)
+    assert "rollout/ep_rew_mean" in over_seeds
     for run_name, tags in summary.items():
         run = read_run(os.path.join(logdir, run_name))
         assert sorted(tags) == sorted(run)
@@ -189,9 +226,9 @@ def test_train_ppo_pendulum(tmp_path):
                                     "--total-timesteps", "2048", "--logdir", str(tmp_path),
                                     "--name", "pend", "--no-progress"])
     run = read_run(os.path.join(tmp_path, "pend", "seed_0"))
-    assert "train/std" in run and "episode/return" in run
+    assert "train/std" in run and "rollout/ep_rew_mean" in run
     assert run["train/std"][-1][0] == 2048
-    assert "seed 0: final mean return -" in out
+    assert "seed 0: final ep_rew_mean -" in out
 
 
 def test_train_sac_pendulum_records_sac_events(tmp_path):
@@ -200,10 +237,15 @@ def test_train_sac_pendulum_records_sac_events(tmp_path):
                        "2000", "--logdir", str(tmp_path), "--name", "sac", "--no-progress"])
     run = read_run(os.path.join(tmp_path, "sac", "seed_0"))
     assert_steps_increase(run)
-    assert "episode/return" in run and "train/critic_loss" in run
+    assert "rollout/ep_rew_mean" in run and "train/critic_loss" in run
     assert any(tag.startswith("SACEvents/") for tag in run)
-    assert run["episode/return"][-1][0] == 2000
-    assert "seed 0: final mean return -" in out
+    assert run["rollout/ep_rew_mean"][-1][0] == 2000
+    # the first chart a user sees: the layout's first category is the returns
+    assert "rollout/ep_rew_mean" in str(custom_scalars_layout(
+        os.path.join(tmp_path, "sac", "seed_0")).category[0])
+    series = [tuple(v for _, v in points) for points in run.values()]
+    assert len(set(series)) == len(series)  # no tag repeats another's values
+    assert "seed 0: final ep_rew_mean -" in out
     assert_reads_like_tensorboard(os.path.join(tmp_path, "sac", "seed_0"))
 
 

@@ -53,10 +53,17 @@ def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
         assert table["rollout/ep_rew_mean"] == table["rollout/ep_len_mean"]
         assert all(0 < float(v) <= 20 for v in table["rollout/ep_len_mean"])
     for seed in (0, 1):
-        run = dict(read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")["train/loss"])
-        # The table shows 3 significant digits.
-        assert [float(t["train/loss"][seed]) for t in tables] == [
-            pytest.approx(run[s], rel=6e-3) for s in (64, 128)]
+        run = read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")
+        # The table shows 3 significant digits; the dashboard has the same numbers.
+        for tag in ("train/loss", "train/learning_rate", "rollout/ep_rew_mean",
+                    "rollout/ep_len_mean"):
+            points = dict(run[tag])
+            assert [float(t[tag][seed]) for t in tables] == [
+                pytest.approx(points[s], rel=6e-3) for s in (64, 128)], tag
+        # fps: the same clock reading, the same integer.
+        fps = dict(run["time/fps"])
+        assert [float(t["time/fps"][seed]) for t in tables] == [fps[s] for s in (64, 128)]
+        assert all(v > 0 for v in fps.values())
 
 
 def test_format_table_groups_keys_like_sb3():

@@ -176,6 +176,7 @@ def test_sac_events_interface_matches_the_spec():
     assert specs["time_backprob"].tag("percent", ()) == "SACEvents/time_backprob/percent"
     assert specs["critic_value"].tag("value", (0,)) == "SACEvents/critic_value/0"
     assert specs["buffer_size"].tag("value", ()) == "SACEvents/buffer_size"
+    assert specs["policy_entropy"].tag("value", (None,)) == "SACEvents/policy_entropy"
 
 
 def test_custom_name_inheritance_and_instances():

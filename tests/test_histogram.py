@@ -56,6 +56,49 @@ def test_eager_histograms_match_numpy(logdir):
     assert sum(constant.bucket) == 4
 
 
+def edges(h):
+    """TensorBoard's buckets ``[left, right]`` (the first starts at ``min``)."""
+    limits = list(h.bucket_limit)
+    return list(zip([h.min, *limits[:-1]], limits, strict=True))
+
+
+@pytest.mark.parametrize("values", [np.ones(128), np.full(5, -3.25), np.array([7.5]),
+                                    np.array([np.nan, 2.0, np.inf, 2.0])],
+                         ids=["cartpole-rewards", "negative-constant", "single", "nan-and-const"])
+def test_constant_and_single_value_buckets_sit_on_the_value(logdir, values):
+    """All buckets are [v, v] (no width, no axis from v to v + bins, never inverted) and the
+    count is in one bucket: TensorBoard draws one spike at v."""
+    add_histograms(JITSummaryWriter(logdir), {"h": values}, 1, bins=30)
+    (event,) = histograms(logdir)["h"]
+    h = event.histogram_value
+    v = float(values[np.isfinite(values)][0])
+    count = int(np.isfinite(values).sum())
+    assert (h.min, h.max, h.num) == (v, v, count)
+    assert edges(h) == [(v, v)] * 30
+    assert list(h.bucket) == [0.0] * 29 + [count]
+
+
+def test_all_nan_writes_no_point_and_spares_the_other_tags(logdir):
+    add_histograms(JITSummaryWriter(logdir), {"nan": np.full(6, np.nan),
+                                              "ok": np.array([0.0, 1.0, 2.0, 3.0])}, 2, bins=3)
+    found = histograms(logdir)
+    assert set(found) == {"ok"}
+    h = found["ok"][0].histogram_value
+    assert edges(h) == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]  # equal widths, increasing
+    assert list(h.bucket) == [1.0, 1.0, 2.0]
+
+
+def test_spread_edges_increase_and_end_at_the_max(logdir):
+    values = np.random.default_rng(3).normal(size=200).astype(np.float32)
+    add_histograms(JITSummaryWriter(logdir), {"h": values}, 1, bins=10)
+    h = histograms(logdir)["h"][0].histogram_value
+    pairs = edges(h)
+    assert all(left < right for left, right in pairs)
+    assert pairs[-1][1] == pytest.approx(float(values.max()), rel=1e-6)
+    width = (float(values.max()) - float(values.min())) / 10
+    np.testing.assert_allclose([right - left for left, right in pairs], width, rtol=1e-4)
+
+
 def test_jit_vmap_one_host_call_for_all_seeds_and_tags(logdir, monkeypatch):
     calls = []
     write = _histogram.host.write_histograms

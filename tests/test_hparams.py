@@ -65,12 +65,15 @@ def test_hparams_dashboard_shows_each_runs_hparams_and_final_metrics(logdir):
         learn_vmap(jax.random.split(jax.random.key(0), 2),
                    [tb, HParamsCallback(tb.tb_writer, hparams)])
     callax.flush_all()
-    runs = run_dirs(logdir)
+    runs = [r for r in run_dirs(logdir) if not r.endswith("/seeds")]  # no trial of its own
     assert len(runs) == 4 and all(r.endswith(("seed_0", "seed_1")) for r in runs)
     groups = {g["name"]: g for g in tensorboard_session_groups(logdir, expected=4)}
-    assert sorted(groups) == runs
-    for run, group in groups.items():
-        expected = configs[run.split("/")[0]]
+    # Trial names start with the seed (the table cuts long names) and name the run.
+    names = {f"seed {r[-1]} · {r.split('/')[0]}/{r.split('/')[1]}": r for r in runs}
+    assert sorted(groups) == sorted(names)
+    for name, group in groups.items():
+        run = names[name]
+        expected = {**configs[run.split("/")[0]], "seed": int(run[-1])}
         assert group["hparams"] == {k: float(v) if isinstance(v, int) and not isinstance(
             v, bool) else v for k, v in expected.items()}
         assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
@@ -78,7 +81,7 @@ def test_hparams_dashboard_shows_each_runs_hparams_and_final_metrics(logdir):
         scalars = read_run(os.path.join(logdir, run))
         metrics = {m["name"]["tag"]: (m["trainingStep"], m["value"])
                    for m in group["metricValues"]}
-        assert set(metrics) == set(scalars) and "episode/return" in metrics
+        assert set(metrics) == set(scalars) and "rollout/ep_rew_mean" in metrics
         for tag, (step, value) in metrics.items():
             assert (step, pytest.approx(value, rel=1e-6)) == scalars[tag][-1]
 

@@ -59,12 +59,15 @@ def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
     assert lines[-1] == f"python -m pip install tensorboard && tensorboard --logdir {tmp_path}"
     for seed in (0, 1):
         run = read_run(os.path.join(tmp_path, "run", f"seed_{seed}"))
-        final = run["episode/return"][-1][1]
-        assert f"seed {seed}: final mean return {final:.1f} after {STEPS:,} steps" in lines
+        final = run["rollout/ep_rew_mean"][-1][1]
+        assert f"seed {seed}: final ep_rew_mean {final:.1f} after {STEPS:,} steps" in lines
         assert run["train/value_loss"][-1][0] == STEPS
 
     summary = json.loads(_run([callax, "summary", str(tmp_path), "--json"], env=env).stdout)
-    assert sorted(summary) == [os.path.join("run", "seed_0"), os.path.join("run", "seed_1")]
+    over_seeds = summary.pop(os.path.join("run", "seed_*"))
+    assert over_seeds["rollout/ep_rew_mean"]["seeds"] == 2
+    assert sorted(summary) == [os.path.join("run", name)
+                               for name in ("seed_0", "seed_1", "seeds")]
     for name, tags in summary.items():
         run = read_run(os.path.join(tmp_path, name))
         assert sorted(tags) == sorted(run)
@@ -76,7 +79,7 @@ def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
             assert math.isclose(stats["min"], min(values), rel_tol=1e-6), tag
             assert math.isclose(stats["max"], max(values), rel_tol=1e-6), tag
     table = _run([callax, "summary", str(tmp_path)], env=env).stdout
-    assert re.search(r"episode/return", table)
+    assert re.search(r"rollout/ep_rew_mean", table) and "Over seeds" in table
 
 
 def test_gymnax_without_the_extra_names_it(core_env):

@@ -5,10 +5,6 @@ TensorBoard's data server)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 
 import jax
 import numpy as np
@@ -16,7 +12,7 @@ import pytest
 
 import callax
 from callax._writer._read import read_scalars
-from conftest import assert_steps_increase, free_port, get_json, read_run, tensorboard_command
+from conftest import assert_steps_increase, data_server_scalars, read_run
 from minimal_loop import drive
 from test_tensorboard import N_ENVS, N_STEPS, expected_log, scripted
 
@@ -92,35 +88,6 @@ def test_resume_event_accumulator(resumed_root):
 
 def test_resume_callax_reader_agrees(resumed_root):
     assert_points(read_scalars(os.path.join(resumed_root, "run")), expected_resumed())
-
-
-def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
-    """``{run: {tag: [(step, value), ...]}}`` of the given runs and tags as TensorBoard's
-    data server serves them (``--load_fast=true``), once two reloads found the same."""
-    port = free_port()
-    server = subprocess.Popen(
-        [*tensorboard_command(), "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1",
-         "--load_fast", "true", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-    try:
-        deadline = time.monotonic() + 90
-        previous = None
-        while time.monotonic() < deadline:
-            try:
-                points = {run: {tag: [(p[1], p[2]) for p in get_json(
-                    f"{base}/scalars?{urllib.parse.urlencode({'run': run, 'tag': tag})}")]
-                    for tag in tags} for run, tags in runs.items()}
-            except OSError:  # not serving yet, or the tag not loaded yet
-                points = None
-            if points is not None and points == previous:
-                return points
-            previous = points
-            time.sleep(1.5)
-        raise AssertionError(f"the data server did not settle: {previous}")
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_resume_data_server(resumed_root):

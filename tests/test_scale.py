@@ -16,6 +16,7 @@ import pytest
 
 import callax
 from conftest import OLD_JAX_PSUM_INVARIANT_UNDER_VMAP
+from test_episodes import sb3_means
 
 HERE = os.path.dirname(__file__)
 DEVICES, PER_DEVICE, ITERS, STEPS, ENVS = 4, 2, 3, 4, 2
@@ -49,6 +50,7 @@ def expected(seed: int) -> dict[str, list[tuple[int, float]]]:
             out["episode/length"].append((step, average_length[finished].mean()))
         out["train/loss"].append((step, (seed + 1.0) * i))
         out["train/iteration"].append((step, float(i)))
+    out["rollout/ep_rew_mean"], out["rollout/ep_len_mean"] = sb3_means(rewards, dones, 100)
     return out
 
 
@@ -73,20 +75,39 @@ def layouts(tmp_path_factory):
     return json.loads(line[len("RESULT "):])
 
 
+def expected_seeds(n_seeds: int) -> dict[str, list[tuple[int, float]]]:
+    """The ``seeds`` run: mean, min and max over all global seeds of the headline tags, at
+    the steps where every seed has a value."""
+    per_seed = [expected(i) for i in range(n_seeds)]
+    out = {}
+    for tag in ("rollout/ep_rew_mean", "rollout/ep_len_mean"):
+        series = [dict(p[tag]) for p in per_seed]
+        steps = sorted(set.intersection(*(set(x) for x in series)))
+        values = np.array([[x[s] for s in steps] for x in series], np.float32)
+        for suffix, stat in (("/mean", values.mean(axis=0, dtype=np.float64)),
+                             ("/min", values.min(axis=0)), ("/max", values.max(axis=0))):
+            out[tag + suffix] = list(zip(steps, stat.tolist(), strict=True))
+    return out
+
+
 @pytest.mark.parametrize("layout", ["jit", "pmap", "shard_map", "explicit"])
 def test_vmap_on_four_devices_writes_eight_global_seeds(layouts, layout):
     runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
-    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES * PER_DEVICE)]
-    for i in range(DEVICES * PER_DEVICE):
+    n = DEVICES * PER_DEVICE
+    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(n)] + [f"{layout}/seeds"]
+    for i in range(n):
         assert_points(runs[f"{layout}/seed_{i}"], expected(i))
+    # every device's rows gathered into one host call: statistics over all 8 seeds
+    assert_points(runs[f"{layout}/seeds"], expected_seeds(n))
 
 
 @pytest.mark.parametrize("layout", ["pmap_novmap", "explicit_shard_map"])
 def test_one_seed_per_device_without_vmap(layouts, layout):
     runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
-    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES)]
+    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES)] + [f"{layout}/seeds"]
     for i in range(DEVICES):
         assert_points(runs[f"{layout}/seed_{i}"], expected(i))
+    assert_points(runs[f"{layout}/seeds"], expected_seeds(DEVICES))
 
 
 def test_reduce_first_writes_device_zero_once(layouts):

@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import free_port, get_json, read_run, run_dirs, tensorboard_command
-from test_scale import assert_points, expected, gradient_descent_losses
+from conftest import free_port, get_json, read_run, run_dirs, settled, tensorboard_server
+from test_scale import assert_points, expected, expected_seeds, gradient_descent_losses
 
 HERE = os.path.dirname(__file__)
 
@@ -49,11 +48,15 @@ def writers(directory: str) -> set[str]:
 def test_one_run_name_and_one_process_per_seed(mp_root):
     train = os.path.join(mp_root, "train")
     (name,) = os.listdir(train)
-    assert run_dirs(train) == sorted(f"{name}/seed_{i}" for i in range(8))
+    assert run_dirs(train) == sorted(f"{name}/seed_{i}" for i in range(8)) + [f"{name}/seeds"]
     for i in range(8):
         directory = os.path.join(train, name, f"seed_{i}")
         assert len(writers(directory)) == 1, (i, os.listdir(directory))
         assert_points(read_run(directory), expected(i))
+    # The seeds run: the rows of both processes' devices gathered, written by one process.
+    seeds = os.path.join(train, name, "seeds")
+    assert len(writers(seeds)) == 1
+    assert_points(read_run(seeds), expected_seeds(8))
 
 
 def test_process_local_data_written_once_or_per_process(mp_root):
@@ -106,24 +109,18 @@ def test_sharded_jit_over_processes_is_written_by_process_zero(mp_root):
 
 
 def test_data_server_sees_every_step_once(mp_root):
-    port = free_port()
-    server = subprocess.Popen(
-        [*tensorboard_command(), "--logdir", os.path.join(mp_root, "train"), "--port", str(port),
-         "--host", "127.0.0.1", "--load_fast", "true", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with tensorboard_server(os.path.join(mp_root, "train")) as (port, server):
         base = f"http://127.0.0.1:{port}/data/plugin/scalars"
-        deadline = time.monotonic() + 60
-        tags = {}
-        while time.monotonic() < deadline:
-            try:
-                tags = get_json(f"{base}/tags")
-            except OSError:
-                tags = {}
-            if len(tags) == 8 and all("train/loss" in t for t in tags.values()):
-                break
-            time.sleep(0.5)
-        assert len(tags) == 8, tags
+
+        def seed_runs():
+            tags = get_json(f"{base}/tags")
+            runs = {r: t for r, t in tags.items() if not r.endswith("/seeds")}
+            seeds = [r for r in tags if r.endswith("/seeds")]
+            ok = len(runs) == 8 and len(seeds) == 1 and all(
+                "train/loss" in t for t in runs.values())
+            return runs if ok else None
+
+        tags = settled(seed_runs, server, timeout=60)
         for run in tags:
             seed = int(run.rsplit("seed_", 1)[1])
             query = urllib.parse.urlencode({"run": run, "tag": "train/loss"})
@@ -131,6 +128,3 @@ def test_data_server_sees_every_step_once(mp_root):
             steps = [p[1] for p in points]
             assert steps == [8, 16, 24], (run, steps)
             assert [p[2] for p in points] == [(seed + 1.0) * i for i in range(3)]
-    finally:
-        server.kill()
-        server.wait()

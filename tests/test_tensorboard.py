@@ -12,6 +12,7 @@ from callax import TensorBoardCallback, TensorBoardCallbackStepState, _writer as
 from callax.callbacks import find_learning_rate
 from conftest import assert_steps_increase, read_run, run_dirs
 from minimal_loop import drive
+from test_episodes import sb3_means
 
 ALPHA = 0.9
 N_ITERS, N_STEPS, N_ENVS = 6, 5, 3
@@ -44,6 +45,7 @@ def expected_log(rewards, dones, alpha=ALPHA):
             out["episode/length"].append((step, np.mean([avg_l[e] for e in finished])))
         out["train/loss"].append((step, float(i)))
         out["train/iteration"].append((step, float(i)))
+    out["rollout/ep_rew_mean"], out["rollout/ep_len_mean"] = sb3_means(rewards, dones, 100)
     return out
 
 
@@ -217,7 +219,7 @@ def test_vmap_over_seeds_one_run_per_seed(logdir):
     jax.jit(jax.vmap(lambda r, d, k: drive(callback, r, d, k)))(
         rewards, dones, jax.random.split(jax.random.key(0), 4)
     )
-    assert run_dirs(logdir) == [f"v/seed_{i}" for i in range(4)]
+    assert run_dirs(logdir) == [f"v/seed_{i}" for i in range(4)] + ["v/seeds"]
     for i in range(4):
         assert_run_matches(read_run(os.path.join(logdir, "v", f"seed_{i}")),
                            expected_log(rewards[i], dones[i]))

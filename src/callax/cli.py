@@ -2,7 +2,9 @@
 
 ``callax train --algo ppo --env cartpole --seeds 2`` trains with every seed vmapped in one
 jitted program and writes one TensorBoard run per seed (``<logdir>/<name>/seed_<i>``).
-``callax summary DIR`` prints what the event files under ``DIR`` hold. Neither needs TensorBoard:
+``callax summary DIR`` prints what the event files under ``DIR`` hold and, for runs with
+several seeds, each tag's interquartile mean over seeds with a 95 % stratified-bootstrap
+confidence interval. Neither needs TensorBoard:
 event files are read back with callax's own reader (``callax._writer._read``).
 
 Arguments are checked before JAX is even imported: bad input fails in milliseconds with a
@@ -23,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-__all__ = ["main", "read_scalars", "summarize"]
+__all__ = ["main", "read_scalars", "summarize", "summarize_seeds"]
 
 ALGOS = ("ppo", "sac")
 ENVS = ("cartpole", "pendulum")
@@ -81,6 +83,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--table", action="store_true",
                        help="print Stable-Baselines3's console table on stdout (about every "
                        "4096 steps)")
+    train.add_argument("--no-histograms", action="store_true",
+                       help="write no histograms (default: actions, rewards and PPO's value "
+                       "estimates about every 4096 steps)")
+    train.add_argument("--stats-window-size", type=_positive_int, default=100, metavar="N",
+                       help="episodes averaged by rollout/ep_rew_mean and rollout/ep_len_mean "
+                       "(default: 100, as Stable-Baselines3)")
 
     summary = sub.add_parser("summary", help="summarise the scalars of the event files in DIR")
     summary.add_argument("dir", metavar="DIR", help="a run, or a directory of runs")
@@ -141,6 +149,16 @@ def _make_algo(algo: str, env: str) -> Any:
     return SAC(learning_rate=1e-3, hidden_sizes=(64, 64))
 
 
+def _histograms(ctx: Any) -> dict[str, Any]:
+    """The rollout's histograms under ``rollout_histograms/``: their own group, after
+    ``rollout/`` (TensorBoard orders groups by name), so that the episode statistics open
+    the ``rollout`` group."""
+    from .callbacks import rollout_histograms
+
+    return {"rollout_histograms/" + tag.rpartition("/")[2]: values
+            for tag, values in rollout_histograms(ctx).items()}
+
+
 def _train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     import jax
@@ -156,9 +174,15 @@ def _train(args: argparse.Namespace) -> int:
         args.algo, args.env, datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     )
     writers = tuple(dict.fromkeys(getattr(args, "writers", None) or ("tensorboard",)))
-    tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir, writers=writers)
+    # SB3's names only (rollout/ep_rew_mean, ...): lerax's moving averages would be a second
+    # "return" chart.
+    tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir, moving_average=False,
+                                      stats_window_size=args.stats_window_size,
+                                      writers=writers)
     run_dir = tensorboard.tb_writer.log_dir
     callbacks: list[Any] = [tensorboard]
+    # About every 4096 steps, and at least four times in a short run.
+    every = max(1, min(4096, total // 4) // (algo.n_envs * algo.n_steps))
     if not args.no_progress:
         per_iteration = algo.n_envs * algo.n_steps
         callbacks.append(ProgressBarCallback(total, every=max(1, 4096 // per_iteration)))
@@ -167,12 +191,16 @@ def _train(args: argparse.Namespace) -> int:
 
     callbacks.append(HParamsCallback(tensorboard.tb_writer,
                                      {**hparams_of(algo), "env": args.env}))
+    if not getattr(args, "no_histograms", False):
+        from .callbacks import HistogramCallback
+
+        callbacks.append(HistogramCallback(tensorboard.tb_writer, every=every,
+                                           select=_histograms))
     if getattr(args, "table", False):
         from .callbacks import ConsoleTableCallback
 
-        # About every 4096 steps, and at least four tables in a short run.
-        steps = min(4096, total // 4)
-        callbacks.append(ConsoleTableCallback(every=max(1, steps // (algo.n_envs * algo.n_steps))))
+        callbacks.append(ConsoleTableCallback(every=every,
+                                              stats_window_size=args.stats_window_size))
     options: dict[str, Any] = {}
     if args.algo == "sac":
         # HOOK POINT (SAC events): SAC records Maze-style SACEvents through a JIT writer;
@@ -186,6 +214,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"callax: training {args.algo} on {env.name}, {args.seeds} seed(s) x {total:,} "
           f"steps -> {run_dir}", file=sys.stderr)
     print("callax: compiling...", file=sys.stderr, flush=True)
+    if args.seeds == 1:  # several seeds: the seeds run carries the layout
+        from .callbacks._seeds import write_layout
+
+        write_layout(int(tensorboard.tb_writer.handle), 0, seeds=False)
     # Callbacks are arguments, not constants: the program does not depend on run handles, so
     # JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR) can serve later runs.
     train = jax.jit(jax.vmap(learn, in_axes=(0, None, None)))
@@ -201,9 +233,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run: {run_dir}")
     for seed in range(args.seeds):
         scalars = read_scalars(os.path.join(run_dir, f"seed_{seed}"))
-        points = scalars.get("episode/return", [])
+        points = scalars.get("rollout/ep_rew_mean", [])
         final = f"{points[-1][1]:.1f}" if points else "n/a (no finished episode)"
-        print(f"seed {seed}: final mean return {final} after {steps[seed]:,} steps")
+        print(f"seed {seed}: final ep_rew_mean {final} after {steps[seed]:,} steps")
     print(f"wall time {trained_at - start:.1f} s (compile {compiled_at - start:.1f} s, "
           f"train {run_time:.1f} s), {sum(steps) / max(run_time, 1e-9):,.0f} steps/s")
     print(_view_command(args.logdir))
@@ -269,6 +301,57 @@ def summarize(root: str) -> dict[str, dict[str, dict[str, Any]]]:
     return summary
 
 
+def summarize_seeds(root: str, *, reps: int = 2000) -> dict[str, dict[str, dict[str, Any]]]:
+    """Over the seeds of each run with several (directories ``<group>/seed_<i>``):
+    ``{"<group>/seed_*": {tag: {seeds, iqm, ci95_low, ci95_high}}}`` where ``iqm`` is the
+    interquartile mean of the seeds' last values of ``tag`` and ``ci95_*`` its 95 %
+    stratified-bootstrap confidence interval (Agarwal et al. 2021; ``reps`` replicates,
+    fixed seed). A tag counts the seeds whose last value is not ``NaN``; at least two."""
+    import re
+
+    from ._iqm import interquartile_mean, stratified_bootstrap_ci
+
+    groups: dict[str, list[str]] = {}
+    for directory in _event_dirs(root):
+        parent, name = os.path.split(os.path.relpath(directory, root))
+        if re.fullmatch(r"seed_\d+", name):
+            groups.setdefault(parent, []).append(directory)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for parent, directories in sorted(groups.items()):
+        if len(directories) < 2:
+            continue
+        last: dict[str, list[float]] = {}
+        for directory in directories:
+            for tag, points in read_scalars(directory).items():
+                if points and not math.isnan(points[-1][1]):
+                    last.setdefault(tag, []).append(points[-1][1])
+        tags = {}
+        for tag, values in sorted(last.items()):
+            if len(values) < 2:
+                continue
+            low, high = stratified_bootstrap_ci(values, reps=reps)
+            tags[tag] = {"seeds": len(values), "iqm": interquartile_mean(values),
+                         "ci95_low": low, "ci95_high": high}
+        out[os.path.join(parent, "seed_*")] = tags
+    return out
+
+
+def _seeds_table(over: dict[str, dict[str, dict[str, Any]]]) -> str:
+    header = ("seeds of", "tag", "seeds", "IQM", "95% CI")
+    rows = [(group, tag, str(s["seeds"]), _format_value(s["iqm"]),
+             f"[{_format_value(s['ci95_low'])}, {_format_value(s['ci95_high'])}]")
+            for group, tags in over.items() for tag, s in tags.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = (True, True, False, False, True)
+
+    def line(row):
+        cells = [c.ljust(w) if is_left else c.rjust(w)
+                 for c, w, is_left in zip(row, widths, left, strict=True)]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN becomes ``null`` and infinities ``"inf"``/``"-inf"``: the output is strict JSON."""
     if isinstance(obj, dict):
@@ -315,10 +398,15 @@ def _summary(args: argparse.Namespace) -> int:
         print(f"callax: warning: {warning.message}", file=sys.stderr)
     if not summary:
         raise UsageError(f"no TensorBoard event files under {root!r}")
+    over = summarize_seeds(root)
     if args.json:
-        print(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
+        print(json.dumps(_json_safe({**summary, **over}), indent=2, allow_nan=False))
     else:
         print(_table(summary))
+        if over:
+            print("\nOver seeds: interquartile mean of the seeds' last values, 95% "
+                  "stratified-bootstrap CI (Agarwal et al. 2021)")
+            print(_seeds_table(over))
     return 0
 
 

@@ -61,6 +61,7 @@ class Run:
         self.handle = handle
         self.log_dir = log_dir
         self.base_dir = log_dir  # what later trainings' directories are named after
+        self.children: list[Run] = []  # runs inside this one that move with it (``seeds``)
         self.purge_step = purge_step
         self.factories = resolve_writers(None) if writers is None else tuple(writers)
         self.trainings = 0
@@ -159,6 +160,9 @@ class Run:
             self.purge_step = None
             self._written = False
             self.log_dir = next_directory()
+            for child in self.children:  # e.g. <run>/seeds: into the new run directory
+                name = os.path.basename(child.base_dir)
+                child.begin_training(lambda: os.path.join(self.log_dir, name))
             return self.log_dir
 
     # ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from collections.abc import Mapping
 
@@ -79,7 +80,8 @@ class TensorBoardWriter(AbstractWriter):
         self._append(b"".join(out))
 
     def write_hparams(self, hparams, wall_time) -> None:
-        start, _ = hparams_summaries(hparams)
+        name = trial_name(self.destination.run_dir, self.destination.seed)
+        start, _ = hparams_summaries(hparams, name)
         self._append(summary_records((start,), wall_time))
 
     def write_records(self, records: bytes) -> None:
@@ -111,10 +113,20 @@ def _summary(tag: str, data) -> bytes:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata)]).SerializeToString()
 
 
-def hparams_summaries(hparams: Mapping[str, bool | int | float | str]) -> tuple[bytes, bytes]:
+def trial_name(log_dir: str, seed: int | None) -> str:
+    """The HParams dashboard's trial name of seed position `seed` of the run in `log_dir`:
+    the seed first (the table cuts long names), then the run's last two path parts."""
+    parent, base = os.path.split(os.path.normpath(log_dir))
+    run = f"{os.path.basename(parent)}/{base}" if os.path.basename(parent) else base
+    return run if seed is None or seed < 0 else f"seed {seed} · {run}"
+
+
+def hparams_summaries(hparams: Mapping[str, bool | int | float | str], group_name: str = ""
+                      ) -> tuple[bytes, bytes]:
     """Serialized ``Summary`` protos of TensorBoard's HParams plugin: the session start
-    (hyperparameters) and end. Bad names or values raise ``TypeError``."""
-    start = SessionStartInfo()
+    (hyperparameters, trial name `group_name`) and end. Bad names or values raise
+    ``TypeError``."""
+    start = SessionStartInfo(group_name=group_name)
     for name, value in hparams.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"hyperparameter names must be non-empty strings, got {name!r}")

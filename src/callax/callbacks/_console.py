@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,8 @@ from .._callback import (
     TrainingContext,
 )
 from .._summary_writer import flatten_scalars
+from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
+from ._tensorboard import find_learning_rate
 
 __all__ = ["ConsoleTableCallback", "ConsoleTableState", "ConsoleTableStepState", "format_table"]
 
@@ -97,37 +100,41 @@ def _host_table(seed, when, handle, layout, values, steps, iteration, marker) ->
            if np.isfinite(values[rows, j]).any()}
     out["time/iterations"] = [float(i) for i in iteration[rows]]
     out["time/total_timesteps"] = [float(s) for s in steps[rows]]
-    out["time/time_elapsed"] = [float(int(elapsed))] * rows.size
-    out["time/fps"] = [float(int(s / elapsed)) if elapsed > 0 else 0.0 for s in steps[rows]]
+    if "time/fps" not in out:  # the loop gave no clock reading: the host's, now
+        out["time/time_elapsed"] = [float(int(elapsed))] * rows.size
+        out["time/fps"] = [float(int(s / elapsed)) if elapsed > 0 else 0.0
+                           for s in steps[rows]]
     stream = table.stream if table.stream is not None else sys.stdout
     stream.write(format_table(out) + "\n")
     stream.flush()
 
 
 class ConsoleTableStepState(AbstractCallbackStepState):
-    """One env's episode bookkeeping: the running episode and the finished episodes'
-    totals."""
+    """One env's episode bookkeeping: the running episode, the env's step count and its
+    last finished episodes (the same window as [`callax.TensorBoardCallback`][]'s)."""
 
     episode_return: Float[Array, ""]
     episode_length: Int[Array, ""]
-    finished: Int[Array, ""]
-    return_sum: Float[Array, ""]
-    length_sum: Int[Array, ""]
+    step: Int[Array, ""]
+    window: EpisodeWindow
 
 
 class ConsoleTableState(AbstractCallbackState):
-    """The finished-episode totals over envs at the last printed table."""
-
-    finished: Int[Array, ""]
-    return_sum: Float[Array, ""]
-    length_sum: Int[Array, ""]
+    """The console table keeps no run state of its own (the episodes are in the step
+    states); this marks the table's run state in a ``CallbackList``."""
 
 
 class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepState]):
     """Prints Stable-Baselines3's console table every `every` iterations: ``rollout/``
-    (``ep_rew_mean``, ``ep_len_mean``: over the episodes finished since the previous table;
-    absent when none finished), ``time/`` (``fps``, ``iterations``, ``time_elapsed``,
+    (``ep_rew_mean``, ``ep_len_mean``: over the last `stats_window_size` finished episodes,
+    absent before the first one ends), ``time/`` (``fps``, ``iterations``, ``time_elapsed``,
     ``total_timesteps``) and ``train/`` (the trainer's training log).
+
+    The ``rollout/`` values are computed exactly as [`callax.TensorBoardCallback`][]
+    computes its ``rollout/`` tags, and ``time/fps`` from the same clock reading when the
+    loop passes ``locals["time_elapsed"]`` (callax's trainers do), so the table and the
+    dashboard show the same numbers at the same step. Without it the host clock at printing
+    time is used.
 
     One host call per table; under ``jax.vmap`` over seeds one call and one table with a
     column per seed. ``time_elapsed`` and ``fps`` count from ``on_training_start``
@@ -136,15 +143,18 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
 
     handle: Int[Array, ""]
     every: Int[Array, ""]
+    stats_window_size: int = eqx.field(static=True)
 
-    def __init__(self, every: int = 1, stream: Any = None):
+    def __init__(self, every: int = 1, stream: Any = None, *, stats_window_size: int = 100):
         """**Arguments:**
 
         - `every`: print every `every` iterations.
         - `stream`: a text stream to print to (default: ``sys.stdout`` at the time of printing).
+        - `stats_window_size`: finished episodes averaged by ``rollout/`` (SB3's).
         """
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
+        self.stats_window_size = check_window_size(stats_window_size)
         handle = next(_handles)
         with _lock:
             _tables[handle] = _Table(stream)
@@ -152,12 +162,12 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
         self.every = jnp.asarray(every, jnp.int32)
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> ConsoleTableState:
-        return ConsoleTableState(jnp.asarray(0, jnp.int32), jnp.asarray(0.0, jnp.float32),
-                                 jnp.asarray(0, jnp.int32))
+        return ConsoleTableState()
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> ConsoleTableStepState:
         zero_i, zero_f = jnp.asarray(0, jnp.int32), jnp.asarray(0.0, jnp.float32)
-        return ConsoleTableStepState(zero_f, zero_i, zero_i, zero_f, zero_i)
+        return ConsoleTableStepState(zero_f, zero_i, zero_i,
+                                     EpisodeWindow.empty(self.stats_window_size))
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> ConsoleTableStepState:
         s = ctx.state
@@ -167,9 +177,8 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
         return ConsoleTableStepState(
             episode_return=jnp.where(done, 0.0, ret),
             episode_length=jnp.where(done, 0, length),
-            finished=s.finished + done.astype(jnp.int32),
-            return_sum=s.return_sum + jnp.where(done, ret, 0.0),
-            length_sum=s.length_sum + jnp.where(done, length, 0),
+            step=s.step + 1,
+            window=s.window.add(done, ret, length, s.step + 1),
         )
 
     def _send(self, layout: int | Array, values: Array, steps: ArrayLike,
@@ -185,29 +194,23 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
         return ctx.state
 
     def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]) -> ConsoleTableState:
-        steps = ctx.step_state
-        finished = jnp.sum(steps.finished)
-        return_sum = jnp.sum(steps.return_sum)
-        length_sum = jnp.sum(steps.length_sum)
-        new = finished - ctx.state.finished
-        episodes = jnp.maximum(new, 1).astype(jnp.float32)
-        nan = jnp.asarray(jnp.nan, jnp.float32)
+        ep_rew_mean, ep_len_mean, _ = window_means(ctx.step_state.window)
         scalars = {
-            "rollout/ep_rew_mean": jnp.where(new > 0, (return_sum - ctx.state.return_sum)
-                                             / episodes, nan),
-            "rollout/ep_len_mean": jnp.where(new > 0, (length_sum - ctx.state.length_sum)
-                                             .astype(jnp.float32) / episodes, nan),
+            "rollout/ep_rew_mean": ep_rew_mean,
+            "rollout/ep_len_mean": ep_len_mean,
+            **sb3_time(ctx.locals),
             **flatten_scalars("train", ctx.training_log),
         }
+        learning_rate = find_learning_rate(ctx.opt_state)  # as TensorBoardCallback writes it
+        if learning_rate is not None and "train/learning_rate" not in scalars:
+            scalars["train/learning_rate"] = learning_rate
         tags = tuple(scalars)
         values = jnp.stack([jnp.asarray(v, jnp.float32) for v in scalars.values()])
         due = (jnp.asarray(ctx.iteration_count) % self.every == 0) & jnp.asarray(
             ctx.locals.get("active", True))
         self._send(_host.register_layout(tags), values, ctx.locals["num_timesteps"],
                    ctx.iteration_count, due, key)
-        return ConsoleTableState(jnp.where(due, finished, ctx.state.finished),
-                                 jnp.where(due, return_sum, ctx.state.return_sum),
-                                 jnp.where(due, length_sum, ctx.state.length_sum))
+        return ctx.state
 
     def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
                         ) -> ConsoleTableState:

@@ -25,15 +25,21 @@ __all__ = ["HistogramCallback", "add_histograms", "rollout_histograms"]
 
 def _summarise(values: ArrayLike, bins: int) -> tuple[Array, Array]:
     """``(stats[6], counts[bins])`` of the finite values: min, max, num, sum, sum of
-    squares, bucket width; equal-width buckets from min to max."""
+    squares, bucket width; equal-width buckets from min to max.
+
+    Values all equal (a constant, or a single value) have width 0: every bucket edge is
+    that value (TensorBoard draws one spike there, as its own ``histogram`` summary does
+    for a constant) and the count is in the last bucket. No finite value: ``num`` is 0
+    and nothing is written for the tag."""
     x = jnp.ravel(jnp.asarray(values, jnp.float32))
     finite = jnp.isfinite(x)
     num = jnp.sum(finite)
     lo = jnp.min(jnp.where(finite, x, jnp.inf))
     hi = jnp.max(jnp.where(finite, x, -jnp.inf))
-    span = hi - lo
-    width = jnp.where(span > 0, span / bins, 1.0)
-    index = jnp.clip(jnp.floor((x - lo) / width).astype(jnp.int32), 0, bins - 1)
+    spread = finite.any() & (hi > lo)
+    width = jnp.where(spread, (hi - lo) / bins, 0.0)
+    scaled = jnp.where(finite & spread, (x - lo) / jnp.where(spread, width, 1.0), bins - 1)
+    index = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, bins - 1)
     counts = jnp.zeros(bins, jnp.float32).at[index].add(finite.astype(jnp.float32))
     safe = jnp.where(finite, x, 0.0)
     stats = jnp.stack([lo, hi, num.astype(jnp.float32), jnp.sum(safe), jnp.sum(safe * safe),

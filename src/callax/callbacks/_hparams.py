@@ -24,16 +24,17 @@ from .._callback import (
     TrainingContext,
 )
 from .._summary_writer import JITSummaryWriter
-from .._writer._tensorboard import hparams_summaries
+from .._writer._tensorboard import hparams_summaries, trial_name
 
-__all__ = ["HParamsCallback", "hparams_of"]
+__all__ = ["HParamsCallback", "hparams_of", "trial_name"]
+
+HParamValue = bool | int | float | str
 
 _START, _END = 0, 1
-_sessions: dict[int, tuple[dict[str, HParamValue], tuple[bytes, bytes]]] = {}
+_sessions: dict[int, dict[str, HParamValue]] = {}
 _lock = threading.Lock()
 _handles = itertools.count()
 
-HParamValue = bool | int | float | str
 
 
 def hparams_of(config: Any) -> dict[str, HParamValue]:
@@ -56,9 +57,11 @@ def hparams_of(config: Any) -> dict[str, HParamValue]:
     return out
 
 
-def _session(hparams: Mapping[str, HParamValue]) -> tuple[bytes, bytes]:
-    """Serialized ``Summary`` protos: the session start (hyperparameters) and end."""
-    return hparams_summaries(hparams)
+def _session(hparams: Mapping[str, HParamValue], group_name: str = ""
+             ) -> tuple[bytes, bytes]:
+    """Serialized ``Summary`` protos: the session start (hyperparameters, trial name
+    `group_name`) and end. Bad names or values raise ``TypeError``."""
+    return hparams_summaries(hparams, group_name)
 
 
 def _host_session(seed, when, kind, writer, session, marker) -> None:
@@ -68,12 +71,19 @@ def _host_session(seed, when, kind, writer, session, marker) -> None:
     rows = np.flatnonzero(when)
     if rows.size == 0:
         return
-    hparams, (_, end) = _sessions[int(session[rows[0]])]
-    if int(kind[rows[0]]) == _START:
-        # Every writer of the run: TensorBoard's session start, a JSON line, W&B's config.
-        host.write_hparams(int(writer[rows[0]]), seed[rows], hparams)
-    else:
-        host.write_summaries(int(writer[rows[0]]), seed[rows], (end,))
+    hparams = _sessions[int(session[rows[0]])]
+    handle = int(writer[rows[0]])
+    _, end = _session(hparams)
+    for position in seed[rows].tolist():
+        if int(kind[rows[0]]) == _START:
+            # Every writer of the run (TensorBoard's session start, named with the seed's
+            # trial name; a JSON line; W&B's config); each seed its own trial, with a
+            # ``seed`` column.
+            column = "seed" if "seed" not in hparams else "seed_position"
+            values = hparams if position < 0 else {**hparams, column: position}
+            host.write_hparams(handle, np.array([position]), values)
+        else:
+            host.write_summaries(handle, np.array([position]), (end,))
 
 
 class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
@@ -84,8 +94,10 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
     At training start it writes the hyperparameters (an hparams *session start*) into the
     run of `writer`, at training end the session's end (status "success"); under
     ``jax.vmap`` over seeds into every ``<run>/seed_<i>`` (each seed is a session), one host
-    call for the whole batch. Give it the run the metrics go to, e.g. a
-    [`callax.TensorBoardCallback`][]'s ``tb_writer``::
+    call for the whole batch. Each seed's trial is named ``seed <i> · <parent>/<run>`` (the
+    seed first: the dashboard's table cuts long names) and has a ``seed`` hyperparameter,
+    its seed position (``seed_position`` if `hparams` already has a ``seed``). Give it the
+    run the metrics go to, e.g. a [`callax.TensorBoardCallback`][]'s ``tb_writer``::
 
         tb = callax.TensorBoardCallback(log_dir="runs/ppo")
         callbacks = [tb, callax.HParamsCallback(tb.tb_writer, ppo)]
@@ -102,15 +114,15 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
         - `hparams`: ``{name: bool | int | float | str}``, or a configuration (a dataclass
           or Equinox module such as a ``PPO``) read by [`callax.hparams_of`][].
         """
-        hparams = hparams_of(hparams)
-        session = hparams, _session(hparams)  # bad values fail before a run is opened
+        values = hparams_of(hparams)
+        _session(values)  # bad values fail before a run is opened
         if isinstance(writer, str | os.PathLike):
             writer = JITSummaryWriter(writer)
         if not isinstance(writer, JITSummaryWriter):
             raise TypeError(f"writer must be a JITSummaryWriter or a path, got {writer!r}")
         handle = next(_handles)
         with _lock:
-            _sessions[handle] = session
+            _sessions[handle] = values
         self.writer = writer
         self.session = jnp.asarray(handle, jnp.int32)
 

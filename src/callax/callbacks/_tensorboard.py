@@ -27,6 +27,8 @@ from .._host import begin_training, on_mesh, open_run, vary
 from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 from .._writer import check_run_name, prepare_log_dir
+from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
+from ._seeds import HEADLINE_TAGS, SeedRows, open_seeds_run
 
 __all__ = [
     "TensorBoardCallback",
@@ -49,6 +51,10 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
       episodes (``float32``), seeded by the first one (no bias toward 0). ``NaN`` until an
       episode ends: such an env does not count in the logged mean.
 
+    - `window`: the env's last finished episodes for SB3's ``rollout/ep_rew_mean`` and
+      ``rollout/ep_len_mean`` (an ``EpisodeWindow``), or ``None`` (a
+      state built without one writes only the moving averages).
+
     Six plain arrays, one per number, each in its natural dtype, so every value is exact on
     every backend. Inside a jitted rollout XLA fuses
     [`next`][callax.TensorBoardCallbackStepState.next] into a few elementwise kernels per
@@ -63,6 +69,7 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
     episode_done: Bool[Array, "*batch"]
     average_return: Float[Array, "*batch"]
     average_length: Float[Array, "*batch"]
+    window: EpisodeWindow | None
 
     def __init__(
         self,
@@ -72,6 +79,7 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         episode_done: Bool[ArrayLike, "*#batch"],
         average_return: Float[ArrayLike, "*#batch"],
         average_length: Float[ArrayLike, "*#batch"],
+        window: EpisodeWindow | None = None,
     ):
         args = (step, episode_return, episode_length, episode_done, average_return,
                 average_length)
@@ -86,11 +94,14 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         self.episode_done = as_(episode_done, jnp.bool_)
         self.average_return = as_(average_return, jnp.float32)
         self.average_length = as_(average_length, jnp.float32)
+        self.window = window
 
     @classmethod
-    def initial(cls) -> TensorBoardCallbackStepState:
-        """No steps, no finished episode (averages are ``NaN``)."""
-        return cls(0, 0.0, 0, False, jnp.nan, jnp.nan)
+    def initial(cls, stats_window_size: int | None = None) -> TensorBoardCallbackStepState:
+        """No steps, no finished episode (averages are ``NaN``); with `stats_window_size`, an
+        empty window of that many episodes."""
+        window = None if stats_window_size is None else EpisodeWindow.empty(stats_window_size)
+        return cls(0, 0.0, 0, False, jnp.nan, jnp.nan, window)
 
     def next(
         self,
@@ -114,7 +125,10 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
             smoothed = jnp.where(jnp.isnan(old), finished, alpha * old + (1 - alpha) * finished)
             return jnp.where(done, smoothed, old)
 
+        window = None if self.window is None else self.window.add(
+            done, episode_return, episode_length, self.step + 1)
         return TensorBoardCallbackStepState(
+            window=window,
             step=self.step + 1,
             episode_return=jnp.where(done, 0.0, episode_return),
             episode_length=jnp.where(done, 0, episode_length),
@@ -125,9 +139,11 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
 
 
 class TensorBoardCallbackState(AbstractCallbackState):
-    """Run state of [`callax.TensorBoardCallback`][]: the rows not yet sent to the host."""
+    """Run state of [`callax.TensorBoardCallback`][]: the rows not yet sent to the host
+    (`seeds`: the headline values for the ``seeds`` run, ``None`` without it)."""
 
     buffer: ScalarBuffer
+    seeds: SeedRows | None = None
 
 
 def find_learning_rate(opt_state: Any) -> jax.Array | None:
@@ -159,9 +175,17 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     Tags, all at global step = total env steps so far (summed over envs):
 
-    - `episode/return`, `episode/length`: mean over envs of each env's moving average over
-      finished episodes (see [`callax.TensorBoardCallbackStepState`][]). Envs with no finished
-      episode do not count; nothing is written before the first episode ends.
+    - `rollout/ep_rew_mean`, `rollout/ep_len_mean`: Stable-Baselines3's statistics, the mean
+      return and length of the last `stats_window_size` finished episodes over all envs
+      (SB3's ``ep_info_buffer``; per seed under ``vmap``). Nothing is written before the
+      first episode ends.
+    - `time/fps`: SB3's ``int(num_timesteps / time_elapsed)``, when the loop passes
+      ``locals["time_elapsed"]`` and ``locals["num_timesteps"]`` (callax's trainers do: the
+      host clock read once per iteration, compilation excluded).
+    - `episode/return`, `episode/length` (with `moving_average`, lerax's tags): mean over envs
+      of each env's moving average over finished episodes (see
+      [`callax.TensorBoardCallbackStepState`][]). Envs with no finished episode do not
+      count; nothing is written before the first episode ends.
     - `train/learning_rate`: from an ``optax.inject_hyperparams`` optimizer state (not
       written when the optimizer has none).
     - `train/<key>`: every entry of the iteration's training log (nested mappings become
@@ -177,7 +201,11 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     """
 
     tb_writer: JITSummaryWriter
+    seeds_handle: Int[Array, ""]
     alpha: float
+    stats_window_size: int = eqx.field(static=True)
+    moving_average: bool = eqx.field(static=True)
+    seeds_run: bool = eqx.field(static=True)
     flush_every: int = eqx.field(static=True)
     max_scalars: int = eqx.field(static=True)
     step_offset: int = eqx.field(static=True)
@@ -196,6 +224,9 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         reduce: str | None = None,
         per_process: bool = False,
         resume_from_step: int | None = None,
+        stats_window_size: int = 100,
+        moving_average: bool = True,
+        seeds_run: bool = True,
         writers: Any = None,
     ):
         """**Arguments:**
@@ -205,6 +236,17 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           callback built inside ``jax.jit``: each time the function executes).
         - `env`, `policy`: used only to name the run.
         - `alpha`: smoothing factor of the moving averages, in ``[0, 1)``.
+        - `stats_window_size`: finished episodes (per seed) averaged by
+          ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` (SB3's ``stats_window_size``;
+          each env keeps that many, so the step state holds ``3 * stats_window_size``
+          numbers per env).
+        - `moving_average`: also write lerax's ``episode/return`` and ``episode/length``.
+        - `seeds_run`: under ``jax.vmap`` over several seeds, also write the run
+          ``<run>/seeds``: for ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``,
+          ``<tag>/mean``, ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
+          every seed has a value, with a custom-scalars layout drawing the mean with its
+          min-max band (one more host call per `flush_every` iterations). Not with
+          `reduce` (the rows are then devices of one agent, not seeds) nor `per_process`.
         - `log_dir`: the parent directory of runs.
         - `flush_every`: iterations buffered on device between host transfers (``1``: send
           every iteration at once). This is also how many iterations a crash can lose.
@@ -227,6 +269,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         """
         if int(flush_every) < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        check_window_size(stats_window_size)
         if int(max_scalars) < 3:
             raise ValueError(f"max_scalars must be >= 3, got {max_scalars}")
         if not 0.0 <= float(alpha) < 1.0:
@@ -264,6 +307,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         self.tb_writer = JITSummaryWriter._from_handle(handle, **options)
         self.step_offset = 0 if resume_from_step is None else int(resume_from_step)
         self.alpha = float(alpha)
+        self.stats_window_size = stats_window_size
+        self.moving_average = bool(moving_average)
+        self.seeds_run = bool(seeds_run) and reduce is None and not per_process
+        purge = None if resume_from_step is None else int(resume_from_step) + 1
+        self.seeds_handle = (open_seeds_run(handle, purge) if self.seeds_run
+                             else jnp.asarray(-1, jnp.int32))
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
 
@@ -271,13 +320,16 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         # One run per training: a compiled training run again (or this callback reused)
         # writes to ``<run>_1``, ``<run>_2``, ... instead of dropping its points.
         begin_training(self.tb_writer.handle)
-        return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars))
+        seeds = (SeedRows.empty(self.flush_every, len(HEADLINE_TAGS)) if self.seeds_run
+                 else None)
+        return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars),
+                                        seeds)
 
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]
                    ) -> TensorBoardCallbackStepState:
         # Varying over enclosing manual axes: the rollout updates it with per-device data;
         # on the mesh of an Explicit ``jax.set_mesh``.
-        return vary(on_mesh(TensorBoardCallbackStepState.initial()))
+        return vary(on_mesh(TensorBoardCallbackStepState.initial(self.stats_window_size)))
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
         # ``vary``: a field set from replicated data (``done`` under ``shard_map``) keeps the
@@ -293,10 +345,22 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         def mean_finished(x):
             return jnp.sum(jnp.where(finished, x, 0.0)) / jnp.maximum(count, 1)
 
-        tags = ["episode/return", "episode/length"]
-        values = [mean_finished(step_state.average_return),
-                  mean_finished(step_state.average_length)]
-        valid = [count > 0, count > 0]
+        tags, values, valid = [], [], []
+        if step_state.window is not None:
+            ep_rew_mean, ep_len_mean, episodes = window_means(step_state.window)
+            tags += ["rollout/ep_rew_mean", "rollout/ep_len_mean"]
+            values += [ep_rew_mean, ep_len_mean]
+            valid += [episodes > 0, episodes > 0]
+        if self.moving_average:
+            tags += ["episode/return", "episode/length"]
+            values += [mean_finished(step_state.average_return),
+                       mean_finished(step_state.average_length)]
+            valid += [count > 0, count > 0]
+        for tag, value in sb3_time(ctx.locals).items():
+            if tag == "time/fps":
+                tags.append(tag)
+                values.append(value)
+                valid.append(jnp.asarray(True))
         learning_rate = find_learning_rate(ctx.opt_state)
         if learning_rate is not None:
             tags.append("train/learning_rate")
@@ -308,16 +372,27 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
             tags.append(tag)
             values.append(jnp.asarray(value))
             valid.append(jnp.asarray(True))
+        # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
+        # steps per env), summed exactly as 64-bit words with carry (past 2**31); a
+        # resumed run counts on from its checkpoint's step.
+        step = Step._from_words(wide_sum(
+            jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))) + self.step_offset
+        active = ctx.locals.get("active", True)
         buffer = ctx.state.buffer.append(
-            # Total env steps: each env's int32 count read as uint32 (exact up to 2**32 - 1
-            # steps per env), summed exactly as 64-bit words with carry (past 2**31); a
-            # resumed run counts on from its checkpoint's step.
-            self.tb_writer, tuple(tags), Step._from_words(wide_sum(
-                jax.lax.bitcast_convert_type(step_state.step, jnp.uint32))) + self.step_offset,
-            stack_scalars(values), stack_scalars(valid, jnp.bool_),
-            when=ctx.locals.get("active", True)
+            self.tb_writer, tuple(tags), step, stack_scalars(values),
+            stack_scalars(valid, jnp.bool_), when=active
         )
-        return TensorBoardCallbackState(buffer)
+        seeds = ctx.state.seeds
+        if seeds is not None:
+            position = {tag: i for i, tag in enumerate(tags)}
+            nan, false = jnp.asarray(jnp.nan, jnp.float32), jnp.asarray(False)
+            seeds = seeds.append(
+                step, [values[position[t]] if t in position else nan for t in HEADLINE_TAGS],
+                [valid[position[t]] if t in position else false for t in HEADLINE_TAGS],
+                when=active)
+            seeds = seeds.send(self.tb_writer.handle, self.seeds_handle, HEADLINE_TAGS,
+                               when=seeds.count == seeds.values.shape[0])
+        return TensorBoardCallbackState(buffer, seeds)
 
     def on_training_start(self, ctx: TrainingContext, *, key: Key[Array, ""]
                           ) -> TensorBoardCallbackState:
@@ -325,7 +400,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     def on_training_end(self, ctx: TrainingContext, *, key: Key[Array, ""]
                         ) -> TensorBoardCallbackState:
-        return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True))
+        seeds = ctx.state.seeds
+        if seeds is not None:
+            seeds = seeds.send(self.tb_writer.handle, self.seeds_handle, HEADLINE_TAGS,
+                               when=True)
+        return TensorBoardCallbackState(ctx.state.buffer.flush(self.tb_writer, sync=True),
+                                        seeds)
 
     def continue_training(self, ctx: IterationContext, *, key: Key[Array, ""]) -> Bool[Array, ""]:
         return jnp.asarray(True)

@@ -88,7 +88,8 @@ class EventSpec:
 
     - `interface`: the interface's name (the first part of every tag).
     - `name`: the event's name (the method name).
-    - `keys`: names of the grouping-key parameters (static ``int | str`` per call).
+    - `keys`: names of the grouping-key parameters (static ``int | str`` per call, or
+      ``None``: no key part in the tag).
     - `fields`: names of the value parameters (one scalar each per call).
     - `reducers`: the reducer of each field (see ``callax.events.REDUCERS``).
     - `order`: declaration position of the event in its interface (orders tags).
@@ -106,13 +107,13 @@ class EventSpec:
         """``Interface.event(param, ...)``, for error messages."""
         return f"{self.interface}.{self.name}({', '.join(self.signature.parameters)})"
 
-    def tag(self, field: str, key_values: tuple[int | str, ...]) -> str:
+    def tag(self, field: str, key_values: tuple[int | str | None, ...]) -> str:
         """``<interface>/<event>[/<field>][/<key>...]``; the field part only if the event has
         more than one value field."""
         parts = [self.interface, self.name]
         if len(self.fields) > 1:
             parts.append(field)
-        parts.extend(str(k) for k in key_values)
+        parts.extend(str(k) for k in key_values if k is not None)
         return check_tag("/".join(parts))
 
 
@@ -215,8 +216,9 @@ def event(
     """Declare a method of an [`EventInterface`][callax.events.EventInterface] as an event.
 
     The method's body is never run (write a docstring); its parameters after ``self`` are
-    either *grouping keys* (static ``int | str``, one slot per distinct key) or *value
-    fields* (one scalar each).
+    either *grouping keys* (static ``int | str``, one slot per distinct key; ``None`` for
+    the single instance of a group, which adds no key part to the tag) or *value fields*
+    (one scalar each).
 
     **Arguments:**
 
@@ -287,8 +289,10 @@ class EventInterface(metaclass=_InterfaceMeta):
 # Calling events.
 
 
-def _check_key(spec: EventSpec, name: str, value: Any) -> int | str:
+def _check_key(spec: EventSpec, name: str, value: Any) -> int | str | None:
     where = f"{spec.describe()}: key {name!r}"
+    if value is None:  # a single instance: no key part in the tag
+        return None
     if isinstance(value, Tracer):
         raise TypeError(
             f"{where} is a traced value; keys must be static Python int or str known at trace "
@@ -307,7 +311,7 @@ def _check_key(spec: EventSpec, name: str, value: Any) -> int | str:
 
 class _Call(eqx.Module):
     spec: EventSpec = eqx.field(static=True)
-    key: tuple[int | str, ...] = eqx.field(static=True)
+    key: tuple[int | str | None, ...] = eqx.field(static=True)
     values: tuple[jax.Array, ...]
 
 
@@ -393,11 +397,12 @@ class _Column:
     reducer: str = dataclasses.field(compare=False)
 
 
-def _key_order(key: tuple[int | str, ...]) -> tuple:
-    return tuple((0, k, "") if isinstance(k, int) else (1, 0, k) for k in key)
+def _key_order(key: tuple[int | str | None, ...]) -> tuple:
+    return tuple((-1, 0, "") if k is None else (0, k, "") if isinstance(k, int)
+                  else (1, 0, k) for k in key)
 
 
-def _columns_of(spec: EventSpec, key: tuple[int | str, ...]) -> list[_Column]:
+def _columns_of(spec: EventSpec, key: tuple[int | str | None, ...]) -> list[_Column]:
     return [
         _Column((spec.interface, spec.order, spec.name, _key_order(key), i),
                 spec.tag(field, key), reducer)

@@ -15,34 +15,39 @@ class SACEvents(EventInterface):
 
     Every field is reduced per epoch with ``nanmean`` and written as
     ``SACEvents/<event>[/<field>][/<key>]`` at x = total env steps. ``step_key`` and
-    ``critic_key`` are static ``int | str`` (the SAC trainer uses step key ``0`` and critic
-    keys ``0`` and ``1``). ``time`` is in seconds, measured by a real clock; ``percent`` is the
+    ``critic_key`` are static ``int | str``, or ``None`` for a single instance (no key part
+    in the tag). [`callax.train.SAC`][] has one policy (step key ``None``:
+    ``SACEvents/policy_entropy``) and two critics (keys ``0`` and ``1``:
+    ``SACEvents/critic_value/0``); it does not record ``policy_loss``, ``entropy_coef`` and
+    ``entropy_loss``, whose values are its training log's ``actor_loss``, ``ent_coef`` and
+    ``ent_coef_loss`` (``train/*`` in TensorBoard, Stable-Baselines3's names).
+    ``time`` is in seconds, measured by a real clock; ``percent`` is the
     phase's share of one update, in percent (0-100). See ``docs/sac.md`` for how
     [`callax.train.SAC`][] measures each event.
     """
 
     @event
-    def policy_loss(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def policy_loss(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The policy (actor) loss."""
 
     @event
-    def policy_grad_norm(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def policy_grad_norm(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The global norm of the policy gradient."""
 
     @event
-    def policy_entropy(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def policy_entropy(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The policy entropy."""
 
     @event
-    def policy_mean_logp(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def policy_mean_logp(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The mean log-probability of the actions the policy sampled."""
 
     @event
-    def entropy_coef(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def entropy_coef(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The entropy coefficient (interesting with automatic entropy tuning)."""
 
     @event
-    def entropy_loss(self, step_key: int | str, value: Float[ArrayLike, ""]) -> None:
+    def entropy_loss(self, step_key: int | str | None, value: Float[ArrayLike, ""]) -> None:
         """The loss of the entropy coefficient (automatic entropy tuning)."""
 
     @event

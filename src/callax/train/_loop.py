@@ -14,7 +14,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from .. import _host
 from .._callback import (
@@ -25,6 +25,7 @@ from .._callback import (
     TrainingContext,
 )
 from .._list import as_callback
+from ..events._recorder import elapsed, timestamp
 
 __all__ = ["Rollout", "TrainingResult", "as_key", "run_training"]
 
@@ -97,6 +98,8 @@ class _Carry(eqx.Module):
     keep_going: Bool[Array, ""]
     interrupted: Bool[Array, ""]
     key: PRNGKeyArray
+    start_time: Int[Array, 2]
+    time_elapsed: Float[Array, ""]
 
 
 def as_key(key: PRNGKeyArray) -> PRNGKeyArray:
@@ -205,10 +208,13 @@ def run_training(
     ``StepContext.locals`` holds ``obs`` (where the action was
     taken), ``action``, ``next_obs``, ``final_obs``, ``terminated`` and ``truncated`` of the
     env. ``IterationContext.locals`` holds ``rollout``, ``agent_state``, ``num_timesteps``
-    (env steps so far, over all envs) and ``active``: ``False`` only for a seed that has
-    already stopped while other seeds of a ``jax.vmap`` batch go on (the loop body then runs
-    for it too and its results are discarded; callbacks with host side effects should skip
-    them). ``TrainingContext.locals`` holds ``agent_state`` and ``num_timesteps``.
+    (env steps so far, over all envs), ``time_elapsed`` (seconds since training
+    started, from the host clock read once per iteration after the update; compilation
+    excluded: SB3's ``time/fps`` is ``num_timesteps / time_elapsed``) and ``active``: ``False``
+    only for a seed that has already stopped while other seeds of a ``jax.vmap`` batch go
+    on (the loop body then runs for it too and its results are discarded; callbacks with
+    host side effects should skip them). ``TrainingContext.locals`` holds ``agent_state``
+    and ``num_timesteps``.
 
     This function is not jitted itself: call it inside ``jax.jit`` / ``eqx.filter_jit``
     (``n_envs``, ``n_steps`` and ``n_iterations`` must be Python ints). Vmap it over ``key``
@@ -286,7 +292,8 @@ def run_training(
             opt_state=opt_state_fn(carry.agent_state),
             training_log=log,
             locals={"rollout": rollout, "agent_state": agent_state_fn(carry.agent_state),
-                    "num_timesteps": num_timesteps(carry.iteration), "active": active},
+                    "num_timesteps": num_timesteps(carry.iteration), "active": active,
+                    "time_elapsed": carry.time_elapsed},
         )
 
     def rollout_and_update(carry: _Carry, key: PRNGKeyArray
@@ -345,11 +352,15 @@ def run_training(
         return carry, rollout, log
 
     carry = _Carry(agent_state, env_state, obs, cb_state, cb_step_state,
-                   jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False), k_loop)
+                   jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False), k_loop,
+                   jnp.zeros(2, jnp.int32), jnp.asarray(0.0, jnp.float32))
     carry = dataclasses.replace(
         carry, cb_state=cb.on_training_start(training_ctx(carry), key=k_start)
     )
     _host.training_started(carry.iteration)
+    # The host clock once at the start and once per iteration (after the update): SB3's
+    # ``time/fps`` and ``time_elapsed`` for every callback from the same reading.
+    carry = dataclasses.replace(carry, start_time=timestamp((carry.cb_state, carry.obs)))
 
     def keep_going_after(carry: _Carry, keep_going: Any) -> _Carry:
         # Ctrl-C, read once per iteration next to the callbacks' decision.
@@ -372,6 +383,8 @@ def run_training(
         active = cond(carry)
         key, k_iter, k_on_iteration, k_continue = jax.random.split(carry.key, 4)
         carry, rollout, log = rollout_and_update(carry, k_iter)
+        now = timestamp((log, carry.obs))
+        carry = dataclasses.replace(carry, time_elapsed=elapsed(carry.start_time, now))
         cb_state = cb.on_iteration(iteration_ctx(carry, log, rollout, active), key=k_on_iteration)
         carry = dataclasses.replace(carry, cb_state=cb_state)
         if end_iteration_fn is not None:

@@ -364,12 +364,12 @@ class SAC(eqx.Module):
         # Events (no-ops, and dead code for XLA, unless the caller records them).
         means = jnp.mean(aux["per_sample"], axis=0)
         q_mean, mean_logp, mean_entropy = means[:-2], means[-2], means[-1]
-        SACEvents.policy_loss(0, aux["actor_loss"])
-        SACEvents.policy_grad_norm(0, actor_norm)
-        SACEvents.policy_entropy(0, mean_entropy)
-        SACEvents.policy_mean_logp(0, mean_logp)
-        SACEvents.entropy_coef(0, aux["ent_coef"])
-        SACEvents.entropy_loss(0, aux["ent_coef_loss"])
+        # One policy (step key None: no "/0" in the tags). The policy loss, entropy
+        # coefficient and its loss are the training log's actor_loss, ent_coef and
+        # ent_coef_loss (train/* in TensorBoard): not recorded twice.
+        SACEvents.policy_grad_norm(None, actor_norm)
+        SACEvents.policy_entropy(None, mean_entropy)
+        SACEvents.policy_mean_logp(None, mean_logp)
         errors = None
         if q_target_taken is not None:
             m = q_target_taken.shape[0]
