@@ -503,3 +503,24 @@ def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, mo
         callax.flush_all()
     assert info.value.lost == 2 * ITERATIONS and info.value.run == callback.tb_writer.log_dir
     assert read_run(callback.tb_writer.log_dir) == {}
+
+
+def test_callax_train_on_a_full_disk_finishes_and_prints_one_line(small_fs, tmp_path):
+    # `callax train` (two seeds) whose log directory is a 64 KiB file system with 16 KiB
+    # left: the training runs to its end and reports its result, then one line says what
+    # was not written; exit status 1, no traceback.
+    with open(os.path.join(small_fs, "other"), "wb") as other:
+        other.write(b"\0" * 48 * 1024)
+    done = subprocess.run(
+        [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
+         "--seeds", "2", "--total-timesteps", "8192", "--no-progress",
+         "--logdir", os.path.join(small_fs, "runs")],
+        capture_output=True, text=True, timeout=900, cwd=str(tmp_path),
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("callax: error:")]
+    assert len(errors) == 1, done.stderr
+    assert "No space left on device" in errors[0]
+    assert re.search(r"; [1-9]\d* point\(s\) not written", errors[0]), errors[0]
+    assert "seed 1: final ep_rew_mean" in done.stdout  # the result was reported

@@ -164,9 +164,12 @@ def _train(args: argparse.Namespace) -> int:
     import jax
 
     from . import envs
-    from ._writer import flush_all
+    from ._writer import WriteError, _interrupt, flush_all
     from .callbacks import ProgressBarCallback, TensorBoardCallback
 
+    # Ctrl-C that must end the process while it runs no Python code (compiling, a second
+    # Ctrl-C during training): status 130 after one line, like a shell's.
+    _interrupt.exit_status = 130
     env = envs.make(args.env)
     algo = _make_algo(args.algo, args.env)
     total = args.total_timesteps
@@ -218,15 +221,19 @@ def _train(args: argparse.Namespace) -> int:
         from .callbacks._seeds import write_layout
 
         write_layout(int(tensorboard.tb_writer.handle), 0, seeds=False)
-    # Callbacks are arguments, not constants: the program does not depend on run handles, so
-    # JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR) can serve later runs.
+    # Callbacks are arguments, not constants: a new callback does not recompile. (JAX's
+    # persistent compilation cache never stores a program with host callbacks: this one has.)
     train = jax.jit(jax.vmap(learn, in_axes=(0, None, None)))
     compiled = train.lower(keys, callbacks, options).compile()
     compiled_at = time.perf_counter()
     result = jax.block_until_ready(compiled(keys, callbacks, options))
     trained_at = time.perf_counter()
     jax.effects_barrier()
-    flush_all()
+    write_error = None
+    try:
+        flush_all()
+    except WriteError as error:  # the training is done; its result is kept
+        write_error = error
 
     steps = [int(s) for s in jax.device_get(result.total_timesteps)]
     run_time = trained_at - compiled_at
@@ -239,6 +246,17 @@ def _train(args: argparse.Namespace) -> int:
     print(f"wall time {trained_at - start:.1f} s (compile {compiled_at - start:.1f} s, "
           f"train {run_time:.1f} s), {sum(steps) / max(run_time, 1e-9):,.0f} steps/s")
     print(_view_command(args.logdir))
+    if write_error is not None:  # one line, no traceback (the result above is complete)
+        message = str(write_error).removeprefix("callax: ")
+        others = len(getattr(write_error, "__notes__", []))
+        more = f" (and {others} more run(s) with write errors)" if others else ""
+        print(f"callax: error: {message}{more}", file=sys.stderr)
+        return 1
+    if bool(jax.device_get(result.interrupted).any()):
+        print(f"callax: stopped by Ctrl-C after {max(steps):,} steps (iteration "
+              f"{int(jax.device_get(result.iterations).max())}); the run so far: {run_dir}",
+              file=sys.stderr)
+        return 130
     return 0
 
 
@@ -423,8 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callax: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("callax: interrupted", file=sys.stderr)
-        return 130
+        # Written what was handed over already (callax's handler); leave at once: Python's
+        # teardown while XLA compiles in other threads could crash.
+        print("callax: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover
