@@ -57,3 +57,29 @@ def test_no_seeds_run_for_one_seed_or_when_disabled(logdir):
     assert run_dirs(root) == ["seed_0"]
     train(f"{logdir}/off", n_seeds=2, seeds_run=False)
     assert run_dirs(f"{logdir}/off/s") == ["seed_0", "seed_1"]
+
+
+def test_callback_built_inside_jit_opens_its_seeds_run_on_the_host(logdir):
+    """Its run is named when the program executes: the seeds run follows it there."""
+    data = [scripted(40 + s, n_iters=4) for s in range(2)]
+    rewards = np.stack([r for r, _ in data])
+    dones = np.stack([d for _, d in data])
+
+    @jax.jit
+    def train(keys, rewards, dones):
+        cb = callax.TensorBoardCallback(log_dir=logdir, flush_every=2)  # a fresh run per call
+        return jax.vmap(lambda k, r, d: drive(cb, r, d, k))(keys, rewards, dones)
+
+    keys = jax.random.split(jax.random.key(5), 2)
+    train(keys, rewards, dones)
+    train(keys, rewards, dones)
+    runs = run_dirs(logdir)
+    (first, second) = sorted({r.split("/")[0] for r in runs})
+    assert runs == [f"{first}/seed_0", f"{first}/seed_1", f"{first}/seeds",
+                    f"{second}/seed_0", f"{second}/seed_1", f"{second}/seeds"]
+    for name in (first, second):
+        seeds = [dict(read_run(f"{logdir}/{name}/seed_{i}")["rollout/ep_rew_mean"])
+                 for i in range(2)]
+        mean = read_run(f"{logdir}/{name}/seeds")["rollout/ep_rew_mean/mean"]
+        assert mean and all(
+            v == np.float32(np.mean([np.float64(s[step]) for s in seeds])) for step, v in mean)

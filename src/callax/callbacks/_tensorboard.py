@@ -23,7 +23,7 @@ from .._callback import (
     StepContext,
     TrainingContext,
 )
-from .._host import begin_training, on_mesh, open_run, vary
+from .._host import begin_training, is_traced, on_mesh, open_run, vary
 from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
 from .._writer import check_run_name, prepare_log_dir
@@ -246,7 +246,8 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           ``<tag>/mean``, ``<tag>/min`` and ``<tag>/max`` over seeds at every step where
           every seed has a value, with a custom-scalars layout drawing the mean with its
           min-max band (one more host call per `flush_every` iterations). Not with
-          `reduce` (the rows are then devices of one agent, not seeds) nor `per_process`.
+          `reduce` (the rows are then devices of one agent, not seeds) nor `per_process`,
+          nor for a callback built inside ``jax.jit`` with several processes.
         - `log_dir`: the parent directory of runs.
         - `flush_every`: iterations buffered on device between host transfers (``1``: send
           every iteration at once). This is also how many iterations a crash can lose.
@@ -309,7 +310,11 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         self.alpha = float(alpha)
         self.stats_window_size = stats_window_size
         self.moving_average = bool(moving_average)
-        self.seeds_run = bool(seeds_run) and reduce is None and not per_process
+        # A run opened inside jit is named when it executes; its seeds run would then be
+        # opened by process 0 alone, and run handles must agree across processes.
+        lazy_in_processes = is_traced(handle) and jax.process_count() > 1
+        self.seeds_run = (bool(seeds_run) and reduce is None and not per_process
+                          and not lazy_in_processes)
         purge = None if resume_from_step is None else int(resume_from_step) + 1
         self.seeds_handle = (open_seeds_run(handle, purge) if self.seeds_run
                              else jnp.asarray(-1, jnp.int32))
