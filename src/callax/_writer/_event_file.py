@@ -13,7 +13,7 @@ import numpy as np
 
 from ._encode import encode_file_version, encode_scalar_rows, encode_session_start
 
-__all__ = ["EventFile", "event_file_name"]
+__all__ = ["EventFile", "append_whole", "event_file_name"]
 
 _file_counter = itertools.count()
 
@@ -74,6 +74,22 @@ def _restart_records(directory: str, purge_step: int) -> tuple[bytes, dict[str, 
     return b"".join(out), {tag: points[-1][0] for tag, points in again.items()}
 
 
+def append_whole(file, data: bytes) -> None:
+    """Append ``data`` to an unbuffered binary ``file`` whole or not at all: on an error (a
+    full disk) the file is cut back to its size before, so a reader never meets a broken
+    record or line between good ones."""
+    size = os.fstat(file.fileno()).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            written = file.write(view)
+            view = view[written or 0:]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(file.fileno(), size)
+        raise
+
+
 class EventFile:
     """One event file, created exclusively, written without a buffer: every :meth:`write`
     reaches the operating system whole or not at all (a failed write is cut back off the
@@ -94,7 +110,6 @@ class EventFile:
                 break
             except FileExistsError:
                 continue
-        self._size = 0
         try:
             self.write(header)
         except OSError:
@@ -105,16 +120,7 @@ class EventFile:
 
     def write(self, data: bytes) -> None:
         """Append ``data``; on an error (a full disk) cut the file back to where it was."""
-        view = memoryview(data)
-        try:
-            while view:
-                written = self._file.write(view)
-                view = view[written or 0:]
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._file.fileno(), self._size)
-            raise
-        self._size += len(data)
+        append_whole(self._file, data)
 
     def deleted(self) -> bool:
         """Whether the file was removed from its directory (or the directory itself)."""

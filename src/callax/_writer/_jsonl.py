@@ -22,7 +22,6 @@ without its ``\\n`` as not yet written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from ._event_file import append_whole
 from ._interface import AbstractWriter, Destination
 
 __all__ = ["FILE_NAME", "JsonlWriter", "read_jsonl", "value_of"]
@@ -71,16 +71,7 @@ class JsonlWriter(AbstractWriter):
 
     def _append(self, text: str) -> None:
         """Append whole lines; on an error (a full disk) cut the file back to where it was."""
-        data = memoryview(text.encode("utf-8"))
-        size = os.fstat(self._file.fileno()).st_size
-        try:
-            while data:
-                written = self._file.write(data)
-                data = data[written or 0:]
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._file.fileno(), size)
-            raise
+        append_whole(self._file, text.encode("utf-8"))
 
     def write_scalars(self, tags, steps, values, valid, wall_times) -> None:
         names = [self._tag(t) for t in tags]

@@ -100,7 +100,6 @@ class Run:
                                       None if seed == NO_SEED else seed, purge)
             writer = slots[index] = self.factories[index](destination)
             self._purged.add((seed, index))
-            self._written = True
             # Points written again by the restart count as this run's: steps go on after them.
             for tag, step in getattr(writer, "last_steps", {}).items():
                 key = (seed, tag)
@@ -205,6 +204,7 @@ class Run:
             start = self._last_flush_time.get(seed, float(now))
             wall = np.linspace(start, float(now), len(rows) + 1)[1:]
         self._last_flush_time[seed] = now
+        self._written = True  # a training's points: the next training writes a new run
         self._each(seed, int(valid.sum()),
                    lambda writer: writer.write_scalars(tags, steps, values, valid, wall))
 
@@ -348,6 +348,7 @@ class Run:
             if not keep:
                 return
             kept = tuple(tags[c] for c in keep)
+            self._written = True
             self._each(seed, len(keep), lambda writer: writer.write_histograms(
                 kept, step, stats[keep], counts[keep], now))
 
