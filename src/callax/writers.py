@@ -8,11 +8,13 @@
   extra; ``wandb`` is imported when a run uses it).
 """
 
+from ._writer._choice import (
+    register_writer as register_writer,
+    writer_names as writer_names,
+)
 from ._writer._interface import (
     AbstractWriter as AbstractWriter,
     Destination as Destination,
-    register_writer as register_writer,
-    writer_names as writer_names,
 )
 from ._writer._jsonl import JsonlWriter as JsonlWriter, read_jsonl as read_jsonl
 from ._writer._tensorboard import TensorBoardWriter as TensorBoardWriter

@@ -11,14 +11,16 @@
 - :mod:`._paths`: checks of run names and directories.
 """
 
+from ._choice import (
+    register_writer as register_writer,
+    resolve_writers as resolve_writers,
+    writer_names as writer_names,
+)
 from ._interface import (
     DEFAULT_WRITERS as DEFAULT_WRITERS,
     AbstractWriter as AbstractWriter,
     Destination as Destination,
     WriterSpec as WriterSpec,
-    register_writer as register_writer,
-    resolve_writers as resolve_writers,
-    writer_names as writer_names,
 )
 from ._paths import check_log_dir as check_log_dir, check_run_name as check_run_name
 from ._queue import MAX_PENDING_ROWS as MAX_PENDING_ROWS

@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
+from ._append import append_whole
 from ._encode import encode_file_version, encode_scalar_rows, encode_session_start
 
-__all__ = ["EventFile", "append_whole", "event_file_name"]
+__all__ = ["EventFile", "event_file_name"]
 
 _file_counter = itertools.count()
 
@@ -72,22 +73,6 @@ def _restart_records(directory: str, purge_step: int) -> tuple[bytes, dict[str, 
         walls = np.array([wall.get((tag, s), now) for s, _ in points], np.float64)
         out.append(encode_scalar_rows((tag,), steps, values, walls))
     return b"".join(out), {tag: points[-1][0] for tag, points in again.items()}
-
-
-def append_whole(file, data: bytes) -> None:
-    """Append ``data`` to an unbuffered binary ``file`` whole or not at all: on an error (a
-    full disk) the file is cut back to its size before, so a reader never meets a broken
-    record or line between good ones."""
-    size = os.fstat(file.fileno()).st_size
-    view = memoryview(data)
-    try:
-        while view:
-            written = file.write(view)
-            view = view[written or 0:]
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(file.fileno(), size)
-        raise
 
 
 class EventFile:

@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from ._event_file import append_whole
+from ._append import append_whole
 from ._interface import AbstractWriter, Destination
 
 __all__ = ["FILE_NAME", "JsonlWriter", "read_jsonl", "value_of"]

@@ -35,6 +35,10 @@ _pending_jobs = 0
 _pending_rows = 0
 
 
+exit_hook: Callable[[], None] | None = None
+"""The ``atexit`` hook that writes every run (set by ``_registry``; a writer whose package
+registers exit hooks of its own re-registers it after them, see ``_wandb``)."""
+
 on_thread_start: Callable[[], None] | None = None
 """Called (under the queue's lock) whenever a writer thread starts: once per process that
 queues anything, forked children included (see ``_registry._register_worker_exit``)."""

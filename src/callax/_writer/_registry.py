@@ -23,8 +23,8 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _queue, _signals
+from ._choice import resolve_writers
 from ._encode import frame, varint
-from ._interface import resolve_writers
 from ._paths import check_log_dir
 from ._run import NO_SEED, Run
 
@@ -74,7 +74,7 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     TensorBoard hides the points at steps ``>= purge_step`` written there before.
 
     ``writers``: the outputs of the run (names or factories, see
-    :func:`~._interface.resolve_writers`; default TensorBoard alone).
+    :func:`~._choice.resolve_writers`; default TensorBoard alone).
     """
     factories = resolve_writers(writers)
     directory = log_dir() if callable(log_dir) else log_dir
@@ -288,6 +288,7 @@ def close_all_before_exit() -> None:
 
 
 atexit.register(close_all_before_exit)
+_queue.exit_hook = close_all_before_exit
 
 
 # --------------------------------------------------------------------------------------------

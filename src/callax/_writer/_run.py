@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._interface import AbstractWriter, Destination, resolve_writers
+from ._choice import resolve_writers
+from ._interface import AbstractWriter, Destination
 from ._tensorboard import TensorBoardWriter
 
 __all__ = ["AUTO_STEP", "NO_SEED", "Run", "WriteError"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _queue
 from ._interface import AbstractWriter, Destination
 
 __all__ = ["STEP_METRIC", "SUPPORTED", "WandbWriter"]
@@ -49,10 +50,10 @@ def _close_before_wandb_exits() -> None:
     and every W&B run is finished before W&B shuts down."""
     import atexit
 
-    from ._registry import close_all_before_exit
-
-    atexit.unregister(close_all_before_exit)
-    atexit.register(close_all_before_exit)
+    hook = _queue.exit_hook
+    if hook is not None:
+        atexit.unregister(hook)
+        atexit.register(hook)
 
 
 class WandbWriter(AbstractWriter):
