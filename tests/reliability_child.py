@@ -66,7 +66,8 @@ if mode == "user_handler":
 
     signal.signal(signal.SIGTERM, on_term)
 
-writer = callax.JITSummaryWriter(log_dir)
+# Every exit path must hold for every writer: TensorBoard (slowed down above) and JSON lines.
+writer = callax.JITSummaryWriter(log_dir, writers=("tensorboard", "jsonl"))
 buffer = callax.ScalarBuffer.empty(ROWS, 2)
 
 

@@ -33,7 +33,11 @@ SEEDS = 8
 if process == 1:
     time.sleep(1.5)  # a different time stamp: the run name must still be process 0's
 # No name: "<date>_<time>" decided once, by process 0.
-callback = callax.TensorBoardCallback(log_dir=os.path.join(root, "train"), flush_every=2)
+# Every writer at once: each global seed's TensorBoard file, JSON lines and W&B run (offline)
+# come from the one process that holds it.
+os.environ.update(WANDB_MODE="offline", WANDB_DIR=root, WANDB_SILENT="true")
+callback = callax.TensorBoardCallback(log_dir=os.path.join(root, "train"), flush_every=2,
+                                      writers=("tensorboard", "jsonl", "wandb"))
 mesh = jax.make_mesh((4,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
 sharding = NamedSharding(mesh, P("d"))
 seeds = np.arange(SEEDS, dtype=np.float32)

@@ -88,13 +88,19 @@ def _last(lines: list[str], prefix: str) -> int:
 
 
 def _assert_rows(log_dir: str, lowest: int, highest: int) -> int:
-    """The run holds rows 0..P-1 of both tags, exact values, ``lowest <= P <= highest``."""
-    run = read_run(log_dir)
-    n = len(run.get("a", []))
-    assert lowest <= n <= highest, (n, lowest, highest)
-    assert run["a"] == [(i, float(i)) for i in range(n)]
-    assert run["b"] == [(i, -float(i)) for i in range(n)]
-    return n
+    """The run holds rows 0..P-1 of both tags, exact values, ``lowest <= P <= highest``, in
+    each writer's output (event files, read by TensorBoard; JSON lines); returns the event
+    files' P."""
+    from callax.writers import read_jsonl
+
+    counts = []
+    for run in (read_run(log_dir), read_jsonl(log_dir)):
+        n = len(run.get("a", []))
+        assert lowest <= n <= highest, (n, lowest, highest)
+        assert run["a"] == [(i, float(i)) for i in range(n)]
+        assert run["b"] == [(i, -float(i)) for i in range(n)]
+        counts.append(n)
+    return counts[0]
 
 
 def test_normal_end_writes_everything(children):

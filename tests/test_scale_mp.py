@@ -59,6 +59,25 @@ def test_one_run_name_and_one_process_per_seed(mp_root):
     assert_points(read_run(seeds), expected_seeds(8))
 
 
+def test_every_writer_gets_each_global_seed_from_one_process(mp_root):
+    # JSON lines: one file per seed, appended by the one process holding the seed (a second
+    # writer would duplicate every point); W&B: one run per global seed, grouped by the run.
+    from callax.writers import read_jsonl
+    from wandb_records import wandb_runs
+
+    train = os.path.join(mp_root, "train")
+    (name,) = os.listdir(train)
+    runs = wandb_runs(mp_root)
+    assert sorted(runs) == sorted(f"{name}/seed_{i}" for i in range(8))
+    for i in range(8):
+        directory = os.path.join(train, name, f"seed_{i}")
+        events = read_run(directory)
+        assert read_jsonl(directory) == events
+        run = runs[f"{name}/seed_{i}"]
+        assert run.run.run_group == name and run.finished
+        assert run.scalars()["train/loss"] == events["train/loss"]
+
+
 def test_process_local_data_written_once_or_per_process(mp_root):
     assert read_run(os.path.join(mp_root, "local")) == {"process": [(0, 0.0)]}
     assert len(writers(os.path.join(mp_root, "local"))) == 1
