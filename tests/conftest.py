@@ -138,3 +138,13 @@ def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
                 for tag in tags} for run, tags in runs.items()}
 
         return settled(fetch, server)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for child processes that tests interrupt: Ctrl-C as in a terminal.
+    A shell without job control starts background commands (``cmd &``, as CI scripts may)
+    with SIGINT *ignored*, and children inherit that; Python then never installs its
+    handler, and neither does callax."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from callax._writer._read import read_scalars
+from conftest import default_sigint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "interrupt_child.py")
@@ -23,8 +25,10 @@ def interrupt(mode: str, log_dir: str, *, signals: int = 1, gap: float = 0.2,
     """Run the child, send ``signals`` SIGINTs ``gap`` s apart once it prints ``trigger``
     (after ``delay`` s); return ``(returncode, stdout, stderr)``."""
     proc = subprocess.Popen([sys.executable, CHILD, mode, log_dir], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    guard = threading.Timer(timeout, proc.kill)  # a child that never gets ready ends too
+    guard.start()
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -36,7 +40,10 @@ def interrupt(mode: str, log_dir: str, *, signals: int = 1, gap: float = 0.2,
                     time.sleep(gap)
                 os.kill(proc.pid, signal.SIGINT)
             break
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        guard.cancel()
     return proc.returncode, "".join(lines) + out, err
 
 

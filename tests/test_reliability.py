@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import read_run
+from conftest import default_sigint, read_run
 
 HERE = os.path.dirname(__file__)
 CHILD = os.path.join(HERE, "reliability_child.py")
@@ -36,7 +36,7 @@ def _start(mode: str, log_dir: str) -> subprocess.Popen:
     with open(log_dir + ".out", "w") as out, open(log_dir + ".err", "w") as err:
         return subprocess.Popen([sys.executable, CHILD, child_mode, log_dir],
                                 env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                text=True)
+                                text=True, preexec_fn=default_sigint)
 
 
 @pytest.fixture(scope="module")
