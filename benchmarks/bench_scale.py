@@ -149,9 +149,9 @@ def main() -> None:
         counts["rows"] += 1
         return write(*a, **k)
 
-    def counting_flush(handle):
+    def counting_flush(handle, **options):
         counts["sync"] += 1
-        return flush(handle)
+        return flush(handle, **options)
 
     host.write, host.flush = counting_write, counting_flush
     root = tempfile.mkdtemp(prefix="callax_bench_scale_")
