@@ -16,6 +16,7 @@ import pytest
 
 import callax
 from callax import JITSummaryWriter
+from callax._writer import _queue
 from callax._writer._read import read_run, read_scalars
 from callax.cli import summarize
 from callax.writers import AbstractWriter, JsonlWriter, read_jsonl
@@ -163,6 +164,7 @@ def test_a_failing_writer_costs_its_points_only(tmp_path):
     with pytest.warns(RuntimeWarning, match="broken.*No space left"):
         for step in range(5):
             writer.add_dict("", {"a": float(step), "b": 2.0 * step}, global_step=step)
+            _queue.wait_idle()  # one batch per write (eager rows waiting would join one)
         jax.effects_barrier()
         with pytest.raises(callax.WriteError, match="broken") as info:
             writer.flush()

@@ -1000,7 +1000,7 @@ def _make_stop_read() -> Callable[[jax.Array], jax.Array]:
         return public
 
     read_p = Primitive("callax_stop_read")
-    read_p.def_impl(lambda token: np.asarray(_interrupt.stop_requested(), np.bool_))
+    read_p.def_impl(lambda token: jnp.asarray(_interrupt.stop_requested(), jnp.bool_))
     read_p.def_abstract_eval(lambda token: ShapedArray((), jnp.bool_))
 
     def _lowering(ctx, token):
