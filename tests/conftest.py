@@ -141,10 +141,11 @@ def data_server_scalars(logdir: str, runs: dict[str, list[str]]) -> dict:
 
 
 def default_sigint() -> None:
-    """``preexec_fn`` for child processes that tests interrupt: Ctrl-C as in a terminal.
-    A shell without job control starts background commands (``cmd &``, as CI scripts may)
-    with SIGINT *ignored*, and children inherit that; Python then never installs its
-    handler, and neither does callax."""
+    """``preexec_fn`` for child processes that tests signal: SIGINT, SIGTERM and SIGHUP with
+    their default actions, as in a terminal. A shell without job control starts background
+    commands (``cmd &``) with SIGINT ignored, ``nohup`` ignores SIGHUP, and children inherit
+    that; Python (and callax, which leaves ignored signals alone) then installs no handler."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
