@@ -22,6 +22,14 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
+def _over_seeds(base, logged, seeds):
+    """Both trainings vmapped over ``seeds`` seeds (jitted), and their key(s)."""
+    if not seeds:
+        return base, logged, jax.random.key(0)
+    vmapped = (jax.jit(jax.vmap(f, in_axes=(0, None))) for f in (base, logged))
+    return *vmapped, jax.random.split(jax.random.key(0), seeds)
+
+
 def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_out=True,
             stop_read=False):
     """Median env-steps/s with and without logging, measured in interleaved rounds.
@@ -35,12 +43,7 @@ def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_o
     base = make_train(n_envs, n_steps, n_iters, logging=stop_read, log_out=log_out)
     logged = make_train(n_envs, n_steps, n_iters, logging=True, log_out=log_out,
                         stop_read=stop_read)
-    if seeds:
-        base = jax.jit(jax.vmap(base, in_axes=(0, None)))
-        logged = jax.jit(jax.vmap(logged, in_axes=(0, None)))
-        key = jax.random.split(jax.random.key(0), seeds)
-    else:
-        key = jax.random.key(0)
+    base, logged, key = _over_seeds(base, logged, seeds)
     for _ in range(2):  # compile, then one warm run each
         timed(base, key, callback()), timed(logged, key, callback())
     calls = []
@@ -80,12 +83,7 @@ def compare_writers(name, n_envs, n_steps, n_iters, rounds, *, logdir, seeds=Non
             "all3": ("tensorboard", "jsonl", "wandb")}
     base = make_train(n_envs, n_steps, n_iters)
     logged = make_train(n_envs, n_steps, n_iters, logging=True)
-    if seeds:
-        base = jax.jit(jax.vmap(base, in_axes=(0, None)))
-        logged = jax.jit(jax.vmap(logged, in_axes=(0, None)))
-        key = jax.random.split(jax.random.key(0), seeds)
-    else:
-        key = jax.random.key(0)
+    base, logged, key = _over_seeds(base, logged, seeds)
 
     def one(arm):
         writers = arms[arm]
