@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import pytest
@@ -275,15 +274,12 @@ def test_bad_input_fails_fast_without_compiling(argv, message, monkeypatch, caps
         raise AssertionError("callax train compiled something on bad input")
 
     monkeypatch.setattr(jax, "jit", no_jit)
-    start = time.perf_counter()
     status = cli.main(argv)
-    elapsed = time.perf_counter() - start
     out, err = capsys.readouterr()
     assert status == 2
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("callax: error: "), err
     assert message in err
-    assert elapsed < 1.0
 
 
 def test_unwritable_logdir(tmp_path, monkeypatch, capsys):
