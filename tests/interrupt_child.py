@@ -19,6 +19,7 @@ point is on disk (the parent then sends SIGINT by PID), and at the end ``result 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -127,6 +128,26 @@ elif mode == "compile":
     print("compiling", flush=True)
     big(jnp.ones(8)).block_until_ready()
     print("result compiled", flush=True)
+elif mode == "gc":
+    # Ctrl-C arriving while a garbage-collector callback runs (JAX registers one): Python
+    # would print "Exception ignored" and drop the KeyboardInterrupt, and the program go on.
+    import gc
+
+    writer = callax.JITSummaryWriter(log_dir)
+    writer.add_scalar("x", 1.0, 0)
+    arrived = []
+
+    def slow_callback(phase, info):
+        if phase == "start" and not arrived:
+            arrived.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs in here
+
+    gc.callbacks.append(slow_callback)
+    gc.collect()
+    gc.callbacks.remove(slow_callback)
+    time.sleep(1.0)
+    print("result swallowed", flush=True)
 elif mode == "slow":
 
     class Slow(callax.AbstractStatelessCallback, callax.AbstractContinuingCallback):

@@ -14,6 +14,7 @@ import pytest
 
 import callax
 from callax import _host
+from callax._host import _ffi, _primitives
 from conftest import read_run
 
 
@@ -47,7 +48,7 @@ def test_fallback_without_jax_internals_keeps_the_contract(monkeypatch):
     from jax.interpreters import mlir
 
     monkeypatch.delattr(mlir, "emit_python_callback")
-    fallback, direct = _host._make_host_call()
+    fallback, direct = _primitives._make_host_call()
     assert not direct
     seen, fn = _collect()
     jax.jit(lambda a: fallback(fn, a + 1))(jnp.arange(3))
@@ -68,7 +69,8 @@ def test_fallback_when_lowering_fails_writes_the_same_points(monkeypatch, tmp_pa
         raise AssertionError("not reached")
 
     monkeypatch.setattr(mlir, "emit_python_callback", old_signature)
-    fallback, direct = _host._make_host_call()
+    monkeypatch.setattr(_ffi, "AVAILABLE", False)  # as off CPU: emit_python_callback lowers
+    fallback, direct = _primitives._make_host_call()
     assert not direct
     monkeypatch.setattr(_host, "callback", fallback)
     writer = callax.JITSummaryWriter(str(tmp_path))

@@ -12,9 +12,11 @@ and a handler that runs inside a host callback raises its ``KeyboardInterrupt`` 
 - **Otherwise, and at the second Ctrl-C:** everything handed over is written (bounded by
   :data:`~._signals.EXIT_FLUSH_TIMEOUT`), then ``KeyboardInterrupt`` is raised in the main
   thread where that is safe (catchable, as usual); where it is not (the main thread is
-  inside a host call, or runs no Python code at all: compiling, or waiting for a jitted
-  computation), the process ends with ``SIGINT``'s status (or :data:`exit_status`, which
-  ``callax train`` sets to 130, after a one-line message).
+  inside a host call or a garbage-collector callback, or runs no Python code at all:
+  compiling, or waiting for a jitted computation), the process ends with ``SIGINT``'s
+  status (or :data:`exit_status`, which ``callax train`` sets to 130, after a one-line
+  message). A program still running when the main thread ends with ``KeyboardInterrupt``
+  fails at its next host call (JAX would otherwise wait for it at exit).
 
 This module holds the state (the stop flag, whether a training runs, where host calls run);
 the handlers that act on ``SIGINT`` are in :mod:`._signals`.
@@ -22,6 +24,7 @@ the handlers that act on ``SIGINT`` are in :mod:`._signals`.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -55,7 +58,8 @@ class in_host_call:
 
 # Where JAX runs a host callback's Python code (the trampoline around callax's function).
 _CALLBACK_FILES = (os.path.join("jax", "_src", "callback.py"),
-                   os.path.join("jax", "_src", "debugging.py"))
+                   os.path.join("jax", "_src", "debugging.py"),
+                   os.path.join("callax", "_host", "_ffi.py"))
 
 
 def inside_host_call(frame) -> bool:
@@ -65,6 +69,19 @@ def inside_host_call(frame) -> bool:
         return True
     while frame is not None:
         if frame.f_code.co_filename.endswith(_CALLBACK_FILES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def inside_unraisable(frame) -> bool:
+    """Whether an exception raised at ``frame`` would be printed and dropped instead of
+    propagating: a garbage-collector callback (JAX registers one, and a ``KeyboardInterrupt``
+    raised in it was measured to vanish during compilation: the program went on) or a
+    ``__del__`` method."""
+    codes = {getattr(fn, "__code__", None) for fn in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes or frame.f_code.co_name == "__del__":
             return True
         frame = frame.f_back
     return False
@@ -81,6 +98,29 @@ def training_ended() -> None:
     global _training
     with lock:
         _training = False
+
+
+_refusing = False  # the process exits after Ctrl-C: host calls of running programs fail
+
+
+def refuse_host_calls_if_interrupted() -> bool:
+    """At interpreter exit (before ``atexit``), if the main thread ended with an uncaught
+    ``KeyboardInterrupt``: make every later host call fail, so that a computation still
+    running ends at its next host call. JAX (and Equinox) wait at exit for every running
+    program with ordered effects, which callax's host calls have: measured, a jitted loop
+    of 2M steps interrupted by Ctrl-C kept the process alive until the guard killed it."""
+    global _refusing
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if isinstance(last, KeyboardInterrupt):
+        _refusing = True
+    return _refusing
+
+
+def check_not_refused() -> None:
+    """Raise if host calls are refused (see :func:`refuse_host_calls_if_interrupted`)."""
+    if _refusing:
+        raise RuntimeError("callax: the process is exiting after Ctrl-C; the computation's "
+                           "host call was refused")
 
 
 def stop_requested() -> bool:

@@ -250,8 +250,8 @@ def on_sigint(signum: int, frame) -> None:
         action = _interrupt.act(pending)
     if action == "stop":
         return
-    if _interrupt.inside_host_call(frame):
-        _exit_from_any_thread()
+    if _interrupt.inside_host_call(frame) or _interrupt.inside_unraisable(frame):
+        _exit_from_any_thread()  # a KeyboardInterrupt raised here would be lost
     flush_before_exit(EXIT_FLUSH_TIMEOUT)
     previous = previous_handler(signal.SIGINT)
     if callable(previous) and previous is not on_sigint:

@@ -20,19 +20,19 @@ import itertools
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import custom_batching
-from jax.core import ShapedArray, Tracer
+from jax.core import Tracer
 from jax.experimental import io_callback
 from jax.typing import ArrayLike
 
-from . import _step, _writer as host
-from ._writer import _interrupt
+from .. import _step, _writer as host
+from .._writer import _interrupt
+from ._primitives import DIRECT_HOST_CALL as DIRECT_HOST_CALL, callback, read_clock, read_stop
 
 __all__ = [
     "begin_training", "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced",
@@ -154,190 +154,6 @@ def known_layout(tags: tuple) -> int | None:
     except TypeError:  # unhashable: not a layout (the checks will say why)
         return None
 
-
-def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
-    with _interrupt.in_host_call():  # Ctrl-C here must not raise into XLA
-        fn(*(np.asarray(a) for a in arrays))
-
-
-def _partitioned_sharding(axis_context, avals_out):
-    """Where a host call runs in a program partitioned over several devices, as
-    ``jax.debug.callback`` places it: on device 0 once under sharded ``jit`` (the operands are
-    gathered there), on every device under a fully manual ``shard_map``. ``None`` where the
-    direct path does not handle the context (partly manual ``shard_map``) or the JAX
-    internals differ: the caller then uses ``jax.debug.callback``'s lowering.
-
-    Going through ``jax.debug.callback`` there copies every operand into a new ``jax.Array``
-    (``device_put``) and waits for it. Under sharded ``jit`` on host devices that copy needs a
-    runtime worker thread while the other devices hold them, waiting for the next collective:
-    measured to deadlock (XLA's rendezvous aborts the process after 40 s) once a flush
-    carries ~100 kB on 4 host devices of a 2-core machine (``benchmarks/bench_scale.py``).
-    """
-    try:
-        from jax._src import config, sharding_impls
-        from jax._src.lib import xla_client as xc  # pyright: ignore[reportPrivateImportUsage]
-
-        shardy = config.use_shardy_partitioner.value
-        if isinstance(axis_context, sharding_impls.SPMDAxisContext):
-            if set(axis_context.manual_axes) != set(axis_context.mesh.axis_names):
-                return None
-            if shardy:
-                from jax._src import callback as callback_lib
-
-                return callback_lib._get_sdy_array_list_for_callbacks(avals_out)
-            sharding = xc.OpSharding()
-            sharding.type = xc.OpSharding.Type.MANUAL
-            return sharding
-        if shardy:
-            sdy_array = sharding_impls.SdyArray  # pyright: ignore[reportPrivateImportUsage]
-            return sharding_impls.SdyArrayList((sdy_array(
-                mesh_shape=(), dim_shardings=(), logical_device_ids=(0,)),))
-        sharding = xc.OpSharding()
-        sharding.type = xc.OpSharding.Type.MAXIMAL
-        sharding.tile_assignment_dimensions = [1]
-        sharding.tile_assignment_devices = [0]
-        return sharding
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-        return None
-
-
-def _ordered_effect():
-    """The effect of callax's host calls: an *ordered* effect of its own.
-
-    JAX threads a token through every ordered effect of a program (``scan``/``while``
-    bodies, ``cond`` branches, ``shard_map`` included) and between consecutive executions,
-    so host calls run in program order: steps written in a loop, several writes of one
-    program and ``global_step=None`` arrive as the program made them. Unordered effects
-    (``jax.debug.callback``'s default) ran in orders like 9, 0, 8, 1 in an unrolled
-    ``scan``. Registered as *shardable* (allowed in programs over several devices, as
-    ``io_callback(ordered=True)`` is) and allowed in control flow, custom derivatives and
-    ``jax.checkpoint``. Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
-    it under ``vmap`` (callax's calls are never batched: ``custom_vmap`` rules make one call
-    for the whole batch).
-    """
-    from jax._src import effects
-
-    class CallaxHostEffect(effects.Effect):
-        __str__ = lambda self: "CallaxHost"  # noqa: E731
-
-    for kind in ("ordered_effects", "shardable_ordered_effects", "lowerable_effects",
-                 "control_flow_allowed_effects", "custom_derivatives_allowed_effects",
-                 "remat_allowed_effects"):
-        getattr(effects, kind).add_type(CallaxHostEffect)
-    return CallaxHostEffect()
-
-
-def _fallback_host_call(fn: Callable[..., None], *args) -> None:
-    """The host call without JAX internals: ``io_callback(ordered=True)`` (in program order
-    too, but it copies every operand first, and ``vmap`` of a ``cond`` with a batched
-    predicate around it is refused by JAX)."""
-    def on_host(*arrays):
-        _call_with_numpy(fn, *arrays)
-        return ()
-
-    io_callback(on_host, (), *args, ordered=True)
-
-
-def _make_host_call() -> tuple[Callable[..., None], bool]:
-    """Build :func:`callback`; return it and whether it is the direct path.
-
-    ``jax.debug.callback`` and ``io_callback`` first copy every operand into a new
-    ``jax.Array`` on the CPU device (``device_put``), which inside a busy compiled program
-    waits for the runtime's worker threads: measured 0.6–0.8 ms per call in the PPO-like
-    benchmark against ~0.1 ms in an idle program. The direct path is a primitive with an
-    ordered effect of its own (:func:`_ordered_effect`), lowered with
-    ``mlir.emit_python_callback`` (threading the effect's token), so XLA hands the host
-    function the NumPy views of its operands directly, in program order. Under SPMD
-    partitioning (several devices) it places the call as ``jax.debug.callback`` does (see
-    :func:`_partitioned_sharding`); inside a partly manual ``shard_map`` the first device of
-    the automatic axes calls. It relies on JAX internals; where they are missing at import,
-    or lowering a probe program with them fails (a changed signature), it falls back to
-    :func:`_fallback_host_call`.
-    """
-    try:
-        from jax._src import sharding_impls
-        from jax.extend.core import Primitive
-        from jax.interpreters import ad, mlir
-
-        spmd_context = sharding_impls.SPMDAxisContext
-        sharding_context = sharding_impls.ShardingContext
-        emit_python_callback = mlir.emit_python_callback
-        effect = _ordered_effect()
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-        return _fallback_host_call, False
-
-    host_call_p = Primitive("callax_host_call")
-    host_call_p.multiple_results = True
-
-    @host_call_p.def_impl
-    def _impl(*args, fn):
-        _call_with_numpy(fn, *args)
-        return []
-
-    host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
-
-    def _jvp(primals, tangents, *, fn):
-        del tangents
-        return host_call_p.bind(*primals, fn=fn), []
-
-    ad.primitive_jvps[host_call_p] = _jvp
-
-    def _partly_manual(axis_context, *args, fn):
-        # As jax.debug.callback does: the first device along the automatic axes calls.
-        from jax import shard_map
-
-        auto = [a for a in axis_context.mesh.axis_names if a not in axis_context.manual_axes]
-
-        def first_calls():
-            jax.lax.cond(jax.lax.axis_index(tuple(auto)) == 0,
-                         lambda: host_call_p.bind(*args, fn=fn), lambda: [])
-            return []
-
-        return shard_map(first_calls, in_specs=(), out_specs=[])()
-
-    def _lowering(ctx, *args, fn):
-        axis_context = ctx.module_context.axis_context
-        sharding = None
-        if isinstance(axis_context, spmd_context) or (
-            isinstance(axis_context, sharding_context) and axis_context.num_devices > 1
-        ):
-            sharding = _partitioned_sharding(axis_context, ctx.avals_out)
-            if sharding is None:
-                return mlir.lower_fun(functools.partial(_partly_manual, axis_context, fn=fn),
-                                      multiple_results=True)(ctx, *args)
-
-        def on_host(*arrays):
-            with _interrupt.in_host_call():
-                fn(*arrays)
-            return ()
-
-        token = ctx.tokens_in.get(effect)
-        results, token, _ = emit_python_callback(
-            ctx, on_host, token, list(args), ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=True, sharding=sharding,
-        )
-        ctx.set_tokens_out(ctx.tokens_in.update_tokens(mlir.TokenSet({effect: token})))
-        return results
-
-    mlir.register_lowering(host_call_p, _lowering)
-
-    def host_call(fn: Callable[..., None], *args) -> None:
-        host_call_p.bind(*(jnp.asarray(a) for a in args), fn=fn)
-
-    def probe(fn: Callable[..., None], *args) -> None:
-        del fn, args
-
-    try:  # lowering needs the internals' current signatures (a TypeError on older JAX)
-        jax.jit(lambda x: host_call(probe, x)).lower(jnp.zeros((), jnp.int32))
-    except Exception:  # noqa: BLE001 - any failure: use the public path
-        return _fallback_host_call, False
-    return host_call, True
-
-
-callback, DIRECT_HOST_CALL = _make_host_call()
-callback.__doc__ = """``callback(fn, *arrays)``: call ``fn`` on the host with the arrays' values as
-NumPy arrays, eagerly or from inside ``jit``/``scan``/``cond``, in program order (an ordered
-effect; never batched: callers wrap it in a ``custom_vmap`` rule)."""
 
 
 _HEADER = 7  # layout, handle, seed, pred, sync, K, width
@@ -937,110 +753,18 @@ def send(host_fn: Callable[..., None], *arrays, when: ArrayLike = True) -> None:
                      *(jnp.asarray(a) for a in arrays))
 
 
-def _clock_now(_: object) -> np.ndarray:
-    t = time.perf_counter_ns()
-    return np.array([t // 1_000_000_000, t % 1_000_000_000], np.int32)
-
-
-@custom_batching.custom_vmap
-def _clock(token: jax.Array) -> jax.Array:
-    # A *pure* callback: it carries no effect, so it may sit in a while_loop whose predicate
-    # is batched (vmapped seeds stopping at different iterations), where io_callback may not.
-    # Its operand (a value computed from the data it waits for) orders it, and XLA neither
-    # merges nor drops it while its result is used.
-    return jax.pure_callback(_clock_now, jax.ShapeDtypeStruct((2,), jnp.int32), token)
-
-
-@_clock.def_vmap
-def _clock_vmap(axis_size, in_batched, token):
-    # One clock read for the whole batch: the batch is computed together.
-    return _clock(jnp.sum(token)), False
-
-
 def clock(token) -> jax.Array:
     """Read the host clock (``time.perf_counter``) once the float32 scalar ``token`` has
     been computed; returns ``int32[2]`` (seconds, nanoseconds).
 
-    The one host call of callax that returns a value to the device. Under ``vmap`` it reads
-    the clock once for the whole batch (the result is unbatched).
+    Under ``vmap`` it reads the clock once for the whole batch (the result is unbatched).
     """
-    return _clock(jnp.asarray(token, jnp.float32))
+    return read_clock(jnp.asarray(token, jnp.float32))
 
 
 # --------------------------------------------------------------------------------------------
 # Ctrl-C: the stop flag, read once per iteration by a training (see callax._writer._interrupt).
 
-
-def _stop_flag(_: object) -> np.ndarray:
-    return np.asarray(_interrupt.stop_requested(), np.bool_)
-
-
-def _make_stop_read() -> Callable[[jax.Array], jax.Array]:
-    """The read of the stop flag: ``bool[]`` from the host once ``token`` is computed.
-
-    ``jax.pure_callback`` copies its operand into a new ``jax.Array`` first, which inside a
-    busy program waits for the runtime's worker threads (as for writes, see
-    :func:`_make_host_call`): measured 9-19 % of the PPO-like benchmark's time when read
-    once per iteration. The direct path is a primitive without effects, lowered with
-    ``emit_python_callback`` (its result keeps it alive; its operand, the iteration
-    counter, keeps XLA from hoisting it out of the loop); ``pure_callback`` where the JAX
-    internals are missing or the program is partly manual."""
-    def public(token):
-        return jax.pure_callback(_stop_flag, jax.ShapeDtypeStruct((), jnp.bool_), token)
-
-    try:
-        from jax._src import sharding_impls
-        from jax.extend.core import Primitive
-        from jax.interpreters import mlir
-
-        emit_python_callback = mlir.emit_python_callback
-        spmd_context = sharding_impls.SPMDAxisContext
-        sharding_context = sharding_impls.ShardingContext
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-        return public
-
-    read_p = Primitive("callax_stop_read")
-    read_p.def_impl(lambda token: jnp.asarray(_interrupt.stop_requested(), jnp.bool_))
-    read_p.def_abstract_eval(lambda token: ShapedArray((), jnp.bool_))
-
-    def _lowering(ctx, token):
-        axis_context = ctx.module_context.axis_context
-        sharding = None
-        if isinstance(axis_context, spmd_context) or (
-            isinstance(axis_context, sharding_context) and axis_context.num_devices > 1
-        ):
-            sharding = _partitioned_sharding(axis_context, ctx.avals_out)
-            if sharding is None:  # partly manual shard_map: JAX's own placement
-                return mlir.lower_fun(public, multiple_results=False)(ctx, token)
-
-        def on_host(_):
-            return (np.asarray(_interrupt.stop_requested(), np.bool_),)
-
-        results, _, _ = emit_python_callback(
-            ctx, on_host, None, [token], ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=False, sharding=sharding)
-        return results
-
-    mlir.register_lowering(read_p, _lowering)
-    try:  # the internals' signatures: a TypeError on other JAX releases
-        jax.jit(read_p.bind).lower(jnp.zeros((), jnp.int32))
-    except Exception:  # noqa: BLE001 - any failure: the public path
-        return public
-    return read_p.bind
-
-
-_stop_read = _make_stop_read()
-
-
-@custom_batching.custom_vmap
-def _read_stop(token: jax.Array) -> jax.Array:
-    # Allowed in a while_loop whose predicate is batched (no effect).
-    return _stop_read(token)
-
-
-@_read_stop.def_vmap
-def _read_stop_vmap(axis_size, in_batched, token):
-    return _read_stop(jnp.sum(token)), False  # one read for the whole batch
 
 
 def stop_requested(token) -> jax.Array:
@@ -1048,7 +772,7 @@ def stop_requested(token) -> jax.Array:
     host once ``token`` (e.g. the iteration counter) is computed. Under ``vmap`` one read for
     the batch; under ``pmap``/``shard_map`` every device reads and all agree (the reads are
     OR-ed over the manual axes), so every device stops at the same iteration."""
-    flag = _read_stop(jnp.asarray(token, jnp.int32))
+    flag = read_stop(jnp.asarray(token, jnp.int32))
     axes = manual_axes()
     if axes:
         names = tuple(name for name, _ in axes)
