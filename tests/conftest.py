@@ -26,6 +26,13 @@ JAX_VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0)
 # passes axis_index_groups to an abstract eval that no longer takes it. Fixed in JAX 0.9.1.
 OLD_JAX_PSUM_INVARIANT_UNDER_VMAP = JAX_VERSION < (0, 9, 1)
 
+# `callax train` keeps compiled programs in ~/.cache/callax/jax by default: not the tests (a
+# directory of this session instead, inherited by the child processes tests start).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="callax-tests-cache-")
+
 
 def tensorboard_command() -> list[str]:
     """The TensorBoard server of the interpreter running the tests: the ``tensorboard``

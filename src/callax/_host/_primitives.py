@@ -80,6 +80,9 @@ def _returning_nothing(fn: Callable[..., None]) -> Callable[..., tuple]:
             fn(*arrays)
         return ()
 
+    # named after ``fn`` in compiled programs (the FFI call's ``name``) and tracebacks
+    on_host.__module__ = getattr(fn, "__module__", None) or __name__
+    on_host.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)
     return on_host
 
 def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
