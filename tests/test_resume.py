@@ -12,7 +12,7 @@ import pytest
 
 import callax
 from callax._writer._read import read_scalars
-from conftest import assert_steps_increase, data_server_scalars, read_run
+from conftest import assert_steps_increase, data_server_scalars, read_run, sync
 from minimal_loop import drive
 from test_tensorboard import N_ENVS, N_STEPS, expected_log, scripted
 
@@ -42,6 +42,7 @@ def resumed_root(tmp_path_factory) -> str:
     again = callax.TensorBoardCallback(name="run", log_dir=root, flush_every=2,
                                        resume_from_step=S)
     _drive(again, *scripted(1, N_ITERS - CHECKPOINT_ITERS), jax.random.key(1), log_scale=100.0)
+    sync()  # the jitted call returns before its host calls have run (asynchronous dispatch)
     assert os.listdir(root) == ["run"]  # the same run directory, no "run_1"
     assert len(os.listdir(os.path.join(root, "run"))) == 2
     write_tail_run(os.path.join(root, "tail"))
