@@ -1,5 +1,6 @@
-"""Ctrl-C inside jit (issue 18): child processes (tests/interrupt_child.py) get SIGINT by PID
-once their first point is on disk, or while they compile."""
+"""Ctrl-C inside jit (issue 18): child processes (tests/interrupt_child.py,
+``callax train``) get SIGINT by PID once their first point is on disk, or while they
+compile."""
 
 from __future__ import annotations
 
@@ -132,3 +133,40 @@ def test_ctrl_c_inside_a_gc_callback_is_never_swallowed(tmp_path):
     assert code in (-signal.SIGINT, 130), (code, out, err)
     assert "result swallowed" not in out
     assert _steps(str(tmp_path), "x") == [0]  # handed over before: written
+
+
+def test_callax_train_stops_on_sigint_with_status_130(tmp_path):
+    # The real CLI: the first Ctrl-C ends the jitted PPO at an iteration boundary; the run so
+    # far is on disk, the summary printed, and the status is 130 (as a shell's after Ctrl-C).
+    seed_dir = str(tmp_path / "run" / "seed_0")
+    planned = 3_000_000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
+         "--total-timesteps", str(planned), "--no-progress", "--logdir", str(tmp_path),
+         "--name", "run", "--no-compilation-cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    guard = threading.Timer(600, proc.kill)  # a hang guard only
+    guard.start()
+    try:
+        while proc.poll() is None and not (
+                os.path.isdir(seed_dir) and read_scalars(seed_dir).get("rollout/ep_rew_mean")):
+            time.sleep(0.05)
+        if proc.poll() is None:  # else it ended before its first point: fails below
+            os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate()
+    finally:
+        guard.cancel()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err
+    match = re.search(r"stopped by Ctrl-C after ([\d,]+) steps \(iteration (\d+)\)", err)
+    assert match, err
+    steps, iterations = int(match[1].replace(",", "")), int(match[2])
+    assert "seed 0: final ep_rew_mean" in out and f"after {match[1]} steps" in out
+    assert "tensorboard --logdir" in out
+    # Every iteration done is on disk, at increasing steps, the last one at the printed steps.
+    written = _steps(seed_dir, "rollout/ep_rew_mean")
+    per_iteration = steps // iterations
+    assert written == [per_iteration * (i + 1) for i in range(iterations)]
+    assert written[-1] == steps
+    assert 0 < steps < planned
