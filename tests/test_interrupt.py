@@ -1,5 +1,6 @@
-"""Ctrl-C inside jit (issue 18): child processes (tests/interrupt_child.py) get SIGINT by PID
-once their first point is on disk, or while they compile."""
+"""Ctrl-C inside jit (issue 18): child processes (tests/interrupt_child.py,
+tests/interrupt_mp_child.py, ``callax train``) get SIGINT by PID once their first point is on
+disk, or while they compile."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import time
 import pytest
 
 from callax._writer._read import read_scalars
-from conftest import default_sigint
+from conftest import default_sigint, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "interrupt_child.py")
+MP_CHILD = os.path.join(HERE, "interrupt_mp_child.py")
 
 
 def interrupt(mode: str, log_dir: str, *, signals: int = 1, gap: float = 0.2,
@@ -132,3 +134,91 @@ def test_ctrl_c_inside_a_gc_callback_is_never_swallowed(tmp_path):
     assert code in (-signal.SIGINT, 130), (code, out, err)
     assert "result swallowed" not in out
     assert _steps(str(tmp_path), "x") == [0]  # handed over before: written
+
+
+def test_callax_train_stops_on_sigint_with_status_130(tmp_path):
+    # The real CLI: the first Ctrl-C ends the jitted PPO at an iteration boundary; the run so
+    # far is on disk, the summary printed, and the status is 130 (as a shell's after Ctrl-C).
+    seed_dir = str(tmp_path / "run" / "seed_0")
+    planned = 3_000_000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
+         "--total-timesteps", str(planned), "--no-progress", "--logdir", str(tmp_path),
+         "--name", "run", "--no-compilation-cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    guard = threading.Timer(600, proc.kill)  # a hang guard only
+    guard.start()
+    try:
+        while proc.poll() is None and not (
+                os.path.isdir(seed_dir) and read_scalars(seed_dir).get("rollout/ep_rew_mean")):
+            time.sleep(0.05)
+        if proc.poll() is None:  # else it ended before its first point: fails below
+            os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate()
+    finally:
+        guard.cancel()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err
+    match = re.search(r"stopped by Ctrl-C after ([\d,]+) steps \(iteration (\d+)\)", err)
+    assert match, err
+    steps, iterations = int(match[1].replace(",", "")), int(match[2])
+    assert "seed 0: final ep_rew_mean" in out and f"after {match[1]} steps" in out
+    assert "tensorboard --logdir" in out
+    # Every iteration done is on disk, at increasing steps, the last one at the printed steps.
+    written = _steps(seed_dir, "rollout/ep_rew_mean")
+    per_iteration = steps // iterations
+    assert written == [per_iteration * (i + 1) for i in range(iterations)]
+    assert written[-1] == steps
+    assert 0 < steps < planned
+
+
+def test_two_processes_stop_at_the_same_iteration(tmp_path):
+    # jax.distributed (gloo), 2 processes x 2 devices, one shard_map training over the global
+    # mesh: Ctrl-C reaches process 1 only, yet both stop at the same iteration (the stop reads
+    # are OR-ed over the mesh axis, which spans both processes).
+    port, log_dir = free_port(), str(tmp_path / "logs")
+    procs = []
+    for p in range(2):
+        with open(tmp_path / f"stderr_{p}", "w") as stderr:
+            procs.append(subprocess.Popen(
+                [sys.executable, MP_CHILD, str(port), str(p), log_dir], stdout=subprocess.PIPE,
+                stderr=stderr, text=True, preexec_fn=default_sigint,
+                env=dict(os.environ, JAX_PLATFORMS="cpu")))
+    guards = [threading.Timer(600, proc.kill) for proc in procs]  # hang guards only
+    for guard in guards:
+        guard.start()
+    try:
+        firsts = []  # each prints "ready" once a point of its own seeds is on disk
+        for proc in procs:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:  # (gloo prints lines of its own first)
+                lines.append(line)
+                if line.strip() == "ready":
+                    break
+            firsts.append("".join(lines))
+        if all("ready" in first.split() for first in firsts):
+            os.kill(procs[1].pid, signal.SIGINT)
+        outs = [first + proc.communicate()[0] for first, proc in zip(firsts, procs)]
+    finally:
+        for guard in guards:
+            guard.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    errs = [(tmp_path / f"stderr_{p}").read_text() for p in range(2)]
+    for proc, out, err in zip(procs, outs, errs):
+        assert proc.returncode == 0, (proc.returncode, out, err[-4000:])
+        assert "Traceback" not in err
+    # Only process 1 got Ctrl-C; process 0 stopped because its devices agreed with 1's.
+    assert "stopping at the end of this iteration" in errs[1]
+    assert "stopping at the end of this iteration" not in errs[0]
+    results = [_result(out) for out in outs]
+    (iterations,) = {i for _, counts, _ in results for i in counts}  # one count, 4 devices
+    planned = results[0][2]
+    assert all(interrupted for interrupted, _, _ in results) and 0 < iterations < planned
+    for seed in range(4):  # seeds 0-1 written by process 0, 2-3 by process 1
+        steps = _steps(os.path.join(log_dir, "devices", f"seed_{seed}"), "episode/return")
+        assert steps == [4 * (i + 1) for i in range(iterations)], seed
