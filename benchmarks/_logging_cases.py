@@ -31,19 +31,28 @@ def _over_seeds(base, logged, seeds):
 
 
 def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_out=True,
-            stop_read=False):
+            stop_read=False, emit_base=False):
     """Median env-steps/s with and without logging, measured in interleaved rounds.
 
     With ``stop_read`` both sides log, and the "logging" side also reads the Ctrl-C stop
-    flag once per iteration: the ratio is the cost of that read."""
+    flag once per iteration: the ratio is the cost of that read. With ``emit_base`` both
+    sides log, the base's host calls lowered with ``emit_python_callback`` (JAX's callback
+    target) and the other's with callax's FFI target: the ratio is the FFI's cost."""
 
     def callback():  # a fresh run each time; same pytree structure, so no recompilation
         return callax.TensorBoardCallback(name=name, log_dir=logdir)
 
-    base = make_train(n_envs, n_steps, n_iters, logging=stop_read, log_out=log_out)
+    base = make_train(n_envs, n_steps, n_iters, logging=stop_read or emit_base,
+                      log_out=log_out)
     logged = make_train(n_envs, n_steps, n_iters, logging=True, log_out=log_out,
                         stop_read=stop_read)
     base, logged, key = _over_seeds(base, logged, seeds)
+    from callax._host import _ffi
+
+    ffi = _ffi.AVAILABLE
+    _ffi.AVAILABLE = ffi and not emit_base  # the choice is made when a program is lowered
+    timed(base, key, callback())
+    _ffi.AVAILABLE = ffi
     for _ in range(2):  # compile, then one warm run each
         timed(base, key, callback()), timed(logged, key, callback())
     calls = []
@@ -159,6 +168,11 @@ def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
             compare("ppo-nolog", 4, 128, iters, rounds, logdir=logdir, log_out=False)
         if "ppo-stop" in cases:
             compare("ppo-stop", 4, 128, iters, rounds, logdir=logdir, stop_read=True)
+        if "ffi" in cases:
+            compare("ffi", 4, 128, iters, rounds, logdir=logdir, emit_base=True)
+        if "ffi-tiny" in cases:
+            compare("ffi-tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir,
+                    emit_base=True)
         if "tiny" in cases:
             compare("tiny", 1, 16, max(int(2000 * scale), 2), rounds, logdir=logdir)
         if "vmap8" in cases:

@@ -2,8 +2,8 @@
 
     python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
                                        [--cores 1|all|both]
-                                       [--cases ppo,ppo-nolog,ppo-stop,tiny,vmap8,writer,
-                                                writers,writers8]
+                                       [--cases ppo,ppo-nolog,ppo-stop,ffi,ffi-tiny,tiny,
+                                                vmap8,writer,writers,writers8]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
@@ -12,6 +12,8 @@ Prints env-steps/s with and without a TensorBoardCallback for:
   against a baseline that discards its training log (XLA then skips computing it);
   ``ppo-stop`` logs on both sides and adds, on one, the read of the Ctrl-C stop flag once
   per iteration that callax's trainers and ``StopOnInterrupt`` make (its cost alone);
+  ``ffi`` (and ``ffi-tiny``, the ``tiny`` loop) logs on both sides, host calls lowered to
+  callax's FFI target (cacheable) against JAX's ``emit_python_callback`` target;
 - ``tiny``: the same with 1 env × 16 steps/iteration (target ≤ 1.5×);
 - ``vmap8``: the ``ppo`` loop vmapped over 8 seeds (target ≤ 1.05×, one host transfer per
   write for all seeds);
@@ -48,7 +50,7 @@ import statistics
 import subprocess
 import sys
 
-CASES = ("ppo", "ppo-nolog", "ppo-stop", "tiny", "vmap8", "writer")
+CASES = ("ppo", "ppo-nolog", "ppo-stop", "ffi", "ffi-tiny", "tiny", "vmap8", "writer")
 EXTRA_CASES = ("writers", "writers8")  # only when asked for (W&B: the callax[wandb] extra)
 
 

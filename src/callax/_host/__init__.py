@@ -1,4 +1,4 @@
-"""The one module that crosses from device to host (``jax.debug.callback``, ``io_callback``).
+"""The one package that crosses from device to host (its primitives: :mod:`._primitives`).
 
 Everything a jitted program sends to TensorBoard goes through :func:`emit`: one host call
 carrying one packed batch (``steps[K]``, ``values[K, n]``, ``valid[K, n]``) for a tuple of
@@ -32,15 +32,15 @@ from jax.typing import ArrayLike
 
 from .. import _step, _writer as host
 from .._writer import _interrupt
+from ._numbering import Numbering
 from ._primitives import DIRECT_HOST_CALL as DIRECT_HOST_CALL, callback, read_clock, read_stop
 
 __all__ = [
     "begin_training", "callback", "clock", "close", "emit", "flush", "flush_all", "is_traced",
-    "open_run", "register_layout", "seed_origin", "seed_positions", "send", "under_trace",
-    "write_eager", "stop_requested", "training_started", "training_ended",
+    "layout_tags", "open_run", "register_layout", "seed_origin", "seed_positions", "send",
+    "under_trace", "write_eager", "stop_requested", "training_started", "training_ended",
 ]
 
-_layout_lock = threading.Lock()
 
 
 def is_traced(x) -> bool:
@@ -130,21 +130,18 @@ def open_run(log_dir: str | Callable[[], str], *, avoid_existing: bool = False,
     return io_callback(_open, jax.ShapeDtypeStruct((), jnp.int32), ordered=False)
 
 
-_layouts: dict[tuple[str, ...], int] = {}
-_layout_tags: list[tuple[str, ...]] = []
+_layouts: Numbering[tuple[str, ...]] = Numbering()
 
 
 def register_layout(tags: tuple[str, ...]) -> int:
     """A small integer standing for a tuple of tags, so that the tags of a packed payload can
     travel as data (a buffer filled in one traced function and flushed from another)."""
-    layout = _layouts.get(tags)
-    if layout is None:
-        with _layout_lock:
-            layout = _layouts.get(tags)
-            if layout is None:
-                layout = _layouts[tags] = len(_layout_tags)
-                _layout_tags.append(tags)
-    return layout
+    return _layouts.number(tags)
+
+
+def layout_tags(layout: int) -> tuple[str, ...]:
+    """The tags of a registered layout."""
+    return _layouts[layout]
 
 
 def known_layout(tags: tuple) -> int | None:
@@ -199,7 +196,7 @@ def _host_write(packed) -> None:
     for h, lay in {(int(h), int(t)) for h, t in zip(handle, layout, strict=True)}:
         mine = (handle == h) & (layout == lay) & (pred != 0)
         if mine.any():
-            tags = _layout_tags[lay]
+            tags = layout_tags(lay)
             n = len(tags)
             host.write(h, tags, seed[mine], steps[mine], values[mine][..., :n],
                        valid[mine][..., :n], wait=wait)
@@ -219,7 +216,7 @@ def _check_steps(steps, valid, handle, layout):
     error = None
     if negative.any():
         b, row = (int(i[0]) for i in np.nonzero(negative))
-        tags = [t for t, ok in zip(_layout_tags[int(layout[b])], valid[b, row], strict=False)
+        tags = [t for t, ok in zip(layout_tags(int(layout[b])), valid[b, row], strict=False)
                 if ok]
         error = ValueError(
             f"callax: negative global step {int(steps[b, row])} for tag(s) "

@@ -23,13 +23,13 @@ registration failed, and off CPU, callers lower with ``emit_python_callback`` as
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._writer import _interrupt
+from ._numbering import Numbering
 
 TARGET = "callax_host"
 
@@ -115,9 +115,7 @@ _HANDLER = ctypes.CFUNCTYPE(_ptr, ctypes.POINTER(_CallFrame))
 
 # ---- the table of Python functions, by key ----------------------------------------------------
 
-_lock = threading.Lock()
-_functions: list[Callable[..., Sequence[Any]]] = []
-_keys: dict[Callable[..., Sequence[Any]], int] = {}
+_functions: Numbering[Callable[..., Sequence[Any]]] = Numbering()
 _checked: set[int] = set()  # keys whose name matched the program's at their first call
 
 
@@ -129,12 +127,7 @@ def name_of(fn: Callable[..., Sequence[Any]]) -> str:
 
 def key_of(fn: Callable[..., Sequence[Any]]) -> int:
     """The key that names ``fn`` in compiled programs (the same function, the same key)."""
-    with _lock:
-        key = _keys.get(fn)
-        if key is None:
-            key = _keys[fn] = len(_functions)
-            _functions.append(fn)
-    return key
+    return _functions.number(fn)
 
 
 # ---- the handler ------------------------------------------------------------------------------

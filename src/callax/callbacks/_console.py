@@ -95,7 +95,7 @@ def _host_table(seed, when, handle, layout, values, steps, iteration, marker) ->
             table.start = now
             return
         elapsed = now - (table.start if table.start is not None else now)
-    tags = _host._layout_tags[int(layout[rows[0]])]
+    tags = _host.layout_tags(int(layout[rows[0]]))
     out = {tag: [float(v) for v in values[rows, j]] for j, tag in enumerate(tags)
            if np.isfinite(values[rows, j]).any()}
     out["time/iterations"] = [float(i) for i in iteration[rows]]

@@ -51,7 +51,7 @@ def _host_histograms(seed, when, handle, layout, step, stats, counts) -> None:
     rows = np.flatnonzero(when)
     if rows.size == 0:
         return
-    tags = _host._layout_tags[int(layout[rows[0]])]
+    tags = _host.layout_tags(int(layout[rows[0]]))
     host.write_histograms(int(handle[rows[0]]), tags, seed[rows], step[rows],
                           stats[rows].astype(np.float64), counts[rows].astype(np.float64))
 

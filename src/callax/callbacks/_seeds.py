@@ -139,7 +139,7 @@ def _host_seed_rows(seed, when, handle, seeds_handle, layout, words, values, val
     rows = np.flatnonzero(when)
     if n_seeds < 2 or rows.size == 0:
         return
-    tags = _host._layout_tags[int(layout[rows[0]])]
+    tags = _host.layout_tags(int(layout[rows[0]]))
     steps = words_to_int64(words)  # [B, K]
     by_step: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for b in rows:
