@@ -200,8 +200,8 @@ def flush_before_exit(timeout: float) -> bool:
     threading.Thread(target=work, name="callax-exit-flush", daemon=True).start()
     finished = done.wait(timeout)
     if not finished:
-        print(f"callax: the event files were not all written within {timeout:g} s of the "
-              "exit signal; points still queued may be lost", file=sys.stderr)
+        print(f"callax: the event files were not all written within {timeout:g} s at "
+              "exit; points still queued may be lost", file=sys.stderr)
     return finished
 
 
