@@ -206,14 +206,20 @@ def _compilation_cache(directory: str | None) -> Iterator[list[int]]:
         if event == "/jax/compilation_cache/cache_hits":
             hits.append(1)
 
+    from jax.experimental.compilation_cache import compilation_cache
+
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    # JAX decides once per process whether it uses the cache (at the first compilation, which
+    # may have come before): decide again now, and again after the block.
+    compilation_cache.reset_cache()
     jax.monitoring.register_event_listener(listen)
     try:
         yield hits
     finally:
         for name, value in before.items():
             jax.config.update(name, value)
+        compilation_cache.reset_cache()
         try:
             from jax._src import monitoring
 
