@@ -170,3 +170,18 @@ def test_host_call_in_a_busy_program_reaches_every_point(logdir):
     assert [s for s, _ in run_] == list(range(50))
     np.testing.assert_allclose([v for _, v in run_], expected, rtol=1e-5)
     assert np.isfinite(np.asarray(final)).all()
+
+
+def test_operands_of_every_common_dtype_arrive_with_their_dtype():
+    # The FFI handler maps XLA's element types to NumPy's (bf16 through ml_dtypes).
+    seen, fn = _collect()
+    arrays = (jnp.arange(3, dtype=jnp.bfloat16), jnp.array([True, False]),
+              jnp.arange(4, dtype=jnp.int8), jnp.arange(2, dtype=jnp.uint32),
+              jnp.arange(2, dtype=jnp.float16), jnp.zeros((0, 3), jnp.float32),
+              jnp.array([1 + 2j], jnp.complex64))
+    jax.jit(lambda *a: _host.callback(fn, *a))(*arrays)
+    jax.effects_barrier()
+    (got,) = seen
+    for a, b in zip(arrays, got, strict=True):
+        assert isinstance(b, np.ndarray) and b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(b, np.asarray(a))

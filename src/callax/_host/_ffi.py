@@ -26,6 +26,7 @@ import ctypes
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from .._writer import _interrupt
@@ -40,10 +41,20 @@ _SCALAR = 3  # XLA_FFI_AttrType_SCALAR
 _STRING = 4  # XLA_FFI_AttrType_STRING
 _INTERNAL = 13  # XLA_FFI_Error_Code_INTERNAL
 
-# XLA_FFI_DataType (xla::PrimitiveType numbers) -> NumPy dtype, for the types callax sends.
-_DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8,
-           7: np.uint16, 8: np.uint32, 9: np.uint64, 10: np.float16, 11: np.float32,
-           12: np.float64}
+# XLA_FFI_DataType (xla::PrimitiveType numbers) -> NumPy dtype.
+_DTYPES = {1: np.dtype(np.bool_), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
+           4: np.dtype(np.int32), 5: np.dtype(np.int64), 6: np.dtype(np.uint8),
+           7: np.dtype(np.uint16), 8: np.dtype(np.uint32), 9: np.dtype(np.uint64),
+           10: np.dtype(np.float16), 11: np.dtype(np.float32), 12: np.dtype(np.float64),
+           15: np.dtype(np.complex64), 16: np.dtype(jnp.bfloat16), 18: np.dtype(np.complex128)}
+
+
+def _dtype(code: int) -> np.dtype:
+    try:
+        return _DTYPES[code]
+    except KeyError:
+        raise TypeError(f"callax host call: XLA element type {code} has no NumPy dtype here; "
+                        "send float32, int32 or another standard type") from None
 
 _size_t = ctypes.c_size_t
 _ptr = ctypes.c_void_p
@@ -143,7 +154,7 @@ def _buffers(items: _List, skip_tokens: bool = True) -> list[_Buffer]:
 
 
 def _array(buffer: _Buffer) -> np.ndarray:
-    dtype = np.dtype(_DTYPES[buffer.dtype])
+    dtype = _dtype(buffer.dtype)
     shape = tuple(buffer.dims[d] for d in range(buffer.rank))
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size == 0:
@@ -205,7 +216,7 @@ def _execute(frame: _CallFrame) -> None:
         raise RuntimeError(f"host function {fn!r} returned {len(results)} value(s) for "
                            f"{len(outputs)} result(s)")
     for value, buffer in zip(results, outputs, strict=True):
-        value = np.ascontiguousarray(value, dtype=_DTYPES[buffer.dtype])
+        value = np.ascontiguousarray(value, dtype=_dtype(buffer.dtype))
         ctypes.memmove(buffer.data, value.ctypes.data, value.nbytes)
 
 
