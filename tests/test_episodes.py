@@ -85,3 +85,31 @@ def test_empty_window_is_nan():
 def test_window_size_checked(logdir):
     with pytest.raises(ValueError, match="stats_window_size"):
         callax.TensorBoardCallback(name="x", log_dir=logdir, stats_window_size=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_means_take_the_most_recent_episodes_of_all_envs(seed):
+    # Random windows (some slots empty, each env's episodes ending at distinct steps, ties
+    # between envs) against the plain definition: the W latest episodes over all envs, an
+    # env's index breaking ties in end step (later env first).
+    rng = np.random.default_rng(seed)
+    n_envs, size = int(rng.integers(1, 6)), int(rng.integers(1, 8))
+    ends = np.full((n_envs, size), -1, np.int32)
+    for env in range(n_envs):
+        filled = int(rng.integers(0, size + 1))
+        ends[env, :filled] = rng.choice(40, filled, replace=False)
+    returns = rng.normal(size=(n_envs, size)).astype(np.float32)
+    lengths = rng.integers(1, 500, (n_envs, size)).astype(np.int32)
+    window = EpisodeWindow(*(jax.numpy.asarray(a) for a in (
+        returns, lengths, ends, np.zeros(n_envs, np.int32))))
+    ret, length, count = jax.jit(window_means)(window)
+    finished = sorted(((ends[e, i], e, returns[e, i], lengths[e, i])
+                       for e in range(n_envs) for i in range(size) if ends[e, i] >= 0),
+                      reverse=True)[:size]
+    assert int(count) == len(finished)
+    if finished:
+        np.testing.assert_allclose(float(ret), np.mean([f[2] for f in finished]), rtol=1e-5)
+        np.testing.assert_allclose(float(length), np.mean([f[3] for f in finished]),
+                                   rtol=1e-6)
+    else:
+        assert np.isnan(ret) and np.isnan(length)

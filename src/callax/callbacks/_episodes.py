@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
@@ -75,13 +74,17 @@ def window_means(window: EpisodeWindow) -> tuple[Array, Array, Array]:
     ends = window.ends.reshape(-1, size)
     n_envs = ends.shape[0]
     env = jnp.arange(n_envs, dtype=jnp.int32)[:, None]
+    # Distinct for finished episodes (an env's episodes end at distinct steps), -1 otherwise.
     order = jnp.where(ends >= 0, ends * n_envs + env, -1).reshape(-1)
-    top, index = jax.lax.top_k(order, size)
-    taken = top >= 0
+    # The W-th largest: the W most recent episodes are those at or above it. One plain sort
+    # of int32 (measured 5.6x faster than lax.top_k on XLA:CPU, 18 vs 99 us for 800
+    # entries, which made top_k most of the callback's cost in benchmarks/bench_scale.py).
+    threshold = jnp.sort(order)[order.shape[0] - size]
+    taken = (order >= threshold) & (order >= 0)
     count = jnp.sum(taken)
     denominator = jnp.maximum(count, 1).astype(jnp.float32)
-    returns = jnp.sum(jnp.where(taken, window.returns.reshape(-1)[index], 0.0)) / denominator
-    lengths = jnp.sum(jnp.where(taken, window.lengths.reshape(-1)[index], 0)
+    returns = jnp.sum(jnp.where(taken, window.returns.reshape(-1), 0.0)) / denominator
+    lengths = jnp.sum(jnp.where(taken, window.lengths.reshape(-1), 0)
                       ).astype(jnp.float32) / denominator
     nan = jnp.asarray(jnp.nan, jnp.float32)
     return jnp.where(count > 0, returns, nan), jnp.where(count > 0, lengths, nan), count
