@@ -164,32 +164,29 @@ def _array(buffer: _Buffer) -> np.ndarray:
     return raw.view(dtype).reshape(shape).copy()
 
 
-def _attributes(attrs: _Attrs) -> dict[bytes, object]:
-    found: dict[bytes, object] = {}
+def _attribute(attrs: _Attrs, wanted: bytes) -> int | str:
+    """The scalar (``int``) or string attribute ``wanted`` of a call."""
     for i in range(attrs.size):
-        name = attrs.names[i].contents
+        span = attrs.names[i].contents
+        if ctypes.string_at(span.ptr, span.len) != wanted:
+            continue
         if attrs.types[i] == _SCALAR:
             scalar = ctypes.cast(attrs.attrs[i], ctypes.POINTER(_Scalar)).contents
-            value: object = ctypes.cast(scalar.value,
-                                        ctypes.POINTER(ctypes.c_int64)).contents.value
-        elif attrs.types[i] == _STRING:
-            span = ctypes.cast(attrs.attrs[i], ctypes.POINTER(_ByteSpan)).contents
-            value = ctypes.string_at(span.ptr, span.len).decode()
-        else:
-            continue
-        found[ctypes.string_at(name.ptr, name.len)] = value
-    return found
+            return ctypes.cast(scalar.value, ctypes.POINTER(ctypes.c_int64)).contents.value
+        if attrs.types[i] == _STRING:
+            value = ctypes.cast(attrs.attrs[i], ctypes.POINTER(_ByteSpan)).contents
+            return ctypes.string_at(value.ptr, value.len).decode()
+    raise LookupError(f"callax host call without its {wanted.decode()!r} attribute")
 
 
 def _function(attrs: _Attrs) -> Callable[..., Sequence[Any]]:
-    found = _attributes(attrs)
-    key = found[b"key"]
-    assert isinstance(key, int)
+    key = int(_attribute(attrs, b"key"))
     fn = _functions[key]
-    if key not in _checked:
-        if found.get(b"name") != name_of(fn):
-            raise LookupError(f"callax host call {key} names {found.get(b'name')!r}, but this "
-                              f"process has {name_of(fn)!r} under that key")
+    if key not in _checked:  # the name is read and compared at a key's first call only
+        name = _attribute(attrs, b"name")
+        if name != name_of(fn):
+            raise LookupError(f"callax host call {key} names {name!r}, but this process has "
+                              f"{name_of(fn)!r} under that key")
         _checked.add(key)
     return fn
 

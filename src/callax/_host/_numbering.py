@@ -35,6 +35,3 @@ class Numbering(Generic[T]):
 
     def __getitem__(self, number: int) -> T:
         return self._items[number]
-
-    def __setitem__(self, number: int, item: T) -> None:  # tests: a stale table
-        self._items[number] = item
