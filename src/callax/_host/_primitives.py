@@ -2,7 +2,7 @@
 
 - :data:`callback` (``callax_host_call``): call a Python function with the values of some
   arrays, in program order (an ordered effect of its own), returning nothing;
-- :func:`read_stop` (``callax_stop_read``) and :func:`read_clock` (``callax_clock``): read a
+- :func:`read_stop` and :func:`read_clock` (one primitive, ``callax_host_read``): read a
   value from the host once an operand is computed (no effect; the operand orders the read).
 
 On CPU they are lowered to a call of callax's registered XLA FFI target (:mod:`._ffi`), so a
@@ -47,11 +47,11 @@ def _lower_call(ctx, on_host: Callable[..., Sequence], token, operands, *, shard
     custom-call targets of JAX's own callbacks (measured: a ``cond`` inside a ``scan`` under
     sharded ``jit`` failed with "side-effect HLO cannot have a replicated sharding")."""
     if sharding is None and _on_cpu(ctx):
-        return _ffi.lower(ctx, on_host, token, operands)
+        return _ffi.lower(ctx, on_host, token, operands)  # the handler checks the refusal
     from jax.interpreters import mlir
 
     results, token, _ = mlir.emit_python_callback(
-        ctx, on_host, token, list(operands), ctx.avals_in, ctx.avals_out,
+        ctx, _refusable(on_host), token, list(operands), ctx.avals_in, ctx.avals_out,
         has_side_effect=True, returns_token=token is not None, sharding=sharding)
     return results, token
 
@@ -71,11 +71,21 @@ def _placement(ctx):
 
 
 @functools.cache
+def _refusable(on_host: Callable[..., Sequence]) -> Callable[..., Sequence]:
+    """``on_host`` failing once the process exits after Ctrl-C (as the FFI handler does, see
+    :func:`_end_running_programs_after_ctrl_c`), for JAX's callback target."""
+    def checked(*arrays):
+        _interrupt.check_not_refused()
+        return on_host(*arrays)
+
+    return checked
+
+
+@functools.cache
 def _returning_nothing(fn: Callable[..., None]) -> Callable[..., tuple]:
     """``fn`` as the host function of a call without results (one per ``fn``: the same
     function lowers to the same key, see :mod:`._ffi`)."""
     def on_host(*arrays):
-        _interrupt.check_not_refused()
         with _interrupt.in_host_call():  # Ctrl-C here must not raise into XLA
             fn(*arrays)
         return ()
@@ -268,9 +278,18 @@ def _clock_on_host(_: object) -> tuple[np.ndarray]:
     return (np.array([t // 1_000_000_000, t % 1_000_000_000], np.int32),)
 
 
-def _make_read(name: str, on_host: Callable[[object], tuple[np.ndarray]],
-               aval: ShapedArray) -> Callable[[jax.Array], jax.Array]:
-    """A read of ``aval`` from the host (``on_host``) once ``token`` is computed.
+Reader = Callable[[Callable[[object], tuple[np.ndarray]], ShapedArray, jax.Array], jax.Array]
+
+
+def _public_read(on_host: Callable[[object], tuple[np.ndarray]], aval: ShapedArray,
+                 token: jax.Array) -> jax.Array:
+    return jax.pure_callback(lambda t: on_host(t)[0],
+                             jax.ShapeDtypeStruct(aval.shape, aval.dtype), token)
+
+
+def _make_read() -> Reader:
+    """``read(on_host, aval, token)``: a value of ``aval`` from the host (``on_host``) once
+    ``token`` is computed; one primitive for every read, probed once at import.
 
     ``jax.pure_callback`` copies its operand into a new ``jax.Array`` first, which inside a
     busy program waits for the runtime's worker threads (as for writes, see
@@ -280,47 +299,48 @@ def _make_read(name: str, on_host: Callable[[object], tuple[np.ndarray]],
     (e.g. the iteration counter) keeps XLA from hoisting it out of a loop, its result keeps
     it alive. ``pure_callback`` where the JAX internals are missing or the program is partly
     manual."""
-    shape = jax.ShapeDtypeStruct(aval.shape, aval.dtype)
-
-    def public(token):
-        return jax.pure_callback(lambda t: on_host(t)[0], shape, token)
-
     try:
         from jax.extend.core import Primitive
         from jax.interpreters import mlir
 
         _ = mlir.emit_python_callback  # the lowering off CPU
     except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-        return public
+        return _public_read
 
-    read_p = Primitive(name)
-    read_p.def_impl(lambda token: jnp.asarray(on_host(np.asarray(token))[0]))
-    read_p.def_abstract_eval(lambda token: aval)
+    read_p = Primitive("callax_host_read")
+    read_p.def_impl(lambda token, *, on_host, aval: jnp.asarray(on_host(np.asarray(token))[0]))
+    read_p.def_abstract_eval(lambda token, *, on_host, aval: aval)
 
-    def _lowering(ctx, token):
+    def _lowering(ctx, token, *, on_host, aval):
         partitioned, sharding = _placement(ctx)
         if partitioned and sharding is None:  # partly manual shard_map: JAX's own placement
-            return mlir.lower_fun(public, multiple_results=False)(ctx, token)
+            return mlir.lower_fun(functools.partial(_public_read, on_host, aval),
+                                  multiple_results=False)(ctx, token)
         results, _ = _lower_call(ctx, on_host, None, [token], sharding=sharding)
         return results
 
     mlir.register_lowering(read_p, _lowering)
+
+    def read(on_host, aval, token):
+        return read_p.bind(token, on_host=on_host, aval=aval)
+
     try:  # the internals' signatures: a TypeError on other JAX releases
-        jax.jit(read_p.bind).lower(jnp.zeros((), jnp.int32))
+        jax.jit(functools.partial(read, _stop_on_host, _STOP)).lower(jnp.zeros((), jnp.int32))
     except Exception:  # noqa: BLE001 - any failure: the public path
-        return public
-    return read_p.bind
+        return _public_read
+    return read
 
 
-_stop_read = _make_read("callax_stop_read", _stop_on_host, ShapedArray((), jnp.bool_))
-_clock_read = _make_read("callax_clock", _clock_on_host, ShapedArray((2,), jnp.int32))
+_STOP = ShapedArray((), jnp.bool_)
+_CLOCK = ShapedArray((2,), jnp.int32)
+_read = _make_read()
 
 
 @custom_batching.custom_vmap
 def read_stop(token: jax.Array) -> jax.Array:
     """The host's stop flag (``bool[]``) once ``token`` is computed; under ``vmap`` one read
     for the whole batch (the result is unbatched)."""
-    return _stop_read(token)
+    return _read(_stop_on_host, _STOP, token)
 
 
 @read_stop.def_vmap
@@ -332,7 +352,7 @@ def _read_stop_vmap(axis_size, in_batched, token):
 def read_clock(token: jax.Array) -> jax.Array:
     """The host clock (``time.perf_counter`` as ``int32[2]``: seconds, nanoseconds) once the
     float32 scalar ``token`` is computed; under ``vmap`` one read for the whole batch."""
-    return _clock_read(token)
+    return _read(_clock_on_host, _CLOCK, token)
 
 
 @read_clock.def_vmap
