@@ -54,6 +54,19 @@ def announce_first_point(tag: str) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def stopping_loop(name: str, planned: int, *others):
+    """``(callbacks, rewards, dones)`` of a ``drive`` loop of ``planned`` iterations (2 steps
+    x 2 envs, every episode 2 steps) with a TensorBoardCallback, ``others`` and
+    StopOnInterrupt; ``ready`` is printed once its first point is on disk."""
+    callbacks = callax.CallbackList([
+        callax.TensorBoardCallback(name, log_dir=log_dir, flush_every=1), *others,
+        callax.StopOnInterrupt()])
+    rewards = jnp.ones((planned, 2, 2), jnp.float32)
+    dones = jnp.zeros((planned, 2, 2), bool).at[:, -1, :].set(True)
+    announce_first_point("episode/return")
+    return callbacks, rewards, dones
+
+
 if mode == "ppo":
     from callax.envs import CartPoleParams, make
     from callax.train import PPO
@@ -74,12 +87,7 @@ if mode == "ppo":
           f"iterations={np.asarray(result.iterations).tolist()} planned={planned}", flush=True)
 elif mode == "loop":
     planned = 50_000
-    callbacks = callax.CallbackList([
-        callax.TensorBoardCallback("loop", log_dir=log_dir, flush_every=1),
-        callax.StopOnInterrupt()])
-    rewards = jnp.ones((planned, 2, 2), jnp.float32)
-    dones = jnp.zeros((planned, 2, 2), bool).at[:, -1, :].set(True)
-    announce_first_point("episode/return")
+    callbacks, rewards, dones = stopping_loop("loop", planned)
 
     @jax.jit
     def train(scales):
@@ -164,12 +172,7 @@ elif mode == "slow":
             return callax.EmptyCallbackState()
 
     planned = 10_000
-    callbacks = callax.CallbackList([
-        callax.TensorBoardCallback("slow", log_dir=log_dir, flush_every=1), Slow(),
-        callax.StopOnInterrupt()])
-    rewards = jnp.ones((planned, 2, 2), jnp.float32)
-    dones = jnp.zeros((planned, 2, 2), bool).at[:, -1, :].set(True)
-    announce_first_point("episode/return")
+    callbacks, rewards, dones = stopping_loop("slow", planned, Slow())
     iterations = jax.jit(lambda: drive(callbacks, rewards, dones, jax.random.key(0))[2])()
     print(f"result interrupted={bool(iterations < planned)} iterations=[{int(iterations)}] "
           f"planned={planned}", flush=True)
@@ -177,12 +180,7 @@ elif mode.startswith("devices_"):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     planned = 50_000
-    callbacks = callax.CallbackList([
-        callax.TensorBoardCallback("devices", log_dir=log_dir, flush_every=1),
-        callax.StopOnInterrupt()])
-    rewards = jnp.ones((planned, 2, 2), jnp.float32)
-    dones = jnp.zeros((planned, 2, 2), bool).at[:, -1, :].set(True)
-    announce_first_point("episode/return")
+    callbacks, rewards, dones = stopping_loop("devices", planned)
 
     def one(scale):
         return drive(callbacks, rewards * scale[0], dones, jax.random.key(0))[2][None]
