@@ -195,7 +195,10 @@ def test_disk_full_then_space_freed_continues_in_a_new_file_and_error_stays_with
         warnings.simplefilter("always")
         write(before, before + during)
         # The failed write is warned about once, naming run, file and OS error.
-        (message,) = warned(record, "failed", ENOSPC)
+        found = warned(record, "failed", ENOSPC)
+        assert len(found) == 1, ([str(w.message) for w in record], os.listdir(writer.log_dir),
+                                 os.path.getsize(os.path.join(writer.log_dir, first)))
+        (message,) = found
         assert repr(writer.log_dir) in message and first in message
         other.flush()  # writer A's error is never reported by writer B
         os.remove(dummy)
