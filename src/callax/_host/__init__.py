@@ -488,12 +488,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _each_handle(action: Callable[[int], None]) -> Callable[[object], None]:
-    def run(handle: object) -> None:
-        for h in np.unique(np.asarray(handle)).tolist():
-            action(h)
-
-    return run
+def _each_handle(action: Callable[[int], None], handle: object) -> None:
+    """``action(h)`` for every distinct run handle ``h`` in the array ``handle``."""
+    for h in np.unique(np.asarray(handle)).tolist():
+        action(h)
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,7 +590,7 @@ def _on_handles(action: Callable[[int], None]) -> Callable[..., None]:
     """A :func:`send` host function applying ``action`` to every run handle it receives."""
     def run(seed, when, handle) -> None:
         del seed
-        _each_handle(action)(np.asarray(handle)[np.asarray(when)])
+        _each_handle(action, np.asarray(handle)[np.asarray(when)])
 
     return run
 
@@ -608,7 +606,7 @@ def flush(handle) -> None:
         send(_on_handles(functools.partial(host.flush, report=False)), handle)
     else:
         jax.effects_barrier()
-        _each_handle(host.flush)(np.asarray(handle))
+        _each_handle(host.flush, handle)
 
 
 def close(handle) -> None:
@@ -617,7 +615,7 @@ def close(handle) -> None:
         send(_on_handles(functools.partial(host.close, report=False)), handle)
     else:
         jax.effects_barrier()
-        _each_handle(host.close)(np.asarray(handle))
+        _each_handle(host.close, handle)
 
 
 def flush_all() -> None:

@@ -11,6 +11,7 @@ keeps everything already written; at interpreter exit every run is written and c
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import struct
@@ -148,19 +149,24 @@ def write_row(handle: int, tags: tuple[str, ...], step: int, values: np.ndarray)
     """Queue one eager row: ``values[n]`` for ``tags`` at ``step`` (``AUTO_STEP``: the next
     step) of the run itself. Consecutive rows of one run and tag set queued while the writer
     thread is busy are written together, in order, each with the wall time of its call."""
-    run = get_run(handle)
+    # No function is defined per call: under an import hook that type-checks callax (e.g.
+    # jaxtyping's with beartype), decorating one enters warnings.catch_warnings(record=True),
+    # which is process-wide and would swallow a warning the writer thread gives meanwhile.
+    _queue.submit_row((handle, tags), (step, values, time.time()),
+                      functools.partial(_write_rows, get_run(handle), tags))
 
-    def write_rows(rows: list) -> None:
-        steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        values = np.stack([r[1] for r in rows])
-        walls = np.fromiter((r[2] for r in rows), np.float64, len(rows))
-        run.write(tags, NO_SEED, steps, values, np.ones(values.shape, np.bool_),
-                  float(walls[-1]), wall=walls)
 
-    def write(rows: list) -> None:
-        run.guarded(lambda: write_rows(rows), len(rows) * len(tags))
+def _write_rows(run: Run, tags: tuple[str, ...], rows: list) -> None:
+    """Write eager rows ``(step, values, wall time)`` of one tag set (the writer thread)."""
+    run.guarded(functools.partial(_write_rows_now, run, tags, rows), len(rows) * len(tags))
 
-    _queue.submit_row((handle, tags), (step, values, time.time()), write)
+
+def _write_rows_now(run: Run, tags: tuple[str, ...], rows: list) -> None:
+    steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    values = np.stack([r[1] for r in rows])
+    walls = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+    run.write(tags, NO_SEED, steps, values, np.ones(values.shape, np.bool_),
+              float(walls[-1]), wall=walls)
 
 
 def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
