@@ -254,15 +254,24 @@ def test_deleted_event_file_or_run_directory_is_replaced_at_the_next_write(tmp_p
     assert read_run(writer.log_dir) == {"x": [(i, float(i)) for i in range(10, 30)]}
 
 
-def test_eager_writes_and_flush_leave_the_warning_state_to_the_writer_thread(tmp_path,
-                                                                           monkeypatch):
+@jax.jit
+def _write_in_jit(writer, start):
+    def body(value, i):
+        writer.add_scalar("z", value, start + i)
+        return value + 1.0, None
+
+    return jax.lax.scan(body, start.astype(jnp.float32), jnp.arange(8))[0]
+
+
+def test_writes_and_flush_leave_the_warning_state_to_the_writer_thread(tmp_path, monkeypatch):
     """The warnings above come from the writer thread while the caller goes on writing.
-    ``warnings.catch_warnings`` is process-wide: one entered by the caller's thread meanwhile
+    ``warnings.catch_warnings`` is process-wide: one entered by another thread meanwhile
     (``record=True``) takes the writer thread's warning and drops it. Under an import hook
     that type-checks callax (this suite's ``--jaxtyping-packages``, beartype), every
-    function *defined* while writing is decorated, and beartype's decoration enters one:
-    the eager write path and ``flush`` define none, so they enter none (the two tests above
-    lost their warning about 1 time in 80 when ``write_row`` defined two per call)."""
+    function *defined* while writing is decorated, and beartype's decoration enters one.
+    Eager writes, the host calls of a jitted program (on XLA's threads) and ``flush`` define
+    none, so they enter none (the two tests above lost their warning about 1 time in 80
+    when ``write_row`` defined two functions per call)."""
     from callax._writer import _registry as registry
 
     if not hasattr(registry.write_row, "__wrapped__"):
@@ -270,11 +279,12 @@ def test_eager_writes_and_flush_leave_the_warning_state_to_the_writer_thread(tmp
     writer = callax.JITSummaryWriter(str(tmp_path / "run"))
     writer.add_scalar("x", 0.0, 0)
     writer.add_dict("d", {"a": 0.0, "b": 0.0}, global_step=0)
-    writer.flush()  # first calls: any one-time set-up is done
+    jax.block_until_ready(_write_in_jit(writer, jnp.int32(0)))
+    writer.flush()  # first calls: compiled, and any one-time set-up done
     entered = []
     enter = warnings.catch_warnings.__enter__
 
-    def counting_enter(self):
+    def counting_enter(self):  # whichever thread enters one
         entered.append("".join(traceback.format_stack(limit=14)))
         return enter(self)
 
@@ -283,12 +293,15 @@ def test_eager_writes_and_flush_leave_the_warning_state_to_the_writer_thread(tmp
         writer.add_scalar("x", float(i), i)
         writer.add_scalar("y", jnp.float32(i), jnp.int32(i))
         writer.add_dict("d", {"a": float(i), "b": 2.0 * i}, global_step=i)
+    for start in range(8, 40, 8):
+        jax.block_until_ready(_write_in_jit(writer, jnp.int32(start)))
     writer.flush()
     monkeypatch.undo()
     assert entered == [], entered[0]
     run = read_run(writer.log_dir)
     assert run["x"] == [(i, float(i)) for i in range(50)]
     assert run["d/b"] == [(i, 2.0 * i) for i in range(50)]
+    assert run["z"] == [(i, float(i)) for i in range(40)]
 
 
 # --------------------------------------------------------------------------------------------

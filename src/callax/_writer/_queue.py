@@ -53,7 +53,7 @@ def _ensure_thread() -> None:
         _thread.start()
 
 
-def _run(job: Callable[[], None]) -> None:
+def _run(job: Callable[[], object]) -> None:
     global _error
     try:
         job()
@@ -108,9 +108,9 @@ def _wait_for_room(rows: int) -> None:
         _room.wait()
 
 
-def submit(job: Callable[[], None], rows: int = 1) -> None:
-    """Queue ``job`` (``rows`` rows of data) for the writer thread; wait while the queue
-    holds :data:`MAX_PENDING_ROWS` rows or more."""
+def submit(job: Callable[[], object], rows: int = 1) -> None:
+    """Queue ``job`` (``rows`` rows of data; its result is ignored) for the writer thread;
+    wait while the queue holds :data:`MAX_PENDING_ROWS` rows or more."""
     global _pending_jobs, _pending_rows, _last_job
     with _lock:
         _wait_for_room(rows)
@@ -147,7 +147,7 @@ def wait_idle() -> None:
             _idle.wait()
 
 
-def run_inline(job: Callable[[], None]) -> None:
+def run_inline(job: Callable[[], object]) -> None:
     """Run ``job`` in the calling thread once everything queued before it has run (a
     caller about to wait for the files anyway saves two thread hand-offs)."""
     wait_idle()

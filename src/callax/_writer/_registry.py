@@ -104,20 +104,25 @@ def get_run(handle: int) -> Run:
             raise KeyError(f"no callax run with handle {int(handle)}") from None
 
 
+# Host calls run these on XLA's threads, eager calls on the caller's: none defines a
+# function per call. Under an import hook that type-checks callax (e.g. jaxtyping's with
+# beartype), decorating one enters warnings.catch_warnings(record=True), which is
+# process-wide and would swallow a warning the writer thread gives meanwhile. Jobs are
+# functools.partial objects of the module-level functions below.
+
+
 def begin_training(handle: int, name: Callable[[Run], str] | None = None) -> None:
     """A training begins writing to run ``handle`` (a callback's ``reset``). If the run holds
     points of an earlier training (the same compiled function run again, a callback reused),
     the run moves on to a directory of its own: ``name(run)`` or the next free
     ``<directory>_<n>``. Queued, in order with the run's writes."""
     run = get_run(handle)
+    _queue.submit(functools.partial(run.begin_training,
+                                    functools.partial(_next_directory, run, name)))
 
-    def next_directory() -> str:
-        return name(run) if name is not None else unique_dir(run.base_dir, True)
 
-    def job() -> None:
-        run.begin_training(next_directory)
-
-    _queue.submit(job)
+def _next_directory(run: Run, name: Callable[[Run], str] | None) -> str:
+    return name(run) if name is not None else unique_dir(run.base_dir, True)
 
 
 def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
@@ -130,28 +135,25 @@ def write(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarr
     error is raised by the next :func:`flush` or :func:`close`.
     """
     run = get_run(handle)
-    now = time.time()
-
-    def write_batch() -> None:
-        for b, seed in enumerate(seeds.tolist()):
-            run.write(tags, seed, steps[b], values[b], valid[b], now)
-
-    def job() -> None:
-        run.guarded(write_batch, int(valid.sum()))
-
+    batch = functools.partial(_write_batch, run, tags, seeds, steps, values, valid,
+                              time.time())
+    job = functools.partial(run.guarded, batch, int(valid.sum()))
     if wait:
         _queue.run_inline(job)
     else:
         _queue.submit(job, rows=int(np.size(steps)))
 
 
+def _write_batch(run: Run, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
+                 values: np.ndarray, valid: np.ndarray, now: float) -> None:
+    for b, seed in enumerate(seeds.tolist()):
+        run.write(tags, seed, steps[b], values[b], valid[b], now)
+
+
 def write_row(handle: int, tags: tuple[str, ...], step: int, values: np.ndarray) -> None:
     """Queue one eager row: ``values[n]`` for ``tags`` at ``step`` (``AUTO_STEP``: the next
     step) of the run itself. Consecutive rows of one run and tag set queued while the writer
     thread is busy are written together, in order, each with the wall time of its call."""
-    # No function is defined per call: under an import hook that type-checks callax (e.g.
-    # jaxtyping's with beartype), decorating one enters warnings.catch_warnings(record=True),
-    # which is process-wide and would swallow a warning the writer thread gives meanwhile.
     _queue.submit_row((handle, tags), (step, values, time.time()),
                       functools.partial(_write_rows, get_run(handle), tags))
 
@@ -176,16 +178,16 @@ def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, step
     seed position ``seeds[b]`` of run ``handle``. Written by the writer thread, in order with
     the run's scalars; errors surface at the next flush, like scalars'."""
     run = get_run(handle)
-    now = time.time()
+    histograms = functools.partial(_write_histograms, run, tags, seeds, steps, stats, counts,
+                                   time.time())
+    _queue.submit(functools.partial(run.guarded, histograms, len(seeds) * len(tags)),
+                  rows=len(seeds))
 
-    def write_all() -> None:
-        for b, seed in enumerate(seeds.tolist()):
-            run.write_histograms(tags, seed, int(steps[b]), stats[b], counts[b], now)
 
-    def job() -> None:
-        run.guarded(write_all, len(seeds) * len(tags))
-
-    _queue.submit(job, rows=len(seeds))
+def _write_histograms(run: Run, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
+                      stats: np.ndarray, counts: np.ndarray, now: float) -> None:
+    for b, seed in enumerate(seeds.tolist()):
+        run.write_histograms(tags, seed, int(steps[b]), stats[b], counts[b], now)
 
 
 def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...],
@@ -200,12 +202,10 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
               + b"\x2a" + varint(len(summary)) + summary)
         for summary in summaries
     )
-    seeds = seeds.tolist()
-
-    def job() -> None:
-        run.guarded(lambda: run.write_records(seeds, records), len(seeds))
-
-    _queue.submit(job, rows=len(seeds))
+    positions = seeds.tolist()
+    write_records = functools.partial(run.write_records, positions, records)
+    _queue.submit(functools.partial(run.guarded, write_records, len(positions)),
+                  rows=len(positions))
 
 
 def write_hparams(handle: int, seeds: np.ndarray, hparams: dict) -> None:
@@ -213,14 +213,10 @@ def write_hparams(handle: int, seeds: np.ndarray, hparams: dict) -> None:
     ``seeds`` (TensorBoard: an HParams session start; JSON lines: a line; W&B: the config),
     in order with the run's scalars."""
     run = get_run(handle)
-    now = time.time()
-    seeds = seeds.tolist()
-    hparams = dict(hparams)
-
-    def job() -> None:
-        run.guarded(lambda: run.write_hparams(seeds, hparams, now), len(seeds))
-
-    _queue.submit(job, rows=len(seeds))
+    positions = seeds.tolist()
+    write_hparams = functools.partial(run.write_hparams, positions, dict(hparams), time.time())
+    _queue.submit(functools.partial(run.guarded, write_hparams, len(positions)),
+                  rows=len(positions))
 
 
 def _raise_for(runs: list[Run]) -> None:
