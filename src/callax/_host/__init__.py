@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 
-
 def is_traced(x) -> bool:
     return isinstance(x, Tracer)
 
@@ -150,7 +149,6 @@ def known_layout(tags: tuple) -> int | None:
         return _layouts.get(tags)
     except TypeError:  # unhashable: not a layout (the checks will say why)
         return None
-
 
 
 _HEADER = 7  # layout, handle, seed, pred, sync, K, width
@@ -759,7 +757,6 @@ def clock(token) -> jax.Array:
 
 # --------------------------------------------------------------------------------------------
 # Ctrl-C: the stop flag, read once per iteration by a training (see callax._writer._interrupt).
-
 
 
 def stop_requested(token) -> jax.Array:

@@ -56,6 +56,7 @@ def _dtype(code: int) -> np.dtype:
         raise TypeError(f"callax host call: XLA element type {code} has no NumPy dtype here; "
                         "send float32, int32 or another standard type") from None
 
+
 _size_t = ctypes.c_size_t
 _ptr = ctypes.c_void_p
 

@@ -95,6 +95,7 @@ def _returning_nothing(fn: Callable[..., None]) -> Callable[..., tuple]:
     on_host.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)
     return on_host
 
+
 def _call_with_numpy(fn: Callable[..., None], *arrays) -> None:
     with _interrupt.in_host_call():  # Ctrl-C here must not raise into XLA
         fn(*(np.asarray(a) for a in arrays))
