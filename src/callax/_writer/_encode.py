@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,7 +21,8 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[re
 from tensorboardX.record_writer import masked_crc32c
 
 __all__ = [
-    "encode_file_version", "encode_scalar_rows", "encode_session_start", "frame", "varint",
+    "encode_file_version", "encode_scalar_rows", "encode_session_start", "encode_summaries",
+    "frame", "varint",
 ]
 
 _U64 = struct.Struct("<Q")
@@ -150,10 +152,13 @@ def encode_histogram(tag: str, step: int, wall_time: float, minimum: float, maxi
     )
     raw = tag.encode("utf-8")
     value = b"\x0a" + varint(len(raw)) + raw + b"\x2a" + varint(len(histo)) + histo
-    summary = b"\x0a" + varint(len(value)) + value
-    data = (b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step)
-            + b"\x2a" + varint(len(summary)) + summary)
-    return frame(data)
+    return encode_summaries((b"\x0a" + varint(len(value)) + value,), wall_time, step)
+
+
+def encode_summaries(summaries: Sequence[bytes], wall_time: float, step: int = 0) -> bytes:
+    """Serialized ``Summary`` protos, each framed as one event at ``step`` and ``wall_time``."""
+    head = b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step) + b"\x2a"
+    return b"".join(frame(head + varint(len(summary)) + summary) for summary in summaries)
 
 
 def encode_session_start(step: int, wall_time: float | None = None) -> bytes:

@@ -14,7 +14,6 @@ import atexit
 import functools
 import itertools
 import os
-import struct
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import _queue, _signals
 from ._choice import resolve_writers
-from ._encode import frame, varint
+from ._encode import encode_summaries
 from ._paths import check_log_dir
 from ._run import NO_SEED, Run
 
@@ -196,12 +195,7 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
     position of ``seeds`` in run ``handle`` (written by the writer thread, in order with the
     run's scalars)."""
     run = get_run(handle)
-    now = time.time()
-    records = b"".join(
-        frame(b"\x09" + struct.pack("<d", now) + b"\x10" + varint(step)
-              + b"\x2a" + varint(len(summary)) + summary)
-        for summary in summaries
-    )
+    records = encode_summaries(summaries, time.time(), step)
     positions = seeds.tolist()
     write_records = functools.partial(run.write_records, positions, records)
     _queue.submit(functools.partial(run.guarded, write_records, len(positions)),

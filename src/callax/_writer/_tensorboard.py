@@ -18,11 +18,11 @@ from tensorboardX.proto.plugin_hparams_pb2 import (
 )
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
 
-from ._encode import encode_histogram, encode_scalar_rows, frame, varint
+from ._encode import encode_histogram, encode_scalar_rows, encode_summaries
 from ._event_file import EventFile
 from ._interface import AbstractWriter, Destination
 
-__all__ = ["TensorBoardWriter", "hparams_summaries", "summary_records"]
+__all__ = ["TensorBoardWriter", "hparams_summaries"]
 
 
 class TensorBoardWriter(AbstractWriter):
@@ -82,7 +82,7 @@ class TensorBoardWriter(AbstractWriter):
     def write_hparams(self, hparams, wall_time) -> None:
         name = trial_name(self.destination.run_dir, self.destination.seed)
         start, _ = hparams_summaries(hparams, name)
-        self._append(summary_records((start,), wall_time))
+        self._append(encode_summaries((start,), wall_time))
 
     def write_records(self, records: bytes) -> None:
         """Append prebuilt event records (TensorBoard only: an HParams session's end)."""
@@ -94,17 +94,6 @@ class TensorBoardWriter(AbstractWriter):
 
     def close(self) -> None:
         self._file.close()
-
-
-def summary_records(summaries, wall_time: float, step: int = 0) -> bytes:
-    """Serialized ``Summary`` protos framed as events at ``step``."""
-    import struct
-
-    return b"".join(
-        frame(b"\x09" + struct.pack("<d", wall_time) + b"\x10" + varint(step)
-              + b"\x2a" + varint(len(summary)) + summary)
-        for summary in summaries
-    )
 
 
 def _summary(tag: str, data) -> bytes:
