@@ -119,7 +119,7 @@ REJECTED = [
     ("bytes", b"1", TypeError, "must be a number"),
     ("none", None, TypeError, "must be a number"),
     ("vector", jnp.arange(3.0), ValueError, r"must be a scalar, got shape \(3,\)"),
-    ("one_element", np.ones(1), ValueError, r"must be a scalar, got shape \(1,\)"),
+    ("two_by_one", np.ones((2, 1)), ValueError, r"must be a scalar, got shape \(2, 1\)"),
     ("list", [1.0, 2.0], ValueError, r"must be a scalar, got shape \(2,\)"),
     ("key", jax.random.key(0), TypeError, "non-numeric dtype key"),
     ("object", object(), TypeError, "not an array-like number"),

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
 import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
 
-from . import _host, _step as _steps, _writer as host
+from . import _host, _step as _steps, _summary_eager as _eager, _writer as host
 from ._step import Step
+from ._summary_steps import check_concrete_steps, host_step, step_words
+from ._summary_values import (
+    check_tag as check_tag,
+    check_values as check_values,
+    flatten_scalars as flatten_scalars,
+    scalar_value as scalar_value,
+    stack_scalars as stack_scalars,
+    tag_layout as tag_layout,
+)
 
 __all__ = ["JITSummaryWriter", "check_tag", "check_values", "scalar_value"]
 
@@ -27,198 +34,6 @@ def default_log_dir() -> str:
     """``runs/<date>_<time>_<host>``, like tensorboardX's default."""
     stamp = datetime.datetime.now().strftime("%b%d_%H-%M-%S")
     return os.path.join("runs", f"{stamp}_{socket.gethostname()}")
-
-
-_checked_tags: set[str] = set()
-_CHECKED_TAGS_MAX = 65_536
-
-
-def check_tag(tag: object) -> str:
-    """Validate a tag at trace time (or at an eager call): a non-empty str without leading
-    or trailing whitespace or ``/``, control characters, empty parts or characters UTF-8
-    cannot encode (lone surrogates), each refused naming the tag."""
-    if isinstance(tag, str) and tag in _checked_tags:  # checked already (eager hot path)
-        return tag
-    if not isinstance(tag, str):
-        raise TypeError(f"TensorBoard tag must be a str, got {type(tag).__name__}: {tag!r}")
-    if not tag or tag.strip() != tag or tag.startswith("/") or tag.endswith("/"):
-        raise ValueError(
-            f"invalid TensorBoard tag {tag!r}: it must be non-empty, without leading or "
-            "trailing whitespace or '/'"
-        )
-    if any(ord(c) < 32 for c in tag) or "//" in tag:
-        raise ValueError(f"invalid TensorBoard tag {tag!r}: control character or empty part")
-    try:
-        tag.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"invalid TensorBoard tag {tag!r}: {error.reason} at position "
-                         f"{error.start} (event files store tags as UTF-8)") from None
-    if len(_checked_tags) >= _CHECKED_TAGS_MAX:
-        _checked_tags.clear()
-    _checked_tags.add(tag)
-    return tag
-
-
-def tag_layout(tags: tuple[object, ...]) -> int:
-    """Validate a row's tags at trace time (each tag, no duplicates) and return the layout id
-    that carries them to the host."""
-    layout = _host.known_layout(tags)
-    if layout is not None:  # checked when it was registered
-        return layout
-    tags = tuple(check_tag(t) for t in tags)
-    if len(set(tags)) != len(tags):
-        raise ValueError(f"duplicate tags in one write: {tags}")
-    return _host.register_layout(tags)
-
-
-def _value_dtype_error(tags: str | tuple[str, ...], dtype: Any) -> TypeError | None:
-    """Why values of ``dtype`` cannot be logged under ``tags`` (``None``: they can)."""
-    names = tags if isinstance(tags, str) else ", ".join(map(repr, tags))
-    what = f"tag {names!r}" if isinstance(tags, str) else f"tag(s) {names}"
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        return TypeError(f"value for {what} is complex ({dtype}); log its real and "
-                         "imaginary parts (or its absolute value) under their own tags")
-    if not (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_):
-        return TypeError(f"value for {what} has non-numeric dtype {dtype}; TensorBoard "
-                         "scalars are bool, integer or floating-point numbers")
-    return None
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def scalar_value(tag: str, value: object) -> jax.Array | np.ndarray:
-    """Convert a scalar to ``float32``, failing at trace time (naming the tag) otherwise.
-
-    Accepted: bool, integer and floating-point scalars of any width (``float16``,
-    ``bfloat16``, ``float64``/``int64`` with x64, ...), Python numbers, NumPy scalars and
-    0-d arrays; NaN and ±Inf are kept as they are. Rejected with a ``TypeError``/``ValueError``
-    naming the tag: complex numbers, strings, ``None``, other non-numeric dtypes (PRNG keys,
-    objects) and anything that is not a scalar.
-    """
-    kind = type(value)
-    if kind is float or kind is int or kind is bool:  # the eager hot path
-        try:
-            number = float(value)  # type: ignore[arg-type]  # a float, int or bool
-        except OverflowError:
-            number = math.inf
-        if -_FLOAT32_MAX <= number <= _FLOAT32_MAX:
-            return np.array(number, np.float32)
-    if isinstance(value, str | bytes) or value is None:
-        raise TypeError(f"value for tag {tag!r} must be a number, got {value!r}")
-    on_host = not isinstance(value, Tracer)  # concrete arrays: converted by NumPy
-    try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # any size (jnp.asarray refuses ints beyond int32)
-        # Host values are converted by NumPy: without x64, jnp.asarray would truncate an
-        # int64 (np.int64(2**40) becomes 0).
-        array = value if isinstance(value, jax.Array) else np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}") from error
-    if array.shape != ():
-        raise ValueError(
-            f"value for tag {tag!r} must be a scalar, got shape {array.shape}; reduce it "
-            "first (e.g. with .mean()) or log each element under its own tag"
-        )
-    if on_host and array.dtype == object:
-        raise TypeError(f"value for tag {tag!r} is not an array-like number: {value!r}")
-    error = _value_dtype_error(tag, array.dtype)
-    if error is not None:
-        raise error
-    if on_host:
-        with np.errstate(over="ignore"):  # beyond float32's range: ±inf, as TensorBoard shows
-            return np.asarray(array).astype(np.float32)
-    return array.astype(jnp.float32)
-
-
-def stack_scalars(values: list, dtype=jnp.float32) -> jax.Array:
-    """``jnp.stack`` of scalars that may carry different shardings (an explicit mesh under
-    ``jax.set_mesh``: a vmapped value sharded over the batch next to a replicated one, which
-    ``jnp.stack`` rejects). Elementwise selects take the sharding of their operands."""
-    index = jnp.arange(len(values))
-    row = jnp.zeros((len(values),), dtype)
-    for i, value in enumerate(values):
-        row = jnp.where(index == i, jnp.asarray(value, dtype), row)
-    return row
-
-
-def check_values(tags: tuple[str, ...], values: object) -> jax.Array | np.ndarray:
-    """Rows of values for ``tags`` as ``float32``; a non-numeric or complex dtype fails at
-    trace time naming the tags."""
-    on_host = not isinstance(values, jax.Array)
-    array = np.asarray(values) if on_host else values  # NumPy: no int64 truncation
-    error = _value_dtype_error(tuple(tags), array.dtype)
-    if error is not None:
-        raise error
-    if on_host:
-        with np.errstate(over="ignore"):
-            return jnp.asarray(array.astype(np.float32))
-    return array.astype(jnp.float32)
-
-
-def _step(global_step: ArrayLike | Step | None, tags: tuple[str, ...] = ()) -> jax.Array:
-    """The ``(hi, lo)`` words of a scalar global step (see [`callax.Step`][]).
-
-    ``None`` means "continue from the tag's last step". Python and NumPy ints up to
-    2**63 - 1 are exact; a traced step may be any integer dtype or a ``Step``. A negative
-    step that is known now (a static value, also while tracing) raises here, naming the
-    tags; a traced one makes the host call raise.
-    """
-    if global_step is None:
-        return _steps.auto_words()
-    if isinstance(global_step, Step):
-        if global_step.words.shape != (2,):
-            raise TypeError(f"global_step for tag(s) {', '.join(map(repr, tags))} must be a "
-                            f"scalar Step, got {global_step!r}")
-        return _check_concrete_steps(global_step.words, tags)
-    if isinstance(global_step, int | np.integer) and not isinstance(global_step, bool):
-        return _steps.as_words(_check_python_step(int(global_step), tags))
-    step = global_step if isinstance(global_step, jax.Array) else np.asarray(global_step)
-    if (step.shape == () and not _host.is_traced(step) and step.dtype != np.bool_
-            and jnp.issubdtype(step.dtype, jnp.floating) and float(step).is_integer()):
-        return _steps.as_words(_check_python_step(int(step), tags))  # e.g. 1000.0
-    if step.shape != () or not jnp.issubdtype(step.dtype, jnp.integer):
-        raise TypeError(f"global_step for tag(s) {', '.join(map(repr, tags))} must be an "
-                        f"integer scalar or a callax.Step, got {global_step!r}")
-    if not _host.is_traced(step):
-        return _steps.as_words(_check_python_step(int(step), tags))
-    return _steps.as_words(step)
-
-
-def _host_step(global_step: ArrayLike | Step | None, tags: tuple[str, ...]) -> int:
-    """A concrete global step as a Python int (:data:`callax._step.AUTO` for ``None``),
-    checked as :func:`_step` checks it."""
-    if global_step is None:
-        return _steps.AUTO
-    if isinstance(global_step, int | np.integer) and not isinstance(global_step, bool):
-        return _check_python_step(int(global_step), tags)
-    return int(_steps.words_to_int64(np.asarray(_step(global_step, tags))))
-
-
-def _negative_step_error(step: int, tags: tuple[str, ...]) -> ValueError:
-    return ValueError(
-        f"negative global_step {step} for tag(s) {', '.join(map(repr, tags))}; steps must "
-        "be >= 0 (global_step=None continues from the last step)"
-    )
-
-
-def _check_python_step(step: int, tags: tuple[str, ...]) -> int:
-    if step < 0:
-        raise _negative_step_error(step, tags)
-    if step > 2**63 - 1:
-        raise OverflowError(f"global_step {step} for tag(s) {', '.join(map(repr, tags))} "
-                            "is above 2**63 - 1, the largest step of an event file")
-    return step
-
-
-def _check_concrete_steps(words: jax.Array, tags: tuple[str, ...]) -> jax.Array:
-    """Eagerly (concrete words), reject negative steps now; traced words pass through."""
-    if not _host.is_traced(words):
-        steps = _steps.words_to_int64(np.asarray(words))
-        negative = steps[(steps < 0) & (steps != _steps.AUTO)]  # AUTO: global_step=None
-        if negative.size:
-            raise _negative_step_error(int(negative[0]), tags)
-    return words
 
 
 def _as_handle(handle):
@@ -407,8 +222,11 @@ class JITSummaryWriter(eqx.Module):
         Row ``k`` writes ``values[k, j]`` under ``tags[j]`` at step ``steps[k]`` where
         ``valid[k, j]``; nothing is sent unless ``when`` is true. ``steps`` are integers or a
         [`callax.Step`][] with ``K`` steps. This is what device-side buffers call when they
-        flush.
+        flush. Called eagerly (concrete arrays, e.g. an ``EventRecord`` written between
+        jitted updates) it compiles nothing: the rows go straight to the writer thread.
         """
+        if _eager.write_rows_eagerly(self, tags, steps, values, valid, when):
+            return  # outside any trace: no program compiled or run
         layout = tag_layout(tags)
         values = check_values(tags, values)
         if values.ndim != 2 or values.shape[1] != len(tags):
@@ -417,10 +235,43 @@ class JITSummaryWriter(eqx.Module):
         if words.shape != (values.shape[0], 2):
             shape = words.shape[:-1]
             raise ValueError(f"steps must have shape ({values.shape[0]},), got {shape}")
-        _check_concrete_steps(words, tags)
+        check_concrete_steps(words, tags)
         if valid is None:
             valid = jnp.ones(values.shape, jnp.bool_)
         self._emit(layout, Step._from_words(words), values, valid, when)
+
+    @_PlainMethod
+    def add_text(self, tag: str, text_string: str, global_step: ArrayLike | None = None,
+                 walltime: float | None = None) -> None:
+        """Write text (Markdown, e.g. a hyperparameter table) under ``tag`` at
+        ``global_step``, for TensorBoard's *Text* dashboard (a JSON line ``{"step", "tag",
+        "text", "wall_time"}``; a string in W&B's history). Eager only (from Python, not
+        inside jit). ``global_step=None`` continues from the tag's last text; ``walltime``
+        is ignored (the time of the call is recorded).
+        """
+        del walltime
+        _eager.add_text(self, tag, text_string, global_step)
+
+    @_PlainMethod
+    def add_hparams(self, hparam_dict: Mapping[str, bool | int | float | str] | Any,
+                    metric_dict: Mapping[str, Any] | None = None, *,
+                    global_step: ArrayLike | None = None) -> None:
+        """Link hyperparameters to this run for TensorBoard's *HParams* dashboard, from a
+        plain loop (what [`callax.HParamsCallback`][] does for a training with hooks).
+
+        Writes an HParams session (start, then end) into the run itself (not into a
+        time-stamped sub-run as tensorboardX does), a JSON line ``{"hparams"}`` and W&B's
+        config; then ``metric_dict`` as scalars at ``global_step`` (``None``: each tag's
+        next step). The dashboard shows each metric tag's last value next to the
+        hyperparameters, so metrics logged later under the same tags also show. Eager only.
+
+        **Arguments:**
+
+        - `hparam_dict`: ``{name: bool | int | float | str}``, or a dataclass / Equinox
+          module read by [`callax.hparams_of`][].
+        - `metric_dict`: ``{tag: scalar}`` (optional).
+        """
+        _eager.add_hparams(self, hparam_dict, metric_dict, global_step)
 
     def flush(self) -> None:
         """Make every point written so far readable on disk.
@@ -466,26 +317,10 @@ def _add_dict(writer: JITSummaryWriter, prefix: str, scalars: Mapping[str, Any],
     if _writes_eagerly(writer, global_step, flat.values()):
         # No trace: straight to the host (no program compiled or run per call).
         tag_layout(tags)  # the same checks as inside jit
-        step = _host_step(global_step, tags)
+        step = host_step(global_step, tags)
         values = np.array([np.asarray(v) for v in flat.values()], np.float32)[None, :]
         _host.write_eager(tags, int(writer.handle), np.array([step], np.int64), values,
                           np.ones(values.shape, np.bool_), per_process=writer.per_process)
         return
     values = stack_scalars(list(flat.values()))[None, :]
-    writer.write_rows(tags, Step._from_words(_step(global_step, tags)[None]), values)
-
-
-def flatten_scalars(prefix: str, scalars: Mapping) -> dict[str, jax.Array | np.ndarray]:
-    """``{"a": x, "b": {"c": y}}`` under ``prefix`` → ``{"prefix/a": x, "prefix/b/c": y}``."""
-    if not isinstance(scalars, Mapping):
-        raise TypeError(f"expected a mapping of tag to scalar, got {type(scalars).__name__}")
-    out: dict[str, jax.Array | np.ndarray] = {}
-    for key, value in scalars.items():
-        if not isinstance(key, str):
-            raise TypeError(f"keys must be str, got {key!r} under prefix {prefix!r}")
-        tag = check_tag(f"{prefix}/{key}" if prefix else key)
-        if isinstance(value, Mapping):
-            out.update(flatten_scalars(tag, value))
-        else:
-            out[tag] = scalar_value(tag, value)
-    return out
+    writer.write_rows(tags, Step._from_words(step_words(global_step, tags)[None]), values)

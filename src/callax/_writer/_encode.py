@@ -2,10 +2,10 @@
 
 Scalar events are encoded by hand (they are tiny, fixed-layout protobuf messages) so that a
 batch of ``K`` rows × ``n`` tags costs a handful of NumPy operations plus one Python iteration
-per row. The record framing and its masked CRC-32C come from tensorboardX
-(:func:`tensorboardX.record_writer.masked_crc32c`, native when the ``crc32c`` package is
-installed). Everything written here is read back by TensorBoard's own ``EventAccumulator`` in
-the tests.
+per row; rows holding different tags (eager loops alternating over tags) are encoded from
+each tag's cached bytes. Records are framed with TFRecord's masked CRC-32C over
+tensorboardX's ``crc32c`` (native when the ``crc32c`` package is installed). Everything
+written here is read back by TensorBoard's own ``EventAccumulator`` in the tests.
 """
 
 from __future__ import annotations
@@ -18,21 +18,29 @@ import numpy as np
 
 # tensorboardX's generated *_pb2 modules ship no type stubs: checkers cannot see their messages.
 from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[reportAttributeAccessIssue]
-from tensorboardX.record_writer import masked_crc32c
+from tensorboardX.proto.plugin_text_pb2 import TextPluginData  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.tensor_pb2 import TensorProto  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.proto.types_pb2 import DataType  # pyright: ignore[reportAttributeAccessIssue]
+from tensorboardX.record_writer import crc32c
 
 __all__ = [
-    "encode_file_version", "encode_scalar_rows", "encode_session_start", "encode_summaries",
-    "frame", "varint",
+    "encode_file_version", "encode_masked_rows", "encode_scalar_rows", "encode_session_start",
+    "encode_summaries", "frame", "text_summary", "varint",
 ]
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
 _INT64_MAX = 2**63 - 1
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
 
 
 def varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative integer."""
+    if 0 <= value < 128:
+        return _SMALL_VARINTS[value]
     if value < 0:
         raise ValueError(f"varint of a negative number: {value}")
     out = bytearray()
@@ -46,10 +54,17 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _masked_crc(data: bytes) -> bytes:
+    # TFRecord's masked CRC-32C (as tensorboardX's masked_crc32c, whose crc32c is native
+    # when the crc32c package is installed), packed: one call per record part.
+    x = crc32c(data)
+    return _U32.pack((((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
 def frame(data: bytes) -> bytes:
     """One TFRecord: length, CRC of length, data, CRC of data."""
     header = _U64.pack(len(data))
-    return header + _U32.pack(masked_crc32c(header)) + data + _U32.pack(masked_crc32c(data))
+    return header + _masked_crc(header) + data + _masked_crc(data)
 
 
 def encode_file_version(wall_time: float | None = None) -> bytes:
@@ -107,13 +122,7 @@ def encode_scalar_rows(
     """
     if len(steps) == 0 or not tags:
         return b""
-    steps = np.asarray(steps)
-    if not np.issubdtype(steps.dtype, np.integer):
-        raise TypeError(f"steps of tag(s) {tags} must be integers, got dtype {steps.dtype}")
-    if steps.min() < 0 or (steps.dtype == np.uint64 and steps.max() > _INT64_MAX):
-        bad = int(steps.min()) if steps.min() < 0 else int(steps.max())
-        raise ValueError(f"step {bad} of tag(s) {tags} is outside [0, 2**63 - 1], the range "
-                         "of an event's step")
+    steps = _checked_steps(tags, steps)
     template = _template(tags)
     rows = np.tile(template.bytes, (len(steps), 1))
     floats = np.ascontiguousarray(values, dtype="<f4").view(np.uint8).reshape(len(steps), -1, 4)
@@ -125,6 +134,76 @@ def encode_scalar_rows(
         data = b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step) + prefix + row.tobytes()
         out.append(frame(data))
     return b"".join(out)
+
+
+def _checked_steps(tags: tuple[str, ...], steps: np.ndarray) -> np.ndarray:
+    steps = np.asarray(steps)
+    if not np.issubdtype(steps.dtype, np.integer):
+        raise TypeError(f"steps of tag(s) {tags} must be integers, got dtype {steps.dtype}")
+    if steps.min() < 0 or (steps.dtype == np.uint64 and steps.max() > _INT64_MAX):
+        bad = int(steps.min()) if steps.min() < 0 else int(steps.max())
+        raise ValueError(f"step {bad} of tag(s) {tags} is outside [0, 2**63 - 1], the range "
+                         "of an event's step")
+    return steps
+
+
+_VALUE_HEADS: dict[str, bytes] = {}
+_VALUE_HEADS_MAX = 65_536
+
+
+def _value_head(tag: str) -> bytes:
+    """The bytes of a ``Summary.value`` entry for a scalar of ``tag``, up to its float."""
+    head = _VALUE_HEADS.get(tag)
+    if head is None:
+        raw = tag.encode("utf-8")
+        value = b"\x0a" + varint(len(raw)) + raw + b"\x15"  # Value.tag, Value.simple_value
+        head = b"\x0a" + varint(len(value) + 4) + value  # Summary.value (repeated)
+        if len(_VALUE_HEADS) >= _VALUE_HEADS_MAX:
+            _VALUE_HEADS.clear()
+        _VALUE_HEADS[tag] = head
+    return head
+
+
+def encode_masked_rows(
+    tags: tuple[str, ...],
+    steps: np.ndarray,
+    values: np.ndarray,
+    valid: np.ndarray,
+    wall_times: np.ndarray,
+) -> bytes:
+    """Like :func:`encode_scalar_rows`, but row ``k`` holds only the tags where
+    ``valid[k]`` (rows without any are skipped): one event per row, from each tag's encoded
+    bytes (cached) and the value's four bytes, so a row costs the same whichever tags it
+    holds (eager loops alternating over tags write one tag per row)."""
+    if len(steps) == 0 or not tags:
+        return b""
+    steps = _checked_steps(tags, steps)
+    heads = [_value_head(tag) for tag in tags]
+    width = 4 * len(tags)
+    floats = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    out = []
+    base = 0
+    for step, wall_time, row in zip(steps.tolist(), wall_times.tolist(), valid.tolist(),
+                                    strict=True):
+        summary = b"".join([heads[j] + floats[base + 4 * j:base + 4 * j + 4]
+                            for j, ok in enumerate(row) if ok])
+        base += width
+        if summary:
+            out.append(frame(b"\x09" + _F64.pack(wall_time) + b"\x10" + varint(step) + b"\x2a"
+                             + varint(len(summary)) + summary))
+    return b"".join(out)
+
+
+def text_summary(tag: str, text: str) -> bytes:
+    """A serialized ``Summary`` holding ``text`` under ``tag`` for TensorBoard's text plugin
+    (a string tensor of one element; Markdown, rendered by the dashboard)."""
+    content = TextPluginData(version=0).SerializeToString()
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text",
+                                                                      content=content))
+    tensor = TensorProto(dtype=DataType.Value("DT_STRING"), string_val=[text.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    value = Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
+    return Summary(value=[value]).SerializeToString()
 
 
 # --------------------------------------------------------------------------------------------

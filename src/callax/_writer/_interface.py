@@ -78,6 +78,11 @@ class AbstractWriter(abc.ABC):
         """Record the run's hyperparameters (:class:`~callax.HParamsCallback`)."""
         del hparams, wall_time
 
+    def write_text(self, tag: str, step: int, text: str, wall_time: float) -> None:
+        """Write ``text`` (Markdown for TensorBoard's text dashboard) under ``tag`` at
+        ``step`` (:meth:`callax.JITSummaryWriter.add_text`). Per tag, steps increase."""
+        del tag, step, text, wall_time
+
     def flush(self) -> None:
         """Make everything written so far readable (called by the run's ``flush()``)."""
 

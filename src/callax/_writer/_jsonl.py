@@ -12,6 +12,7 @@ Lines (every one a JSON object, UTF-8, ``\\n``-terminated):
   "bucket_limits": [...], "bucket_counts": [...]}, "wall_time"}`` (bucket ``i`` counts the
   values in ``(bucket_limits[i - 1], bucket_limits[i]]``, the first from ``min``);
 - hyperparameters: ``{"hparams": {...}, "wall_time"}``;
+- text (``add_text``): ``{"step", "tag", "text": "...", "wall_time"}``;
 - a restart (a run resumed with ``purge_step``): ``{"purge_step": q, "wall_time"}``: points
   above it at steps ``>= q`` are superseded (readers drop them, as TensorBoard does).
 
@@ -102,6 +103,10 @@ class JsonlWriter(AbstractWriter):
     def write_hparams(self, hparams, wall_time) -> None:
         self._append(json.dumps({"hparams": dict(hparams), "wall_time": float(wall_time)})
                      + "\n")
+
+    def write_text(self, tag, step, text, wall_time) -> None:
+        self._append(json.dumps({"step": int(step), "tag": tag, "text": text,
+                                 "wall_time": float(wall_time)}, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self._file.close()

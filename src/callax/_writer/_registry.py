@@ -30,7 +30,7 @@ from ._run import NO_SEED, Run
 
 __all__ = ["begin_training", "close", "close_all_before_exit", "flush", "flush_all", "get_run",
            "open_run", "prepare_log_dir", "write", "write_hparams", "write_histograms",
-           "write_row", "write_summaries"]
+           "row_job", "write_row", "write_summaries", "write_text"]
 
 _lock = threading.Lock()
 _runs: dict[int, Run] = {}
@@ -151,23 +151,56 @@ def _write_batch(run: Run, tags: tuple[str, ...], seeds: np.ndarray, steps: np.n
 
 def write_row(handle: int, tags: tuple[str, ...], step: int, values: np.ndarray) -> None:
     """Queue one eager row: ``values[n]`` for ``tags`` at ``step`` (``AUTO_STEP``: the next
-    step) of the run itself. Consecutive rows of one run and tag set queued while the writer
-    thread is busy are written together, in order, each with the wall time of its call."""
-    _queue.submit_row((handle, tags), (step, values, time.time()),
-                      functools.partial(_write_rows, get_run(handle), tags))
+    step) of the run itself. Consecutive rows of one run queued while the writer thread is
+    busy are written together (one file write), in order, each with the wall time of its
+    call, whatever their tags (a loop alternating over several tags batches as well as one
+    writing a single tag)."""
+    _queue.submit_row(handle, (tags, step, values, time.time()), row_job(handle))
 
 
-def _write_rows(run: Run, tags: tuple[str, ...], rows: list) -> None:
-    """Write eager rows ``(step, values, wall time)`` of one tag set (the writer thread)."""
-    run.guarded(functools.partial(_write_rows_now, run, tags, rows), len(rows) * len(tags))
+def row_job(handle: int) -> functools.partial:
+    """What the writer thread runs for a batch of eager rows ``(tags, step, values, wall
+    time)`` of run ``handle`` (see :func:`write_row`)."""
+    return functools.partial(_write_rows, get_run(handle))
 
 
-def _write_rows_now(run: Run, tags: tuple[str, ...], rows: list) -> None:
-    steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    values = np.stack([r[1] for r in rows])
-    walls = np.fromiter((r[2] for r in rows), np.float64, len(rows))
-    run.write(tags, NO_SEED, steps, values, np.ones(values.shape, np.bool_),
-              float(walls[-1]), wall=walls)
+def _write_rows(run: Run, rows: list) -> None:
+    """Write eager rows ``(tags, step, values, wall time)`` of one run (the writer thread)."""
+    run.guarded(functools.partial(_write_rows_now, run, rows), sum(len(r[0]) for r in rows))
+
+
+def _write_rows_now(run: Run, rows: list) -> None:
+    tags = rows[0][0]
+    walls = np.fromiter((r[3] for r in rows), np.float64, len(rows))
+    steps = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    if all(r[0] == tags for r in rows):
+        values = np.stack([r[2] for r in rows])
+        valid = np.ones(values.shape, np.bool_)
+    else:  # rows of several tag sets: one matrix over every tag, masked per row
+        tags, values, valid = _union_rows(rows)
+    run.write(tags, NO_SEED, steps, values, valid, float(walls[-1]), wall=walls)
+
+
+def _union_rows(rows: list) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Rows ``(tags, step, values, wall time)`` of different tag sets as one matrix over the
+    union of their tags (in order of first appearance) and the mask of each row's tags."""
+    columns: dict[str, int] = {}
+    positions: dict[tuple[str, ...], list[int]] = {}
+    where: list[int] = []
+    for row in rows:
+        position = positions.get(row[0])
+        if position is None:
+            position = positions[row[0]] = [columns.setdefault(t, len(columns)) for t in row[0]]
+        where += position
+    width = len(columns)
+    lengths = np.fromiter((len(row[0]) for row in rows), np.int64, len(rows))
+    flat = np.repeat(np.arange(len(rows)) * width, lengths) + np.array(where, np.int64)
+    values = np.zeros(len(rows) * width, np.float32)
+    valid = np.zeros(len(rows) * width, np.bool_)
+    values[flat] = np.concatenate([row[2] for row in rows])
+    valid[flat] = True
+    values, valid = values.reshape(len(rows), width), valid.reshape(len(rows), width)
+    return tuple(columns), values, valid
 
 
 def write_histograms(handle: int, tags: tuple[str, ...], seeds: np.ndarray, steps: np.ndarray,
@@ -200,6 +233,14 @@ def write_summaries(handle: int, seeds: np.ndarray, summaries: tuple[bytes, ...]
     write_records = functools.partial(run.write_records, positions, records)
     _queue.submit(functools.partial(run.guarded, write_records, len(positions)),
                   rows=len(positions))
+
+
+def write_text(handle: int, tag: str, step: int, text: str) -> None:
+    """Queue ``text`` under ``tag`` at ``step`` (``AUTO_STEP``: the tag's next text step)
+    for every writer of run ``handle`` itself, in order with the run's scalars."""
+    run = get_run(handle)
+    job = functools.partial(run.write_text, NO_SEED, tag, step, text, time.time())
+    _queue.submit(functools.partial(run.guarded, job, 1))
 
 
 def write_hparams(handle: int, seeds: np.ndarray, hparams: dict) -> None:

@@ -5,6 +5,7 @@ W&B charts need it too)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import warnings
@@ -70,6 +71,7 @@ class Run:
         self._purged: set[tuple[int, int]] = set()
         self._last_step: dict[tuple[int, str], int] = {}
         self._last_histogram_step: dict[tuple[int, str], int] = {}
+        self._last_text_step: dict[tuple[int, str], int] = {}
         self._last_flush_time: dict[int, float] = {}
         self._written = False
         # Points dropped per tag (steps that went back): total, and the part not yet reported.
@@ -155,6 +157,7 @@ class Run:
             self._close_writers()
             self._last_step.clear()
             self._last_histogram_step.clear()
+            self._last_text_step.clear()
             self._last_flush_time.clear()
             self._purged.clear()
             self.purge_step = None
@@ -359,6 +362,21 @@ class Run:
             for seed in seeds:
                 self._each(seed, 1, lambda writer: writer.write_hparams(hparams, now))
 
+    def write_text(self, seed: int, tag: str, step: int, text: str, now: float) -> None:
+        """``text`` under ``tag`` at ``step`` (``AUTO_STEP``: one more than the tag's last
+        text), to every writer of the seed; a step that does not increase is dropped and
+        reported like a scalar's."""
+        with self._lock:
+            last = self._last_text_step.get((seed, tag), -1)
+            at = last + 1 if step == AUTO_STEP else step
+            if at <= last:
+                self.dropped[tag] = self.dropped.get(tag, 0) + 1
+                self._unreported[tag] = self._unreported.get(tag, 0) + 1
+                return
+            self._last_text_step[(seed, tag)] = at
+            self._written = True
+            self._each(seed, 1, functools.partial(_text_to, tag, at, text, now))
+
     def write_records(self, seeds, records: bytes) -> None:
         """Append encoded event records to the TensorBoard files of every seed position in
         ``seeds`` (other writers have no use for them)."""
@@ -407,3 +425,7 @@ class Run:
         process writes files of its own) and take a fresh lock."""
         self._lock = threading.Lock()
         self._writers = {}
+
+
+def _text_to(tag: str, step: int, text: str, now: float, writer: AbstractWriter) -> None:
+    writer.write_text(tag, step, text, now)

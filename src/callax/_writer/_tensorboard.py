@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from collections.abc import Mapping
@@ -18,7 +17,13 @@ from tensorboardX.proto.plugin_hparams_pb2 import (
 )
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
 
-from ._encode import encode_histogram, encode_scalar_rows, encode_summaries
+from ._encode import (
+    encode_histogram,
+    encode_masked_rows,
+    encode_scalar_rows,
+    encode_summaries,
+    text_summary,
+)
 from ._event_file import EventFile
 from ._interface import AbstractWriter, Destination
 
@@ -56,18 +61,8 @@ class TensorBoardWriter(AbstractWriter):
     def write_scalars(self, tags, steps, values, valid, wall_times) -> None:
         if valid.all():
             self._append(encode_scalar_rows(tags, steps, values, wall_times))
-            return
-        # Consecutive rows sharing a validity pattern are encoded together with the tags
-        # present; segments stay in row order so every tag's steps keep increasing.
-        change = np.flatnonzero((valid[1:] != valid[:-1]).any(axis=1)) + 1
-        bounds = [0, *change.tolist(), len(steps)]
-        out = []
-        for start, stop in itertools.pairwise(bounds):
-            columns = np.flatnonzero(valid[start])
-            out.append(encode_scalar_rows(tuple(tags[c] for c in columns), steps[start:stop],
-                                          values[start:stop][:, columns],
-                                          wall_times[start:stop]))
-        self._append(b"".join(out))
+        else:  # each row with the tags it holds (in row order: steps keep increasing)
+            self._append(encode_masked_rows(tags, steps, values, valid, wall_times))
 
     def write_histograms(self, tags, step, stats, counts, wall_time) -> None:
         out = []
@@ -83,6 +78,9 @@ class TensorBoardWriter(AbstractWriter):
         name = trial_name(self.destination.run_dir, self.destination.seed)
         start, _ = hparams_summaries(hparams, name)
         self._append(encode_summaries((start,), wall_time))
+
+    def write_text(self, tag, step, text, wall_time) -> None:
+        self._append(encode_summaries((text_summary(tag, text),), wall_time, step))
 
     def write_records(self, records: bytes) -> None:
         """Append prebuilt event records (TensorBoard only: an HParams session's end)."""

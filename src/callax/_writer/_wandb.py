@@ -134,6 +134,11 @@ class WandbWriter(AbstractWriter):
                                                       edges.tolist()))
         self._run.log(data)
 
+    def write_text(self, tag: str, step: int, text: str, wall_time: float) -> None:
+        self._define((tag,))
+        self._run.log({STEP_METRIC: int(step), tag: text})  # a string in the run's history
+        del wall_time
+
     def write_hparams(self, hparams: Mapping[str, Any], wall_time: float) -> None:
         self._run.config.update(
             {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
