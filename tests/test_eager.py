@@ -105,3 +105,90 @@ def test_memory_stays_flat_over_many_eager_writes_and_runs(tmp_path):
     grown = int(out["rss_end"]) - int(out["rss_start"])
     assert grown < 50 * 2**20, f"RSS grew by {grown / 2**20:.1f} MB"
     assert out["points"].split() == ["50000", "50000", "3000"]
+
+
+def test_eagerly_written_event_records_compile_nothing_per_write(logdir, compiles):
+    """Issue 26: a Python loop writing the ``EventRecord`` its jitted update returned (as a
+    CleanRL-style SAC loop does) compiled a new ``jit(cond)`` at every write. The first
+    write of a record structure compiles at most once, the next 100 writes nothing."""
+    from callax.events import SACEvents, record
+
+    @jax.jit
+    @record
+    def update(x):
+        SACEvents.policy_loss(None, x)
+        SACEvents.critic_value_loss(0, 2.0 * x)
+        SACEvents.critic_value_loss(1, jnp.where(x > 50, jnp.nan, x))  # NaN: left out
+        return x + 1.0
+
+    @jax.jit
+    @record
+    def other(x):
+        SACEvents.buffer_size(x.astype(jnp.int32))
+        return x
+
+    writer = callax.JITSummaryWriter(logdir)
+    x, epoch = update(jnp.float32(0.0))
+    _, sizes = other(x)
+    epoch.merge(epoch)  # compiled before counting: the update and merge's eager ops
+    before = len(compiles)
+    epoch.write(writer, 0)
+    sizes.write(writer, 0)
+    assert len(compiles) - before <= 2, "more than one compilation per record structure"
+    before = len(compiles)
+    for step in range(1, 101):
+        x, rec = update(x)
+        epoch = epoch.merge(rec) if step % 10 else rec  # accumulate, restart every 10
+        epoch.write(writer, step)  # eagerly: a host-side reduce, no program
+        sizes.write(writer, np.int64(step), when=step % 2 == 0)
+    writer.flush()
+    assert len(compiles) == before, f"{len(compiles) - before} compilations in 100 writes"
+    run = read_run(logdir)
+
+    def mean(values):
+        return float(np.mean(np.asarray(values, np.float32)))
+
+    # At step s the record holds updates 10 * (s // 10) .. s (x = the update's index).
+    first = [10 * (s // 10) for s in range(101)]
+    assert run["SACEvents/policy_loss"] == [(s, mean(range(first[s], s + 1)))
+                                            for s in range(101)]
+    assert run["SACEvents/critic_value_loss/0"] == [(s, 2 * mean(range(first[s], s + 1)))
+                                                    for s in range(101)]
+    # NaN (x > 50) is left out by nanmean; a record of NaN only writes no point.
+    assert run["SACEvents/critic_value_loss/1"] == [
+        (s, mean([v for v in range(first[s], s + 1) if v <= 50])) for s in range(60)]
+    assert run["SACEvents/buffer_size"] == [(s, 1.0) for s in (0, *range(2, 101, 2))]
+
+
+def test_rows_alternating_over_tags_join_one_batch(logdir, monkeypatch):
+    """Issue 26: a tight loop alternating over 6 tags (CleanRL's) queued one job, and one
+    file write, per call, so the queue filled and each call waited for the writer thread.
+    Rows of any tags queued while the thread is busy are now written by one job."""
+    import threading
+
+    from callax._writer import _queue
+    from callax._writer._tensorboard import TensorBoardWriter
+
+    tags = ("charts/episodic_return", "charts/episodic_length", "losses/qf1_values",
+            "losses/qf1_loss", "losses/actor_loss", "charts/SPS")
+    writer = callax.JITSummaryWriter(logdir)
+    writer.add_scalar("warm", 0.0, 0)
+    writer.flush()
+    calls = []
+    original = TensorBoardWriter.write_scalars
+
+    def counting(self, *args):
+        calls.append(args[0])
+        return original(self, *args)
+
+    monkeypatch.setattr(TensorBoardWriter, "write_scalars", counting)
+    release = threading.Event()
+    _queue.submit(release.wait)  # the writer thread is busy until released
+    for i in range(60):
+        writer.add_scalar(tags[i % 6], float(i), i // 6)
+    release.set()
+    writer.flush()
+    assert len(calls) == 1, f"{len(calls)} writes for 60 rows"
+    run = read_run(logdir)
+    for j, tag in enumerate(tags):
+        assert run[tag] == [(k, float(6 * k + j)) for k in range(10)]
