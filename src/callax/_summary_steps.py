@@ -4,6 +4,8 @@ the ``(hi, lo)`` words that travel to the host."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,8 @@ from . import _host, _step as _steps
 from ._step import Step
 
 __all__ = ["check_concrete_steps", "host_step", "step_words"]
+
+_Words = TypeVar("_Words", jax.Array, np.ndarray)
 
 
 def step_words(global_step: ArrayLike | Step | None, tags: tuple[str, ...] = ()) -> jax.Array:
@@ -70,8 +74,7 @@ def _check_python_step(step: int, tags: tuple[str, ...]) -> int:
     return step
 
 
-def check_concrete_steps(words: jax.Array | np.ndarray, tags: tuple[str, ...]
-                         ) -> jax.Array | np.ndarray:
+def check_concrete_steps(words: _Words, tags: tuple[str, ...]) -> _Words:
     """Eagerly (concrete words), reject negative steps now; traced words pass through."""
     if not _host.is_traced(words):
         steps = _steps.words_to_int64(np.asarray(words))
