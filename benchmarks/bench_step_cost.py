@@ -19,7 +19,8 @@ all variants alike):
   ``jax.vmap(callback.on_step)`` as the README's loop does.
 
 Every variant returns a number that depends on all of its state, so nothing is dead code.
-For each ``N`` it prints the median time per env step of ``none`` and the ratios of
+Each timing runs ``max(1, 512 // N)`` rollouts. For each ``N`` it prints the median
+time per env step of ``none`` and the ratios of
 medians (min-max over rounds of the per-round ratio in brackets), for wall time and for
 the process's CPU time (all threads). Then the cost of one jitted ``on_iteration`` of the
 default callback after a rollout (median over ``--iteration-rounds`` calls, no flush).
@@ -95,17 +96,19 @@ def make_rollout(variant: str, n_envs: int, n_steps: int, callback):
         k_reset, k_scan = jax.random.split(key)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, n_envs))
 
-        def step(carry, k):
-            obs, env_state, stats = carry
-            k_act, k_env, k_cb = jax.random.split(k, 3)
+        # The key is carried, as PureJaxRL does: scanning over T pre-split keys would put
+        # a buffer of T keys (2 KB at T = 256) in the loop body, over XLA:CPU's 512 bytes.
+        def step(carry, _):
+            obs, env_state, stats, k = carry
+            k, k_act, k_env, k_cb = jax.random.split(k, 4)
             action = jax.random.bernoulli(k_act, 0.5, (n_envs,)).astype(jnp.int32)
             obs, env_state, reward, done, _ = jax.vmap(env.step)(
                 jax.random.split(k_env, n_envs), env_state, action)
             stats, info = track(stats, reward, done, k_cb)
-            return (obs, env_state, stats), info
+            return (obs, env_state, stats, k), info
 
-        (obs, _, stats), infos = jax.lax.scan(step, (obs, env_state, stats),
-                                              jax.random.split(k_scan, n_steps))
+        (obs, _, stats, _), infos = jax.lax.scan(step, (obs, env_state, stats, k_scan), None,
+                                                 length=n_steps)
         out = jnp.sum(obs) + total(stats)
         if infos is not None:  # PureJaxRL's metric: mean return of the finished episodes
             finished = infos["returned_episode"]
@@ -129,15 +132,17 @@ def time_rollouts(n_envs: int, n_steps: int, rounds: int, callback) -> None:
         jax.block_until_ready(rollout(key, states[v]))  # compile and warm up
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    repeat = max(1, 512 // n_envs)  # rollouts per timing: a few ms at least
     for r in range(rounds):
         order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
         k = jax.random.fold_in(key, r)
         for v in order:
             w0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fns[v][1](k, states[v]))
+            for _ in range(repeat):
+                jax.block_until_ready(fns[v][1](k, states[v]))
             wall[v].append(time.perf_counter() - w0)
             cpu[v].append(time.process_time() - c0)
-    per_step = n_envs * n_steps
+    per_step = n_envs * n_steps * repeat
     cells = []
     for name, times in (("wall", wall), ("cpu", cpu)):
         base = statistics.median(times["none"]) / per_step * 1e6
