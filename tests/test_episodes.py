@@ -91,7 +91,6 @@ def test_window_size_checked(logdir):
 @pytest.mark.parametrize(("n_envs", "size", "spread"),
                          [(1, 5, True), (3, 4, True), (7, 3, True), (16, 100, True),
                           (4, 6, False), (5, 2, False),
-                          # From 128 envs the slots gather their episodes instead.
                           (130, 7, True), (200, 300, True), (128, 100, False)])
 def test_ring_holds_the_last_episodes_of_all_envs(n_envs, size, spread):
     # Many episodes end at once (more than the window at some steps when n_envs > size):

@@ -21,7 +21,6 @@ for a few envs: XLA:CPU then keeps running the rollout's loop body in order (its
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,42 +50,17 @@ def _empty_ring(n_envs: int, size: int) -> tuple[Array, Array, Array]:
             jnp.zeros(n_envs, jnp.int32))
 
 
-def _prefix_count(finished: Array) -> Array:
-    """Inclusive running count of ``finished`` (``bool[N]``): two small matrix products
-    over ``sqrt(N)``-sized blocks (exact in ``float32`` below ``2**24`` envs)."""
-    n = finished.shape[0]
-    block = max(1, math.isqrt(n))
-    rows = -(-n // block)
-    x = jnp.pad(finished.astype(jnp.float32), (0, rows * block - n)).reshape(rows, block)
-    within = x @ jnp.triu(jnp.ones((block, block), jnp.float32))
-    before = jnp.tril(jnp.ones((rows, rows), jnp.float32), -1) @ within[:, -1]
-    return (within + before[:, None]).reshape(-1)[:n].astype(jnp.int32)
-
-
-_GATHER_FROM_ENVS = 128
-"""From this many envs (where every per-env ``float32`` array is past XLA:CPU's 512 bytes
-anyway) the ring's slots gather their episodes; below, the finished envs scatter theirs."""
-
-
-def _next_position(start, count, size):
-    written = start + count
-    return jnp.where(written >= size, size + (written - size) % size, written)
-
-
 def _add_to_ring(returns, lengths, position, done, episode_return, episode_length, size):
     """The ring after one step of all envs (leading axis: envs, in index order).
 
     ``position`` (the same in every env) is the number of episodes written while below
     ``size``, then ``size + written % size``: the next slot is ``position % size`` and
     ``min(position, size)`` slots are filled. The envs that finished get ranks in index
-    order (SB3 appends them so); of this step's episodes only the last ``size`` are kept.
+    order (SB3 appends them so) and one scatter writes their episodes; of this step's
+    episodes only the last ``size`` are kept, so the slots written are distinct.
     """
     n_envs, per_env = returns.shape
     start = position[0]
-    if n_envs >= _GATHER_FROM_ENVS:
-        return _gather_into_ring(returns, lengths, start, done, episode_return,
-                                 episode_length, size)
-    # Few envs: one scatter of the finished envs' episodes (kept slots are distinct).
     finished = done.astype(jnp.int32)
     rank = jnp.cumsum(finished) - finished
     count = rank[-1] + finished[-1]
@@ -94,35 +68,10 @@ def _add_to_ring(returns, lengths, position, done, episode_return, episode_lengt
     slot = jnp.where(keep, (start + rank) % size, n_envs * per_env)  # out of range: dropped
     returns = returns.reshape(-1).at[slot].set(episode_return, mode="drop")
     lengths = lengths.reshape(-1).at[slot].set(episode_length, mode="drop")
+    written = start + count
+    written = jnp.where(written >= size, size + (written - size) % size, written)
     return (returns.reshape(n_envs, per_env), lengths.reshape(n_envs, per_env),
-            jnp.broadcast_to(_next_position(start, count, size), (n_envs,)))
-
-
-def _gather_into_ring(returns, lengths, start, done, episode_return, episode_length, size):
-    """Many envs: each of the ``size`` slots looks up the env whose episode it receives (a
-    binary search in the running count of finished envs): ``O(N)`` elementwise work and
-    ``O(size log N)``, where a scatter and ``jnp.cumsum`` over ``N`` (a log-depth tree of
-    slices on CPU) measured several times the cost."""
-    n_envs, per_env = returns.shape
-    running = _prefix_count(done)
-    count = running[-1]
-    # Slot j receives the episode of rank r (0-based in this step) with r = j - start
-    # (mod size), the latest such among the last `size` ranks of this step.
-    offset = (jnp.arange(size, dtype=jnp.int32) - start) % size
-    first = jnp.maximum(count - size, 0)
-    rank = first + (offset - first) % size
-    written = rank < count
-    env = jnp.minimum(jnp.searchsorted(running, rank, side="right", method="scan_unrolled"),
-                      n_envs - 1)
-
-    def update(ring, values):
-        flat = ring.reshape(-1)
-        slots = jnp.where(written, values[env], flat[:size])
-        flat = jax.lax.dynamic_update_slice(flat, slots, (0,))
-        return flat.reshape(n_envs, per_env)
-
-    return (update(returns, episode_return), update(lengths, episode_length),
-            jnp.broadcast_to(_next_position(start, count, size), (n_envs,)))
+            jnp.broadcast_to(written, (n_envs,)))
 
 
 @functools.cache
