@@ -1,6 +1,7 @@
 """SB3's rollout/ep_rew_mean and rollout/ep_len_mean: the last `stats_window_size` finished
 episodes of all envs, checked against a direct simulation of SB3's deque."""
 
+import os
 from collections import deque
 
 import jax
@@ -77,7 +78,7 @@ def test_window_per_seed_under_vmap(logdir):
 
 
 def test_empty_window_is_nan():
-    window = jax.vmap(lambda _: EpisodeWindow.empty(3))(np.arange(2))
+    window = jax.vmap(lambda k: EpisodeWindow.empty(3, k))(np.arange(2))
     ret, length, count = window_means(window)
     assert np.isnan(ret) and np.isnan(length) and int(count) == 0
 
@@ -87,29 +88,74 @@ def test_window_size_checked(logdir):
         callax.TensorBoardCallback(name="x", log_dir=logdir, stats_window_size=0)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_window_means_take_the_most_recent_episodes_of_all_envs(seed):
-    # Random windows (some slots empty, each env's episodes ending at distinct steps, ties
-    # between envs) against the plain definition: the W latest episodes over all envs, an
-    # env's index breaking ties in end step (later env first).
-    rng = np.random.default_rng(seed)
-    n_envs, size = int(rng.integers(1, 6)), int(rng.integers(1, 8))
-    ends = np.full((n_envs, size), -1, np.int32)
-    for env in range(n_envs):
-        filled = int(rng.integers(0, size + 1))
-        ends[env, :filled] = rng.choice(40, filled, replace=False)
-    returns = rng.normal(size=(n_envs, size)).astype(np.float32)
-    lengths = rng.integers(1, 500, (n_envs, size)).astype(np.int32)
-    window = EpisodeWindow(*(jax.numpy.asarray(a) for a in (
-        returns, lengths, ends, np.zeros(n_envs, np.int32))))
-    ret, length, count = jax.jit(window_means)(window)
-    finished = sorted(((ends[e, i], e, returns[e, i], lengths[e, i])
-                       for e in range(n_envs) for i in range(size) if ends[e, i] >= 0),
-                      reverse=True)[:size]
-    assert int(count) == len(finished)
-    if finished:
-        np.testing.assert_allclose(float(ret), np.mean([f[2] for f in finished]), rtol=1e-5)
-        np.testing.assert_allclose(float(length), np.mean([f[3] for f in finished]),
-                                   rtol=1e-6)
-    else:
-        assert np.isnan(ret) and np.isnan(length)
+@pytest.mark.parametrize(("n_envs", "size", "spread"),
+                         [(1, 5, True), (3, 4, True), (7, 3, True), (16, 100, True),
+                          (4, 6, False), (5, 2, False),
+                          (130, 7, True), (200, 300, True), (128, 100, False)])
+def test_ring_holds_the_last_episodes_of_all_envs(n_envs, size, spread):
+    # Many episodes end at once (more than the window at some steps when n_envs > size):
+    # the ring keeps SB3's deque, envs appended in index order. ``spread``: the window is
+    # shared out over the envs (``like``); otherwise each env holds all of it.
+    rng = np.random.default_rng(n_envs * 100 + size)
+    n_steps = 40
+    rewards = rng.normal(size=(n_steps, n_envs)).astype(np.float32)
+    dones = rng.random((n_steps, n_envs)) < 0.6
+    lengths = rng.integers(1, 9, (n_steps, n_envs)).astype(np.int32)
+    like = jax.numpy.arange(n_envs) if spread else None
+
+    @jax.jit
+    def run(rewards, dones, lengths):
+        window = jax.vmap(lambda k: EpisodeWindow.empty(size, k))(like) if spread else (
+            jax.vmap(lambda _: EpisodeWindow.empty(size))(np.arange(n_envs)))
+
+        def step(window, xs):
+            window = jax.vmap(EpisodeWindow.add)(window, *xs)
+            return window, window_means(window)
+
+        return jax.lax.scan(step, window, (dones, rewards, lengths))
+
+    window, (got_r, got_l, got_n) = run(rewards, dones, lengths)
+    per_env = -(-size // n_envs) if spread else size
+    assert window.returns.shape == (n_envs, per_env)
+    deque_ = deque(maxlen=size)
+    for t in range(n_steps):
+        deque_.extend((rewards[t, e], lengths[t, e]) for e in range(n_envs) if dones[t, e])
+        assert int(got_n[t]) == len(deque_)
+        if deque_:
+            np.testing.assert_allclose(float(got_r[t]), np.mean([r for r, _ in deque_]),
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(float(got_l[t]), np.mean([n for _, n in deque_]),
+                                       rtol=1e-6)
+        else:
+            assert np.isnan(got_r[t]) and np.isnan(got_l[t])
+
+
+def test_step_state_holds_one_window_per_seed(logdir):
+    # The seed's window is shared out over its envs: 16 envs hold ceil(100 / 16) = 7 slots
+    # each (two arrays of 448 bytes: under XLA:CPU's 512-byte threshold for running a loop
+    # body in order), not 100 each.
+    cb = callax.TensorBoardCallback(name="s", log_dir=logdir)
+    keys = jax.random.split(jax.random.key(0), 16)
+    state = jax.jit(jax.vmap(lambda k: cb.step_reset(callax.ResetContext(), key=k)))(keys)
+    assert state.window.returns.shape == state.window.lengths.shape == (16, 7)
+    seeds = jax.vmap(jax.vmap(lambda k: cb.step_reset(callax.ResetContext(), key=k)))(
+        jax.random.split(jax.random.key(1), (3, 200)))
+    assert seeds.window.returns.shape == (3, 200, 1)
+
+
+def test_window_off_with_none(logdir):
+    data = [scripted(20 + s) for s in range(2)]
+    rewards = np.stack([r for r, _ in data])
+    dones = np.stack([d for _, d in data])
+    cb = callax.TensorBoardCallback(name="off", log_dir=logdir, flush_every=2,
+                                    stats_window_size=None)
+    assert not cb.seeds_run
+    keys = jax.random.split(jax.random.key(2), 2)
+    _, step_state, _ = jax.jit(jax.vmap(lambda k, r, d: drive(cb, r, d, k)))(
+        keys, rewards, dones)
+    assert step_state.window is None
+    for seed in range(2):
+        run = read_run(f"{logdir}/off/seed_{seed}")
+        assert "rollout/ep_rew_mean" not in run and "rollout/ep_len_mean" not in run
+        assert len(run["episode/return"]) >= 4 and len(run["train/loss"]) == 5
+    assert not os.path.exists(f"{logdir}/off/seeds")

@@ -167,7 +167,7 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
     def step_reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> ConsoleTableStepState:
         zero_i, zero_f = jnp.asarray(0, jnp.int32), jnp.asarray(0.0, jnp.float32)
         return ConsoleTableStepState(zero_f, zero_i, zero_i,
-                                     EpisodeWindow.empty(self.stats_window_size))
+                                     EpisodeWindow.empty(self.stats_window_size, key))
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> ConsoleTableStepState:
         s = ctx.state
@@ -178,7 +178,7 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
             episode_return=jnp.where(done, 0.0, ret),
             episode_length=jnp.where(done, 0, length),
             step=s.step + 1,
-            window=s.window.add(done, ret, length, s.step + 1),
+            window=s.window.add(done, ret, length),
         )
 
     def _send(self, layout: int | Array, values: Array, steps: ArrayLike,

@@ -3,91 +3,167 @@ length of the last ``stats_window_size`` finished episodes, and ``time/fps``.
 
 SB3 keeps a ``deque(maxlen=stats_window_size)`` of finished episodes, appended step by step
 with the envs in index order, and logs its mean as ``rollout/ep_rew_mean`` and
-``rollout/ep_len_mean``. Here each env keeps a ring of its own last ``W`` episodes, stamped
-with the env step at which they ended (an :class:`EpisodeWindow`, updated elementwise in
-``on_step``); at the end of an iteration :func:`window_means` picks the ``W`` most recent over
-all envs (ties broken by env index, as SB3 appends them) with one ``top_k``. The result is
-SB3's deque exactly, while the total number of env steps stays below ``2**31``.
+``rollout/ep_len_mean``. Here that deque is one ring of ``W`` slots per seed (an
+:class:`EpisodeWindow`), filled in the order SB3 fills its deque, so the means are SB3's
+exactly.
+
+Where the ring lives: trainers update step states with ``jax.vmap(callback.on_step)`` over
+envs, so the ring is spread over the envs' step states (``[N, ceil(W / N)]`` per array: the
+seed's ``W`` slots, not ``W`` per env). Under that ``vmap``, :meth:`EpisodeWindow.empty` and
+:meth:`EpisodeWindow.add` are ``custom_vmap`` functions that see all envs at once:
+``add`` ranks the envs that finished at this step by index (one cumulative sum) and writes
+their episodes into the ring with one scatter. Each array stays at about ``4 * W`` bytes
+for a few envs: XLA:CPU then keeps running the rollout's loop body in order (its
+``execute_sequential_buffer_threshold`` is 512 bytes), which a window per env
+(``N * W`` numbers) did not. :func:`window_means` reads the filled slots: ``O(W)``, no sort.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+from jax import custom_batching
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 __all__ = ["EpisodeWindow", "check_window_size", "sb3_time", "window_means"]
 
 
-def check_window_size(size: object) -> int:
+def check_window_size(size: object, *, allow_none: bool = False) -> int | None:
+    """`size` if it is a positive int (or ``None`` with `allow_none`); else a ``ValueError``."""
+    if size is None and allow_none:
+        return None
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"stats_window_size must be a positive int, got {size!r}")
+        off = " or None (no window)" if allow_none else ""
+        raise ValueError(f"stats_window_size must be a positive int{off}, got {size!r}")
     return size
 
 
+def _empty_ring(n_envs: int, size: int) -> tuple[Array, Array, Array]:
+    # The seed's `size` slots spread over its envs: env e holds slots e*K .. e*K + K - 1.
+    per_env = -(-size // n_envs)
+    return (jnp.zeros((n_envs, per_env), jnp.float32), jnp.zeros((n_envs, per_env), jnp.int32),
+            jnp.zeros(n_envs, jnp.int32))
+
+
+def _add_to_ring(returns, lengths, position, done, episode_return, episode_length, size):
+    """The ring after one step of all envs (leading axis: envs, in index order).
+
+    ``position`` (the same in every env) is the number of episodes written while below
+    ``size``, then ``size + written % size``: the next slot is ``position % size`` and
+    ``min(position, size)`` slots are filled. The envs that finished get ranks in index
+    order (SB3 appends them so) and one scatter writes their episodes; of this step's
+    episodes only the last ``size`` are kept, so the slots written are distinct.
+    """
+    n_envs, per_env = returns.shape
+    start = position[0]
+    finished = done.astype(jnp.int32)
+    rank = jnp.cumsum(finished) - finished
+    count = rank[-1] + finished[-1]
+    keep = done & (rank >= count - size)
+    slot = jnp.where(keep, (start + rank) % size, n_envs * per_env)  # out of range: dropped
+    returns = returns.reshape(-1).at[slot].set(episode_return, mode="drop")
+    lengths = lengths.reshape(-1).at[slot].set(episode_length, mode="drop")
+    written = start + count
+    written = jnp.where(written >= size, size + (written - size) % size, written)
+    return (returns.reshape(n_envs, per_env), lengths.reshape(n_envs, per_env),
+            jnp.broadcast_to(written, (n_envs,)))
+
+
+@functools.cache
+def _ring_functions(size: int):
+    """``(empty, add)`` for rings of `size` slots: ``custom_vmap`` functions whose
+    batching rule treats the batch as the envs of one seed."""
+
+    @custom_batching.custom_vmap
+    def empty(like):
+        returns, lengths, position = _empty_ring(1, size)
+        return returns[0], lengths[0], position[0]
+
+    @empty.def_vmap
+    def _empty_rule(axis_size, in_batched, like):
+        return _empty_ring(axis_size, size), (True, True, True)
+
+    @custom_batching.custom_vmap
+    def add(returns, lengths, position, done, episode_return, episode_length):
+        args = (returns[None], lengths[None], position[None], done[None],
+                episode_return[None], episode_length[None])
+        returns, lengths, position = _add_to_ring(*args, size)
+        return returns[0], lengths[0], position[0]
+
+    @add.def_vmap
+    def _add_rule(axis_size, in_batched, *args):
+        args = [x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                for x, batched in zip(args, in_batched, strict=True)]
+        return _add_to_ring(*args, size), (True, True, True)
+
+    return empty, add
+
+
 class EpisodeWindow(eqx.Module):
-    """One env's last ``W`` finished episodes (a ring; under ``vmap`` with batch axes in
-    front).
+    """A seed's last ``size`` finished episodes (a ring), spread over its envs' step
+    states (under ``vmap`` over envs, and over seeds, the batch axes come first).
 
     **Attributes:**
 
-    - `returns` (``float32[W]``), `lengths` (``int32[W]``): of the finished episodes.
-    - `ends` (``int32[W]``): the env's step count when each ended (``-1``: empty slot).
-    - `slot` (``int32``): where the next finished episode goes.
+    - `returns` (``float32``), `lengths` (``int32``): the finished episodes' return and
+      length; the seed's ring is ``returns.reshape(-1)[:size]`` over its envs.
+    - `position` (``int32``, the same in every env): episodes written while below
+      ``size``, then ``size`` plus their count modulo ``size``.
+    - `size`: the ring's length (static).
     """
 
-    returns: Float[Array, "*batch W"]
-    lengths: Int[Array, "*batch W"]
-    ends: Int[Array, "*batch W"]
-    slot: Int[Array, "*batch"]
+    returns: Float[Array, "*batch K"]
+    lengths: Int[Array, "*batch K"]
+    position: Int[Array, "*batch"]
+    size: int = eqx.field(static=True)
 
     @classmethod
-    def empty(cls, size: int) -> EpisodeWindow:
-        """No finished episode yet; room for `size`."""
+    def empty(cls, size: int, like: ArrayLike | None = None) -> EpisodeWindow:
+        """No finished episode yet; room for `size`.
+
+        Pass any per-env array as `like` (e.g. the key of ``step_reset``): under
+        ``jax.vmap`` over ``N`` envs each env then holds ``ceil(size / N)`` slots. Without
+        it every env holds ``size`` (the same results, ``N`` times the memory).
+        """
         size = check_window_size(size)
-        return cls(jnp.zeros(size, jnp.float32), jnp.zeros(size, jnp.int32),
-                   jnp.full(size, -1, jnp.int32), jnp.asarray(0, jnp.int32))
+        empty, _ = _ring_functions(size)
+        if like is None:
+            like = jnp.zeros((), jnp.int32)
+        elif jnp.issubdtype(jnp.asarray(like).dtype, jax.dtypes.prng_key):
+            like = jax.random.key_data(like)
+        return cls(*empty(jnp.asarray(like)), size=size)
 
     def add(self, done: Bool[ArrayLike, ""], episode_return: Float[ArrayLike, ""],
-            episode_length: Int[ArrayLike, ""], step: Int[ArrayLike, ""]) -> EpisodeWindow:
-        """Record the episode that ended at env step `step` if `done` (elementwise, no
-        dynamic indexing: a few fused ops per env step)."""
-        done = jnp.asarray(done, jnp.bool_)
-        size = self.ends.shape[-1]
-        hit = done & (jnp.arange(size, dtype=jnp.int32) == self.slot)
-        return EpisodeWindow(
-            returns=jnp.where(hit, jnp.asarray(episode_return, jnp.float32), self.returns),
-            lengths=jnp.where(hit, jnp.asarray(episode_length, jnp.int32), self.lengths),
-            ends=jnp.where(hit, jnp.asarray(step, jnp.int32), self.ends),
-            slot=jnp.where(done, (self.slot + 1) % size, self.slot),
-        )
+            episode_length: Int[ArrayLike, ""]) -> EpisodeWindow:
+        """Append the episode that ended at this step if `done` (under ``vmap`` over envs:
+        every env that ended one, in env order, as SB3 appends them)."""
+        _, add = _ring_functions(self.size)
+        ring = add(self.returns, self.lengths, self.position, jnp.asarray(done, jnp.bool_),
+                   jnp.asarray(episode_return, jnp.float32),
+                   jnp.asarray(episode_length, jnp.int32))
+        return EpisodeWindow(*ring, size=self.size)
 
 
 def window_means(window: EpisodeWindow) -> tuple[Array, Array, Array]:
-    """``(ep_rew_mean, ep_len_mean, count)`` over the ``W`` most recently finished episodes
-    of all envs (``window`` batched over envs, leading axes); the means are ``NaN`` and
+    """``(ep_rew_mean, ep_len_mean, count)`` over the seed's last ``size`` finished
+    episodes (``window`` batched over its envs, leading axes); the means are ``NaN`` and
     ``count`` is 0 while no episode has finished."""
-    size = window.ends.shape[-1]
-    ends = window.ends.reshape(-1, size)
-    n_envs = ends.shape[0]
-    env = jnp.arange(n_envs, dtype=jnp.int32)[:, None]
-    # Distinct for finished episodes (an env's episodes end at distinct steps), -1 otherwise.
-    order = jnp.where(ends >= 0, ends * n_envs + env, -1).reshape(-1)
-    # The W-th largest: the W most recent episodes are those at or above it. One plain sort
-    # of int32 (measured 5.6x faster than lax.top_k on XLA:CPU, 18 vs 99 us for 800
-    # entries, which made top_k most of the callback's cost in benchmarks/bench_scale.py).
-    threshold = jnp.sort(order)[order.shape[0] - size]
-    taken = (order >= threshold) & (order >= 0)
-    count = jnp.sum(taken)
+    size = window.size
+    returns = window.returns.reshape(-1)[:size]
+    lengths = window.lengths.reshape(-1)[:size]
+    count = jnp.minimum(window.position.reshape(-1)[0], size)
+    filled = jnp.arange(size, dtype=jnp.int32) < count
     denominator = jnp.maximum(count, 1).astype(jnp.float32)
-    returns = jnp.sum(jnp.where(taken, window.returns.reshape(-1), 0.0)) / denominator
-    lengths = jnp.sum(jnp.where(taken, window.lengths.reshape(-1), 0)
-                      ).astype(jnp.float32) / denominator
+    mean_return = jnp.sum(jnp.where(filled, returns, 0.0)) / denominator
+    mean_length = jnp.sum(jnp.where(filled, lengths, 0)).astype(jnp.float32) / denominator
     nan = jnp.asarray(jnp.nan, jnp.float32)
-    return jnp.where(count > 0, returns, nan), jnp.where(count > 0, lengths, nan), count
+    return (jnp.where(count > 0, mean_return, nan), jnp.where(count > 0, mean_length, nan),
+            count)
 
 
 def sb3_time(locals_: Mapping[str, Any]) -> dict[str, Array]:

@@ -51,9 +51,10 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
       episodes (``float32``), seeded by the first one (no bias toward 0). ``NaN`` until an
       episode ends: such an env does not count in the logged mean.
 
-    - `window`: the env's last finished episodes for SB3's ``rollout/ep_rew_mean`` and
-      ``rollout/ep_len_mean`` (an ``EpisodeWindow``), or ``None`` (a
-      state built without one writes only the moving averages).
+    - `window`: the env's share of its seed's last finished episodes, for SB3's
+      ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` (an ``EpisodeWindow``: under
+      ``jax.vmap`` over ``N`` envs, ``ceil(stats_window_size / N)`` slots per env), or
+      ``None`` (a state built without one writes only the moving averages).
 
     Six plain arrays, one per number, each in its natural dtype, so every value is exact on
     every backend. Inside a jitted rollout XLA fuses
@@ -97,10 +98,14 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         self.window = window
 
     @classmethod
-    def initial(cls, stats_window_size: int | None = None) -> TensorBoardCallbackStepState:
+    def initial(cls, stats_window_size: int | None = None, like: ArrayLike | None = None
+                ) -> TensorBoardCallbackStepState:
         """No steps, no finished episode (averages are ``NaN``); with `stats_window_size`, an
-        empty window of that many episodes."""
-        window = None if stats_window_size is None else EpisodeWindow.empty(stats_window_size)
+        empty window of that many episodes (per seed when `like`, any per-env array such
+        as ``step_reset``'s key, is batched over the envs: see
+        [`EpisodeWindow.empty`][callax.callbacks._episodes.EpisodeWindow.empty])."""
+        window = (None if stats_window_size is None
+                  else EpisodeWindow.empty(stats_window_size, like))
         return cls(0, 0.0, 0, False, jnp.nan, jnp.nan, window)
 
     def next(
@@ -126,7 +131,7 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
             return jnp.where(done, smoothed, old)
 
         window = None if self.window is None else self.window.add(
-            done, episode_return, episode_length, self.step + 1)
+            done, episode_return, episode_length)
         return TensorBoardCallbackStepState(
             window=window,
             step=self.step + 1,
@@ -203,7 +208,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
     tb_writer: JITSummaryWriter
     seeds_handle: Int[Array, ""]
     alpha: float
-    stats_window_size: int = eqx.field(static=True)
+    stats_window_size: int | None = eqx.field(static=True)
     moving_average: bool = eqx.field(static=True)
     seeds_run: bool = eqx.field(static=True)
     flush_every: int = eqx.field(static=True)
@@ -224,7 +229,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         reduce: str | None = None,
         per_process: bool = False,
         resume_from_step: int | None = None,
-        stats_window_size: int = 100,
+        stats_window_size: int | None = 100,
         moving_average: bool = True,
         seeds_run: bool = True,
         writers: Any = None,
@@ -237,9 +242,12 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         - `env`, `policy`: used only to name the run.
         - `alpha`: smoothing factor of the moving averages, in ``[0, 1)``.
         - `stats_window_size`: finished episodes (per seed) averaged by
-          ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` (SB3's ``stats_window_size``;
-          each env keeps that many, so the step state holds ``3 * stats_window_size``
-          numbers per env).
+          ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` (SB3's ``stats_window_size``).
+          The seed's window is spread over its envs' step states: under ``jax.vmap`` over
+          ``N`` envs each holds ``2 * ceil(stats_window_size / N)`` numbers of it.
+          ``None`` turns the window off: no ``rollout/`` tags (nor the ``seeds`` run) and
+          no window in the step state, which then holds the running episode, the step
+          count and the moving averages only.
         - `moving_average`: also write lerax's ``episode/return`` and ``episode/length``.
         - `seeds_run`: under ``jax.vmap`` over several seeds, also write the run
           ``<run>/seeds``: for ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean``,
@@ -270,7 +278,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         """
         if int(flush_every) < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-        check_window_size(stats_window_size)
+        check_window_size(stats_window_size, allow_none=True)
         if int(max_scalars) < 3:
             raise ValueError(f"max_scalars must be >= 3, got {max_scalars}")
         if not 0.0 <= float(alpha) < 1.0:
@@ -314,7 +322,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         # opened by process 0 alone, and run handles must agree across processes.
         lazy_in_processes = is_traced(handle) and jax.process_count() > 1
         self.seeds_run = (bool(seeds_run) and reduce is None and not per_process
-                          and not lazy_in_processes)
+                          and not lazy_in_processes and stats_window_size is not None)
         purge = None if resume_from_step is None else int(resume_from_step) + 1
         self.seeds_handle = (open_seeds_run(handle, purge) if self.seeds_run
                              else jnp.asarray(-1, jnp.int32))
@@ -334,7 +342,9 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
                    ) -> TensorBoardCallbackStepState:
         # Varying over enclosing manual axes: the rollout updates it with per-device data;
         # on the mesh of an Explicit ``jax.set_mesh``.
-        return vary(on_mesh(TensorBoardCallbackStepState.initial(self.stats_window_size)))
+        # ``key`` is per env: under ``vmap`` over envs each holds its share of the window.
+        return vary(on_mesh(TensorBoardCallbackStepState.initial(self.stats_window_size,
+                                                                  like=key)))
 
     def on_step(self, ctx: StepContext, *, key: Key[Array, ""]) -> TensorBoardCallbackStepState:
         # ``vary``: a field set from replicated data (``done`` under ``shard_map``) keeps the
