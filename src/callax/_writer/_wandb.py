@@ -69,10 +69,18 @@ class WandbWriter(AbstractWriter):
     - `group`: the W&B group (default: the callax run's name);
     - `init`: more keyword arguments of ``wandb.init`` (``entity``, ``mode``, ``dir``,
       ``tags``, ...). ``WANDB_MODE=offline`` writes ``run-<id>.wandb`` under
-      ``$WANDB_DIR/wandb/offline-run-*`` for ``wandb sync`` later, with no account.
+      ``<dir>/wandb/offline-run-*`` for ``wandb sync`` later, with no account (``dir``:
+      ``$WANDB_DIR``, else the callax run's directory).
 
     Closing (``flush``/``close`` of the callax run, or interpreter exit) finishes the W&B run.
+
+    Files: without ``WANDB_DIR`` (or ``dir=``), W&B writes under the callax run's directory
+    (``<run>/wandb/``), not in the working directory.
     """
+
+    groups_seeds = True
+    """W&B draws the statistics of a group's runs itself (its group view plots their mean
+    with a min-max band): callax writes no ``seeds/mean``, ``min``, ``max`` runs to it."""
 
     def __init__(self, destination: Destination, *, project: str | None = None,
                  group: str | None = None, **init: Any):
@@ -88,7 +96,10 @@ class WandbWriter(AbstractWriter):
         for key, variable in (("dir", "WANDB_DIR"), ("mode", "WANDB_MODE")):
             if os.environ.get(variable):
                 options[key] = os.environ[variable]
+        options.setdefault("dir", destination.run_dir)  # files under the run, not in ./
         options.update(init)
+        if options.get("dir"):
+            os.makedirs(options["dir"], exist_ok=True)
         self._run = wandb.init(**options)
         _close_before_wandb_exits()
         self._run.define_metric(STEP_METRIC, hidden=True)
