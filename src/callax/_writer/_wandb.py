@@ -26,11 +26,14 @@ import numpy as np
 from . import _queue
 from ._interface import AbstractWriter, Destination
 
-__all__ = ["STEP_METRIC", "SUPPORTED", "WandbWriter"]
+__all__ = ["STEP_METRIC", "SUPPORTED", "WandbWriter", "offline_runs"]
 
 STEP_METRIC = "global_step"
 """The W&B key holding callax's step; every tag's charts use it as their x axis."""
 SUPPORTED = ">=0.31,<0.32"
+offline_runs: list[str] = []
+"""The directories of the offline W&B runs this process made (what ``wandb sync`` uploads),
+in the order they were made."""
 """The ``wandb`` versions the ``callax[wandb]`` extra allows (the tested range)."""
 
 
@@ -106,6 +109,10 @@ class WandbWriter(AbstractWriter):
         self._defined: set[str] = set()
         self.path = getattr(self._run, "dir", "") or destination.directory
         self.id = self._run.id
+        if getattr(self._run.settings, "mode", "") == "offline":
+            sync_dir = getattr(self._run.settings, "sync_dir", "")
+            if sync_dir:
+                offline_runs.append(sync_dir)
 
     @staticmethod
     def check_installed() -> None:
