@@ -6,57 +6,33 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-import threading
 from collections.abc import Sequence
 
-import numpy as np
-
-from .._writer import AbstractWriter, Destination
 from .._writer._read import read_run
 
-__all__ = ["KeptValues", "final_values", "next_steps", "view_command"]
+__all__ = ["final_values", "next_steps", "outputs", "view_command"]
 
 RETURN_TAG = "rollout/ep_rew_mean"
 FILE_WRITERS = ("tensorboard", "jsonl")
 
 
-class KeptValues(AbstractWriter):
-    """Keeps the last point of every tag of each seed in memory: the closing summary's
-    source when no writer leaves files callax can read (W&B alone)."""
-
-    last: dict[str, dict[str, tuple[int, float]]] = {}
-    """``{seed directory: {tag: (step, value)}}``, over every run of the process."""
-    groups_seeds = True  # the statistics over seeds are not needed here
-    _lock = threading.Lock()
-
-    def __init__(self, destination: Destination):
-        self.path = destination.directory
-        with self._lock:
-            self._last = KeptValues.last.setdefault(destination.directory, {})
-
-    def write_scalars(self, tags, steps, values, valid, wall_times) -> None:
-        for column, tag in enumerate(tags):
-            rows = np.flatnonzero(valid[:, column])
-            if rows.size:
-                self._last[tag] = (int(steps[rows[-1]]), float(values[rows[-1], column]))
-
-    def close(self) -> None:
-        pass
+def outputs(writers: Sequence[str]) -> tuple[str, ...]:
+    """What a run chosen with `writers` writes: `writers`, and with no writer whose files
+    callax reads (W&B alone: its offline files have no public reader) callax's own JSON
+    lines too, which the closing summary and ``callax summary`` read."""
+    if any(w in FILE_WRITERS for w in writers):
+        return tuple(writers)
+    return (*writers, "jsonl")
 
 
-def final_values(run_dir: str, seeds: int, writers: Sequence[str]) -> list[float | None]:
-    """Each seed's last ``rollout/ep_rew_mean`` (``None``: no finished episode), read from
-    the seed's event files or JSON lines when a file writer was chosen, else from
-    :class:`KeptValues`."""
+def final_values(run_dir: str, seeds: int) -> list[float | None]:
+    """Each seed's last ``rollout/ep_rew_mean`` (``None``: no finished episode), read back
+    from what the seed's run holds (event files, else JSON lines)."""
     out: list[float | None] = []
     for seed in range(seeds):
         directory = os.path.join(run_dir, f"seed_{seed}")
-        if any(w in FILE_WRITERS for w in writers):
-            points = read_run(directory).get(RETURN_TAG, []) if os.path.isdir(directory) else []
-            out.append(points[-1][1] if points else None)
-        else:
-            kept = KeptValues.last.get(directory, {}).get(RETURN_TAG)
-            out.append(None if kept is None else kept[1])
+        points = read_run(directory).get(RETURN_TAG, []) if os.path.isdir(directory) else []
+        out.append(points[-1][1] if points else None)
     return out
 
 

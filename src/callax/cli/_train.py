@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ._cache import cache_dir, compilation_cache
-from ._closing import KeptValues, final_values, next_steps
+from ._closing import final_values, next_steps, outputs
 
 __all__ = ["make_algo", "train_command"]
 
@@ -63,13 +63,11 @@ def _setup(args: argparse.Namespace) -> _Setup:
     name = args.name or "{}_{}_{}".format(
         args.algo, args.env, datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     writers = tuple(dict.fromkeys(getattr(args, "writers", None) or ("tensorboard",)))
-    # W&B alone leaves no file callax reads: the closing summary keeps the last values.
-    outputs = writers if set(writers) & {"tensorboard", "jsonl"} else (*writers, KeptValues)
     # SB3's names only (rollout/ep_rew_mean, ...): lerax's moving averages would be a second
     # "return" chart. With one seed there are no statistics over seeds.
     tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir, moving_average=False,
                                       stats_window_size=args.stats_window_size,
-                                      writers=outputs, seeds_run=args.seeds > 1)
+                                      writers=outputs(writers), seeds_run=args.seeds > 1)
     tb_writer = tensorboard.tb_writer
     per_iteration = algo.n_envs * algo.n_steps
     callbacks: list[Any] = [tensorboard]
@@ -149,7 +147,7 @@ def train_command(args: argparse.Namespace) -> int:
     steps = [int(s) for s in jax.device_get(result.total_timesteps)]
     run_time = trained_at - compiled_at
     print(f"run: {setup.run_dir}")
-    for seed, final in enumerate(final_values(setup.run_dir, args.seeds, setup.writers)):
+    for seed, final in enumerate(final_values(setup.run_dir, args.seeds)):
         shown = f"{final:.1f}" if final is not None else "n/a (no finished episode)"
         print(f"seed {seed}: final ep_rew_mean {shown} after {steps[seed]:,} steps")
     print(f"wall time {trained_at - start:.1f} s (compile {compiled_at - start:.1f} s, "
