@@ -199,10 +199,16 @@ def check_tensorboard(argv: list[str]) -> None:
     program.TensorBoard().configure(argv=["tensorboard", *argv])
 
 
-def check_wandb(argv: list[str]) -> None:
+def check_wandb(argv: list[str], where: str) -> None:
+    """W&B's own command line parses `argv` (in `where`, a scratch directory holding every
+    path the command names: ``wandb sync`` checks that they exist)."""
     if importlib.util.find_spec("wandb") is None:
         pytest.skip("wandb is not installed here")
     from wandb.cli.cli import cli as wandb_cli
+
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            os.makedirs(os.path.join(where, arg), exist_ok=True)
 
     with wandb_cli.make_context("wandb", list(argv)) as ctx:
         command = wandb_cli.get_command(ctx, argv[0])
@@ -220,7 +226,7 @@ def check_script(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("where, command, error", COMMANDS,
                          ids=[f"{w}:{c}" for w, c, _ in COMMANDS])
-def test_a_shell_command_parses(where, command, error, capsys):
+def test_a_shell_command_parses(where, command, error, capsys, tmp_path, monkeypatch):
     import shlex
 
     argv = shlex.split(command.replace("<", "").replace(">", ""))
@@ -236,7 +242,8 @@ def test_a_shell_command_parses(where, command, error, capsys):
     elif program == "tensorboard":
         check_tensorboard(args)
     elif program == "wandb":
-        check_wandb(args)
+        monkeypatch.chdir(tmp_path)
+        check_wandb(args, str(tmp_path))
     elif argv[:3] == ["python", "-m", "pytest"]:
         assert importlib.util.find_spec("pytest")
     elif program == "python" and args and args[0].endswith(".py"):
