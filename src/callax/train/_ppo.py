@@ -366,7 +366,7 @@ class PPO(eqx.Module):
         self,
         env: Any,
         *,
-        total_timesteps: int,
+        total_timesteps: int | Int[ArrayLike, ""],
         key: PRNGKeyArray,
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         env_params: Any = None,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Int, Key, PRNGKeyArray, PyTree
 
 from .._callback import AbstractCallback, IterationContext, StepContext
 from .._summary_writer import JITSummaryWriter
@@ -527,7 +527,7 @@ class SAC(eqx.Module):
         self,
         env: Any,
         *,
-        total_timesteps: int,
+        total_timesteps: int | Int[ArrayLike, ""],
         key: PRNGKeyArray,
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         events: JITSummaryWriter | None = None,
@@ -576,8 +576,9 @@ class SAC(eqx.Module):
         self._spaces(env, env_params)  # fail on a discrete env before compiling anything
         return _learn(self, env, total_timesteps, key, callback, events, env_params)
 
-    def _learn(self, env: Any, total_timesteps: int, key: PRNGKeyArray, callback: Any,
-               events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+    def _learn(self, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
+               callback: Any, events: JITSummaryWriter | None, env_params: Any
+               ) -> TrainingResult:
         """The run as three functions of a ``_Learner`` given to ``run_training``: acting,
         a per-step function (replay add and gradient steps) and the iteration's end."""
         steps_per_iteration = self.n_envs * self.n_steps
@@ -717,6 +718,6 @@ class SAC(eqx.Module):
 
 
 @eqx.filter_jit
-def _learn(sac: SAC, env: Any, total_timesteps: int, key: PRNGKeyArray, callback: Any,
-           events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+def _learn(sac: SAC, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
+           callback: Any, events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
     return sac._learn(env, total_timesteps, key, callback, events, env_params)
