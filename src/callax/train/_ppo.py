@@ -229,14 +229,19 @@ class PPO(eqx.Module):
 
     def _optimizer(self, total_timesteps: int | Int[Array, ""]) -> optax.GradientTransformation:
         updates_per_iteration = self.n_epochs * (self.steps_per_iteration // self.batch_size)
-        if self.anneal_lr:
-            # optax.linear_schedule's values, for a number of updates that may be traced.
+        if self.anneal_lr and isinstance(total_timesteps, int):
+            learning_rate = optax.linear_schedule(
+                self.learning_rate, 0.0,
+                max(1, self.n_iterations(total_timesteps) * updates_per_iteration),
+            )
+        elif self.anneal_lr:
+            # optax.linear_schedule's formula, for a number of updates that is traced.
             n_updates = jnp.maximum(1, self.n_iterations(total_timesteps) * updates_per_iteration)
             initial = self.learning_rate
 
             def learning_rate(count):
                 done = jnp.clip(count, 0, n_updates)
-                return initial * (1 - done / n_updates)
+                return initial * (1 - done / n_updates) ** 1 + 0.0
         else:
             learning_rate = self.learning_rate
 
