@@ -243,12 +243,19 @@ def _send_if_several(due, *arrays):
 
 @_send_if_several.def_vmap
 def _send_if_several_vmap(axis_size, in_batched, *args):
-    args = [x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-            for x, b in zip(args, in_batched, strict=True)]
     if axis_size == 1:  # one seed here; an enclosing vmap may batch this call again
-        _send_if_several(*(x[0] for x in args))
-    else:  # one host call for the batch (and for enclosing vmaps, pmaps and shard_maps)
-        jax.vmap(_send)(*args)
+        _send_if_several(*(x[0] if b else x for x, b in zip(args, in_batched, strict=True)))
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    # One host call for the batch (and for enclosing vmaps, pmaps and shard_maps): the
+    # batched arguments mapped again, the others closed over as they are (broadcasting them
+    # would give them a sharding that disagrees with the batched ones').
+    def one(*batched):
+        items = iter(batched)
+        _send(*(next(items) if b else x for x, b in zip(args, in_batched, strict=True)))
+        return jnp.zeros((), jnp.int32)
+
+    jax.vmap(one)(*(x for x, b in zip(args, in_batched, strict=True) if b))
     return jnp.zeros((axis_size,), jnp.int32), True
 
 
