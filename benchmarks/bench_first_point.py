@@ -1,14 +1,16 @@
 """Time to the first point, cold and warm: ``callax train`` with JAX's persistent compilation
-cache empty (cold: it compiles) and filled by the run before (warm: it loads the program).
+cache empty (cold: it compiles) and filled by the run before (warm: it loads the program),
+the warm run with **another step budget** (the budget is an argument of the program).
 
     python benchmarks/bench_first_point.py [--rounds 3] [--algo sac] [--env pendulum]
-                                           [--total-timesteps N]
+                                           [--budgets 2048 4096]
 
 Each round runs the CLI twice in fresh processes (interleaved: cold, warm): with a new empty
-cache directory, then with that directory again. Measured from the process start: the first
-scalar on disk under the run (the run's event files polled every 50 ms with callax's own
-reader), and the process's end. The summary prints medians and the warm/cold ratios, plus
-what each run printed as its compile (or load) time.
+cache directory and the first budget, then with that directory again and the second budget.
+Measured from the process start: the first scalar on disk under the run (its event files or
+JSON lines polled every 50 ms with callax's own reader), and the process's end. The summary
+prints medians and the warm/cold ratios, plus what each run printed as its compile (or load)
+time.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def _first_point(run_dir: str) -> bool:
-    from callax._writer._read import read_scalars
+    from callax._writer._read import is_run_file, read_run
 
     for directory, _, files in os.walk(run_dir):
-        if any(".tfevents." in f for f in files) and read_scalars(directory):
+        if any(is_run_file(f) for f in files) and read_run(directory):
             return True
     return False
 
@@ -60,7 +62,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--algo", default="sac")
     parser.add_argument("--env", default="pendulum")
-    parser.add_argument("--total-timesteps", type=int, default=None)
+    parser.add_argument("--budgets", type=int, nargs=2, default=None, metavar=("COLD", "WARM"),
+                        help="--total-timesteps of the cold and of the warm run (default: "
+                        "the CLI's default for both)")
     args = parser.parse_args()
 
     results: dict[str, list[tuple[float, float, float]]] = {"cold": [], "warm": []}
@@ -72,8 +76,9 @@ def main() -> None:
                 argv = [sys.executable, "-m", "callax", "train", "--algo", args.algo,
                         "--env", args.env, "--no-progress", "--logdir", root, "--name", name,
                         "--compilation-cache", cache]
-                if args.total_timesteps:
-                    argv += ["--total-timesteps", str(args.total_timesteps)]
+                if args.budgets:
+                    budget = args.budgets[0 if kind == "cold" else 1]
+                    argv += ["--total-timesteps", str(budget)]
                 first, end, compile_s = _run(argv, os.path.join(root, name))
                 results[kind].append((first, end, compile_s))
                 print(f"round {r} {kind}: first point {first:.1f} s, end {end:.1f} s, "
@@ -83,7 +88,8 @@ def main() -> None:
         return statistics.median(v[i] for v in results[kind])
 
     print(f"\ncallax train --algo {args.algo} --env {args.env}"
-          + (f" --total-timesteps {args.total_timesteps}" if args.total_timesteps else "")
+          + (f", budgets cold {args.budgets[0]} / warm {args.budgets[1]}" if args.budgets
+             else "")
           + f", {args.rounds} rounds, medians:")
     print(f"{'':6} {'first point':>12} {'end':>8} {'compile/load':>13}")
     for kind in ("cold", "warm"):

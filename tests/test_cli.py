@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import math
@@ -17,6 +18,7 @@ from callax import cli
 from conftest import assert_steps_increase, read_run, run_dirs
 
 PPO_STEPS = 2048  # 8 iterations of PPO's default 4 envs x 64 steps
+STATISTIC_RUNS = ["seeds/band", "seeds/max", "seeds/mean", "seeds/min"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def run_main(argv):
 def test_train_writes_one_run_per_seed(ppo_run):
     logdir, out, err = ppo_run
     root = os.path.join(logdir, "ppo_run")
-    assert run_dirs(root) == ["seed_0", "seed_1", "seeds"]
+    assert run_dirs(root) == ["seed_0", "seed_1", *STATISTIC_RUNS]
     for seed in (0, 1):
         run = read_run(os.path.join(root, f"seed_{seed}"))
         assert_steps_increase(run)
@@ -59,14 +61,15 @@ def test_train_writes_one_run_per_seed(ppo_run):
         assert len(set(series)) == len(series)
         assert run["train/value_loss"][-1][0] == PPO_STEPS
         assert len(run["train/value_loss"]) == PPO_STEPS // 256
-    # the summary names the run, each seed's final return, timings and the tensorboard line
+    # the summary names the run, each seed's final return, timings and the next steps
     lines = out.strip().splitlines()
     assert lines[0] == f"run: {root}"
     for seed in (0, 1):
         final = read_run(os.path.join(root, f"seed_{seed}"))["rollout/ep_rew_mean"][-1][1]
         assert f"seed {seed}: final ep_rew_mean {final:.1f} after {PPO_STEPS:,} steps" in out
     assert "steps/s" in out and "wall time" in out
-    assert lines[-1] == f"tensorboard --logdir {logdir}"  # TensorBoard is installed here
+    # TensorBoard is installed here; the run itself: its runs are named seed_0, seeds/mean...
+    assert lines[-3:] == ["next:", f"  tensorboard --logdir {root}", f"  callax summary {root}"]
     # progress went to stderr, with a final 100% line
     assert f"{PPO_STEPS:,}/{PPO_STEPS:,} steps (100%)" in err
     assert "2 seeds" in err
@@ -103,10 +106,10 @@ def test_view_command_names_the_install_when_tensorboard_is_missing(monkeypatch)
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    assert cli._view_command("/tmp/my runs") == "tensorboard --logdir '/tmp/my runs'"
+    assert cli.view_command("/tmp/my runs") == "tensorboard --logdir '/tmp/my runs'"
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
-    assert cli._view_command("/tmp/runs") == (
+    assert cli.view_command("/tmp/runs") == (
         "python -m pip install tensorboard && tensorboard --logdir /tmp/runs")
 
 
@@ -163,6 +166,8 @@ def test_summary_table_matches_event_files(ppo_run):
     assert over_seeds[1].split()[:4] == ["seeds", "of", "tag", "seeds"]
     assert any(line.split()[:3] == [os.path.join("ppo_run", "seed_*"), "rollout/ep_rew_mean",
                                     "2"] for line in over_seeds[2:])
+    assert not any(line.split()[1] in ("time/fps", "train/learning_rate")
+                   for line in over_seeds[2:])
     for line in lines[1:]:
         run, tag, points, last_step, last_value, low, high = line.split()
         rows[(run, tag)] = (int(points), int(last_step), float(last_value), float(low),
@@ -171,7 +176,8 @@ def test_summary_table_matches_event_files(ppo_run):
     widths = {len(line) for line in lines}
     assert max(widths) - min(widths) < 12
     expected = {}
-    for run_name in ("ppo_run/seed_0", "ppo_run/seed_1", "ppo_run/seeds"):
+    for run_name in ["ppo_run/seed_0", "ppo_run/seed_1",
+                     *(f"ppo_run/{run}" for run in STATISTIC_RUNS)]:
         for tag, points in read_run(os.path.join(logdir, run_name)).items():
             values = [v for _, v in points]
             expected[(run_name, tag)] = (len(points), points[-1][0], values[-1], min(values),
@@ -190,7 +196,10 @@ def test_summary_json_matches_event_files(ppo_run):
     summary = json.loads(out)
     over_seeds = summary.pop(os.path.join("ppo_run", "seed_*"))
     assert sorted(summary) == [os.path.join("ppo_run", name)
-                               for name in ("seed_0", "seed_1", "seeds")]
+                               for name in ("seed_0", "seed_1", *STATISTIC_RUNS)]
+    # outcomes only: no interval over seeds of the speed or of the learning-rate schedule
+    assert "time/fps" not in over_seeds and "train/learning_rate" not in over_seeds
+    assert "train/value_loss" in over_seeds
     # Over seeds: the IQM of the seeds' last values (two seeds: their mean) and its CI.
     from callax._iqm import stratified_bootstrap_ci
 
@@ -262,7 +271,7 @@ BAD_INPUT = [
     (["train", "--algo", "sac", "--env", "cartpole"], "sac needs continuous actions"),
     (["train", "--algo", "ppo", "--env", "cartpole", "--name", "a/b"], "invalid run name"),
     (["train", "--algo", "ppo"], "the following arguments are required: --env"),
-    (["summary"], "the following arguments are required: DIR"),
+    (["summary", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "the following arguments are required"),
     (["summary", "/nonexistent/callax"], "no such directory"),
 ]
@@ -296,7 +305,7 @@ def test_unwritable_logdir(tmp_path, monkeypatch, capsys):
 
 def test_summary_without_event_files(tmp_path, capsys):
     assert cli.main(["summary", str(tmp_path)]) == 2
-    assert "no TensorBoard event files" in capsys.readouterr().err
+    assert "no runs under" in capsys.readouterr().err
 
 
 def test_python_dash_m():
@@ -305,3 +314,113 @@ def test_python_dash_m():
                              "--env", "cartpole"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("callax: error: argument --algo")
+
+
+def test_summary_defaults_to_runs(ppo_run, tmp_path, monkeypatch):
+    """``callax summary`` alone reads ``runs``, where ``callax train`` writes by default."""
+    logdir, _, _ = ppo_run
+    os.symlink(logdir, tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    assert json.loads(run_main(["summary", "--json"])[0]) == json.loads(
+        run_main(["summary", str(logdir), "--json"])[0])
+
+
+# --- each writer alone, through the real command line in a fresh process ----------------------
+
+WRITER_STEPS = 1024  # another budget than PPO_STEPS: the same compiled program
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, fs in os.walk(root) for f in fs)
+
+
+def train_in_a_process(tmp_path, writers):
+    """``python -m callax train ... --writer W ...`` in a fresh process (cwd: `tmp_path`,
+    W&B offline, no ``WANDB_DIR``); returns ``(run directory, stdout lines)``."""
+    argv = [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
+            "--total-timesteps", str(WRITER_STEPS), "--seeds", "2", "--logdir", "runs",
+            "--name", "r", "--no-progress"]
+    for writer in writers:
+        argv += ["--writer", writer]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return str(tmp_path / "runs" / "r"), result.stdout.strip().splitlines()
+
+
+WRITER_SETS = [("tensorboard",), ("jsonl",), ("wandb",), ("tensorboard", "jsonl", "wandb")]
+
+
+@pytest.mark.parametrize("writers", WRITER_SETS, ids="+".join)
+def test_each_writer_alone_finishes(tmp_path, writers):
+    from wandb_records import wandb_runs
+
+    root, lines = train_in_a_process(tmp_path, writers)
+    files = files_under(root)
+    events = sorted({os.path.dirname(f) for f in files if ".tfevents." in f})
+    jsonl = sorted({os.path.dirname(f) for f in files if f.endswith("metrics.jsonl")})
+    statistics = ["seeds/max", "seeds/mean", "seeds/min"]
+    # TensorBoard: every seed, the statistics and the band; nothing else writes event files.
+    assert events == (["seed_0", "seed_1", "seeds/band", *statistics]
+                      if "tensorboard" in writers else [])
+    # JSON lines when chosen, and with W&B alone (callax's own record, what summary reads).
+    assert jsonl == (["seed_0", "seed_1", *statistics]
+                     if "jsonl" in writers or writers == ("wandb",) else [])
+    # W&B: under the run (not in the working directory), one W&B run per seed (W&B's group
+    # view draws the statistics over seeds itself).
+    assert not os.path.exists(tmp_path / "wandb")
+    offline = sorted(glob.glob(os.path.join(root, "wandb", "offline-run-*")))
+    assert len(offline) == (2 if "wandb" in writers else 0)
+    if "wandb" in writers:
+        runs = wandb_runs(root)
+        assert sorted(runs) == ["r/seed_0", "r/seed_1"]
+    # The closing lines: each seed's last return as written, then the next steps.
+    for seed in (0, 1):
+        points = read_run_any(os.path.join(root, f"seed_{seed}"))["rollout/ep_rew_mean"]
+        assert f"seed {seed}: final ep_rew_mean {points[-1][1]:.1f} after " \
+               f"{WRITER_STEPS:,} steps" in lines
+        if "wandb" in writers:
+            assert runs[f"r/seed_{seed}"].scalars()["rollout/ep_rew_mean"] == points
+    steps = lines[lines.index("next:") + 1:]
+    expected = []
+    if "tensorboard" in writers:
+        expected.append(f"  tensorboard --logdir {root}")
+    expected.append(f"  callax summary {root}")
+    if "wandb" in writers:
+        expected.append("  wandb sync " + " ".join(offline))
+    assert steps == expected
+    # callax summary reads what was written (the command it names works)
+    out, _ = run_main(["summary", root, "--json"])
+    assert {"seed_0", "seed_1", "seeds/mean"} <= set(json.loads(out))
+
+
+def read_run_any(directory):
+    """Event files if there are any, else JSON lines (what ``callax summary`` reads)."""
+    return cli.read_scalars(directory)
+
+
+@pytest.mark.parametrize("algo, env", [("ppo", "cartpole"), ("sac", "pendulum")])
+def test_the_step_budget_is_not_in_the_program(algo, env):
+    """The program ``callax train`` compiles is the same for every ``--total-timesteps``
+    (the persistent cache finds it again); a Python int budget would be baked in."""
+    import jax.numpy as jnp
+
+    from callax import envs
+    from callax.cli._train import make_algo
+
+    trainer, environment = make_algo(algo, env), envs.make(env)
+
+    def program(total):
+        learn = jax.jit(lambda k, t: trainer.learn(environment, total_timesteps=t, key=k))
+        return learn.lower(jax.random.key(0), total).as_text()
+
+    assert program(jnp.int32(2048)) == program(jnp.int32(150_000))
+    if algo == "ppo":  # the same with Python ints differs: the test can fail
+        baked = jax.jit(lambda k: trainer.learn(environment, total_timesteps=2048, key=k))
+        other = jax.jit(lambda k: trainer.learn(environment, total_timesteps=4096, key=k))
+        assert (baked.lower(jax.random.key(0)).as_text()
+                != other.lower(jax.random.key(0)).as_text())

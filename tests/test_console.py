@@ -78,10 +78,10 @@ def test_format_table_groups_keys_like_sb3():
 
 
 def test_callax_train_table(tmp_path, monkeypatch):
-    from callax import cli
+    from callax.cli import _train as cli_train
     from test_cli import run_main
 
-    monkeypatch.setattr(cli, "_make_algo", lambda algo, env: TINY)
+    monkeypatch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
     out, _ = run_main(["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps",
                        "256", "--logdir", str(tmp_path), "--no-progress", "--table"])
     tables = parse(out)  # a short run: four tables (every 2 of 8 iterations)

@@ -127,3 +127,133 @@ def test_sessions_run_as_doctests(where, source):
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+# --- shell commands ---------------------------------------------------------------------------
+# Every command of a ``bash`` block, and every ``$ `` line of a ``text`` block, of README.md
+# and docs/: callax's own commands are parsed by callax's argument parser (and those the
+# docs show failing fail with the message shown), the others are checked by what runs them
+# (pip's requirement syntax and callax's extras, a benchmark's own parser, TensorBoard's and
+# W&B's command lines).
+
+
+def shell_commands() -> list[tuple[str, str, str | None]]:
+    """``[(file:line, command, expected output line or None)]``."""
+    found = []
+    for where, source in blocks("bash"):
+        for line in source.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                found += [(where, part.strip(), None) for part in line.split("&&")]
+    for where, source in blocks("text"):
+        lines = source.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ "):
+                after = lines[i + 1] if i + 1 < len(lines) else ""
+                error = after if after.startswith("callax: error:") else None
+                found += [(where, part.strip(), error) for part in line[2:].split("&&")]
+    return found
+
+
+COMMANDS = shell_commands()
+
+
+def _extras() -> set[str]:
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        return set(tomllib.load(file)["project"]["optional-dependencies"])
+
+
+def check_pip(args: list[str]) -> None:
+    from packaging.requirements import Requirement
+
+    assert args[0] == "install", args
+    for arg in args[1:]:
+        if arg == "-e":
+            continue
+        requirement = Requirement("callax" + arg[1:] if arg.startswith(".") else arg)
+        if requirement.name == "callax":
+            assert requirement.extras <= _extras(), (arg, _extras())
+
+
+def check_callax(argv: list[str], error: str | None, capsys) -> None:
+    from callax import cli
+
+    if error is None:
+        cli.parse(argv, touch=False)  # raises UsageError on anything callax would refuse
+        return
+    import jax
+
+    assert cli.main(argv) == 2  # fails before compiling anything
+    assert capsys.readouterr().err.strip() == error
+    del jax
+
+
+def check_tensorboard(argv: list[str]) -> None:
+    assert argv[:1] == ["--logdir"] and len(argv) == 2, argv  # the one flag the docs use
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("tensorboard is not installed here")
+    from tensorboard import program
+
+    program.TensorBoard().configure(argv=["tensorboard", *argv])
+
+
+def check_wandb(argv: list[str], where: str) -> None:
+    """W&B's own command line parses `argv` (in `where`, a scratch directory holding every
+    path the command names: ``wandb sync`` checks that they exist)."""
+    if importlib.util.find_spec("wandb") is None:
+        pytest.skip("wandb is not installed here")
+    from wandb.cli.cli import cli as wandb_cli
+
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            os.makedirs(os.path.join(where, arg), exist_ok=True)
+
+    with wandb_cli.make_context("wandb", list(argv)) as ctx:
+        command = wandb_cli.get_command(ctx, argv[0])
+        command.make_context(argv[0], list(argv[1:]), parent=ctx)
+
+
+def check_script(argv: list[str]) -> None:
+    path = os.path.join(ROOT, argv[0])
+    assert os.path.isfile(path), argv[0]
+    done = subprocess.run([sys.executable, path, *argv[1:], "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("where, command, error", COMMANDS,
+                         ids=[f"{w}:{c}" for w, c, _ in COMMANDS])
+def test_a_shell_command_parses(where, command, error, capsys, tmp_path, monkeypatch):
+    import shlex
+
+    argv = shlex.split(command.replace("<", "").replace(">", ""))
+    if argv[:3] == ["python", "-m", "pip"]:
+        argv = argv[2:]
+    if argv[:3] == ["python", "-m", "callax"]:
+        argv = ["callax", *argv[3:]]
+    program, args = argv[0], argv[1:]
+    if program == "callax":
+        check_callax(args, error, capsys)
+    elif program == "pip":
+        check_pip(args)
+    elif program == "tensorboard":
+        check_tensorboard(args)
+    elif program == "wandb":
+        monkeypatch.chdir(tmp_path)
+        check_wandb(args, str(tmp_path))
+    elif argv[:3] == ["python", "-m", "pytest"]:
+        assert importlib.util.find_spec("pytest")
+    elif program == "python" and args and args[0].endswith(".py"):
+        check_script(args)
+    else:
+        pytest.fail(f"{where}: no check for the command {command!r}")
+
+
+def test_the_shell_commands_are_found():
+    programs = {c.split()[0] for _, c, _ in COMMANDS}
+    assert {"callax", "python", "tensorboard"} <= programs
+    assert any(error for _, _, error in COMMANDS)
+    assert sum(c.startswith("callax train") for _, c, _ in COMMANDS) >= 4

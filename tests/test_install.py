@@ -55,8 +55,11 @@ def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
                   "--total-timesteps", str(STEPS), "--logdir", str(tmp_path), "--name", "run",
                   "--no-progress"], env=env, cwd=tmp_path)
     lines = train.stdout.strip().splitlines()
-    # without TensorBoard the last line says how to install it and open the logs
-    assert lines[-1] == f"python -m pip install tensorboard && tensorboard --logdir {tmp_path}"
+    # without TensorBoard the next step says how to install it and open the run
+    root = os.path.join(tmp_path, "run")
+    assert lines[-3:] == ["next:",
+                          f"  python -m pip install tensorboard && tensorboard --logdir {root}",
+                          f"  callax summary {root}"]
     for seed in (0, 1):
         run = read_run(os.path.join(tmp_path, "run", f"seed_{seed}"))
         final = run["rollout/ep_rew_mean"][-1][1]
@@ -67,7 +70,8 @@ def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
     over_seeds = summary.pop(os.path.join("run", "seed_*"))
     assert over_seeds["rollout/ep_rew_mean"]["seeds"] == 2
     assert sorted(summary) == [os.path.join("run", name)
-                               for name in ("seed_0", "seed_1", "seeds")]
+                               for name in ("seed_0", "seed_1", "seeds/band", "seeds/max",
+                                            "seeds/mean", "seeds/min")]
     for name, tags in summary.items():
         run = read_run(os.path.join(tmp_path, name))
         assert sorted(tags) == sorted(run)

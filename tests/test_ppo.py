@@ -181,7 +181,9 @@ def test_continuous_pendulum(tmp_path):
     assert actions.shape == (256, 1)
     assert float(actions.min()) >= -2.0 and float(actions.max()) <= 2.0
     assert float(actions.max()) > float(actions.min())
-    assert run_dirs(str(tmp_path / "pendulum")) == ["seed_0", "seed_1", "seeds"]
+    # No episode ends in 3 iterations: no statistics over seeds yet, only the band run's
+    # custom-scalars layout.
+    assert run_dirs(str(tmp_path / "pendulum")) == ["seed_0", "seed_1", "seeds/band"]
     for seed in (0, 1):
         run = read_run(str(tmp_path / "pendulum" / f"seed_{seed}"))
         assert "train/std" in run
@@ -227,7 +229,8 @@ def test_cartpole_learns_two_seeds(tmp_path):
     assert result.iterations.tolist() == [n_iterations] * 2
     assert result.total_timesteps.tolist() == [n_iterations * 256] * 2
     run_root = os.path.join(tmp_path, "ppo")
-    assert run_dirs(run_root) == ["seed_0", "seed_1", "seeds"]
+    assert run_dirs(run_root) == ["seed_0", "seed_1", "seeds/band", "seeds/max", "seeds/mean",
+                                  "seeds/min"]
     for seed in (0, 1):
         run = read_run(os.path.join(run_root, f"seed_{seed}"))
         assert_steps_increase(run)

@@ -63,10 +63,12 @@ def test_vmapped_seeds_run_twice_and_an_eager_second_training(tmp_path):
     train(seeds * 10)
     jax.jit(lambda: drive(callback, rewards, dones, jax.random.key(1))[2])()
     callax.flush_all()
-    # The seeds run (mean/min/max over seeds) moves with its run: sac_1/seeds.
-    assert run_dirs(str(tmp_path)) == ["sac/seed_0", "sac/seed_1", "sac/seeds",
-                                       "sac_1/seed_0", "sac_1/seed_1", "sac_1/seeds", "sac_2"]
-    assert read_run(str(tmp_path / "sac_1" / "seeds"))["rollout/ep_rew_mean/max"][-1][1] == 80
+    # The statistics over seeds (runs seeds/mean, ...) move with their run: sac_1/seeds/...
+    statistics = ["seeds/band", "seeds/max", "seeds/mean", "seeds/min"]
+    assert run_dirs(str(tmp_path)) == [
+        *(f"sac/{r}" for r in ["seed_0", "seed_1", *statistics]),
+        *(f"sac_1/{r}" for r in ["seed_0", "seed_1", *statistics]), "sac_2"]
+    assert read_run(str(tmp_path / "sac_1" / "seeds" / "max"))["rollout/ep_rew_mean"][-1][1] == 80
     for name, scale in (("sac/seed_0", 1), ("sac/seed_1", 2), ("sac_1/seed_0", 10),
                         ("sac_1/seed_1", 20), ("sac_2", 1)):
         assert read_run(str(tmp_path / name))["episode/return"] == _expected(scale), name

@@ -87,10 +87,13 @@ def jitted(tmp_path_factory):
     return {"logdir": logdir, "result": with_events, "without": without, "runs": runs}
 
 
+STATISTICS = ("band", "max", "mean", "min")  # the runs <run>/seeds/<statistic>
+
+
 def test_one_run_per_seed_with_every_jitted_mode_event(jitted):
     assert run_dirs(jitted["logdir"]) == (
-        [f"plain/seed_{i}" for i in range(SEEDS)] + ["plain/seeds"]
-        + [f"run/seed_{i}" for i in range(SEEDS)] + ["run/seeds"])
+        [f"plain/seed_{i}" for i in range(SEEDS)] + [f"plain/seeds/{s}" for s in STATISTICS]
+        + [f"run/seed_{i}" for i in range(SEEDS)] + [f"run/seeds/{s}" for s in STATISTICS])
     for run in jitted["runs"]:
         sac = {t for t in run if t.startswith("SACEvents/")}
         assert sac == sac_tags(asynchronous=False)  # no queue events: never faked

@@ -76,7 +76,7 @@ def layouts(tmp_path_factory):
 
 
 def expected_seeds(n_seeds: int) -> dict[str, list[tuple[int, float]]]:
-    """The ``seeds`` run: mean, min and max over all global seeds of the headline tags, at
+    """The statistics over seeds: mean, min and max over all global seeds of the headline tags, at
     the steps where every seed has a value."""
     per_seed = [expected(i) for i in range(n_seeds)]
     out = {}
@@ -90,24 +90,35 @@ def expected_seeds(n_seeds: int) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def statistic_runs(layout: str) -> list[str]:
+    return [f"{layout}/seeds/{s}" for s in ("band", "max", "mean", "min")]
+
+
+def statistics(runs: dict, layout: str) -> dict[str, list[tuple[int, float]]]:
+    """``{"<tag>/<statistic>": points}`` of the runs ``<layout>/seeds/<statistic>``."""
+    return {f"{tag}/{s}": points for s in ("mean", "min", "max")
+            for tag, points in runs[f"{layout}/seeds/{s}"].items()}
+
+
 @pytest.mark.parametrize("layout", ["jit", "pmap", "shard_map", "explicit"])
 def test_vmap_on_four_devices_writes_eight_global_seeds(layouts, layout):
     runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
     n = DEVICES * PER_DEVICE
-    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(n)] + [f"{layout}/seeds"]
+    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(n)] + statistic_runs(layout)
     for i in range(n):
         assert_points(runs[f"{layout}/seed_{i}"], expected(i))
     # every device's rows gathered into one host call: statistics over all 8 seeds
-    assert_points(runs[f"{layout}/seeds"], expected_seeds(n))
+    assert_points(statistics(runs, layout), expected_seeds(n))
 
 
 @pytest.mark.parametrize("layout", ["pmap_novmap", "explicit_shard_map"])
 def test_one_seed_per_device_without_vmap(layouts, layout):
     runs = {d: points for d, points in layouts["runs"].items() if d.split("/")[0] == layout}
-    assert sorted(runs) == [f"{layout}/seed_{i}" for i in range(DEVICES)] + [f"{layout}/seeds"]
+    assert sorted(runs) == ([f"{layout}/seed_{i}" for i in range(DEVICES)]
+                            + statistic_runs(layout))
     for i in range(DEVICES):
         assert_points(runs[f"{layout}/seed_{i}"], expected(i))
-    assert_points(runs[f"{layout}/seeds"], expected_seeds(DEVICES))
+    assert_points(statistics(runs, layout), expected_seeds(DEVICES))
 
 
 def test_reduce_first_writes_device_zero_once(layouts):

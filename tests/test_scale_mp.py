@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from callax.callbacks._seeds import read_statistics
 from conftest import free_port, get_json, read_run, run_dirs, settled, tensorboard_server
 from test_scale import assert_points, expected, expected_seeds, gradient_descent_losses
 
@@ -48,15 +49,17 @@ def writers(directory: str) -> set[str]:
 def test_one_run_name_and_one_process_per_seed(mp_root):
     train = os.path.join(mp_root, "train")
     (name,) = os.listdir(train)
-    assert run_dirs(train) == sorted(f"{name}/seed_{i}" for i in range(8)) + [f"{name}/seeds"]
+    assert run_dirs(train) == (sorted(f"{name}/seed_{i}" for i in range(8))
+                               + [f"{name}/seeds/{s}" for s in ("band", "max", "mean", "min")])
     for i in range(8):
         directory = os.path.join(train, name, f"seed_{i}")
         assert len(writers(directory)) == 1, (i, os.listdir(directory))
         assert_points(read_run(directory), expected(i))
-    # The seeds run: the rows of both processes' devices gathered, written by one process.
-    seeds = os.path.join(train, name, "seeds")
-    assert len(writers(seeds)) == 1
-    assert_points(read_run(seeds), expected_seeds(8))
+    # The statistics over seeds: the rows of both processes' devices gathered, written by
+    # one process.
+    for statistic in ("band", "max", "mean", "min"):
+        assert len(writers(os.path.join(train, name, "seeds", statistic))) == 1
+    assert_points(read_statistics(os.path.join(train, name)), expected_seeds(8))
 
 
 def test_every_writer_gets_each_global_seed_from_one_process(mp_root):
@@ -133,9 +136,9 @@ def test_data_server_sees_every_step_once(mp_root):
 
         def seed_runs():
             tags = get_json(f"{base}/tags")
-            runs = {r: t for r, t in tags.items() if not r.endswith("/seeds")}
-            seeds = [r for r in tags if r.endswith("/seeds")]
-            ok = len(runs) == 8 and len(seeds) == 1 and all(
+            runs = {r: t for r, t in tags.items() if "/seeds/" not in r}
+            seeds = [r for r in tags if "/seeds/" in r]
+            ok = len(runs) == 8 and len(seeds) == 4 and all(
                 "train/loss" in t for t in runs.values())
             return runs if ok else None
 

@@ -219,7 +219,8 @@ def test_vmap_over_seeds_one_run_per_seed(logdir):
     jax.jit(jax.vmap(lambda r, d, k: drive(callback, r, d, k)))(
         rewards, dones, jax.random.split(jax.random.key(0), 4)
     )
-    assert run_dirs(logdir) == [f"v/seed_{i}" for i in range(4)] + ["v/seeds"]
+    assert run_dirs(logdir) == [f"v/seed_{i}" for i in range(4)] + [
+        f"v/seeds/{s}" for s in ("band", "max", "mean", "min")]
     for i in range(4):
         assert_run_matches(read_run(os.path.join(logdir, "v", f"seed_{i}")),
                            expected_log(rewards[i], dones[i]))

@@ -163,9 +163,9 @@ class Run:
             self.purge_step = None
             self._written = False
             self.log_dir = next_directory()
-            for child in self.children:  # e.g. <run>/seeds: into the new run directory
-                name = os.path.basename(child.base_dir)
-                child.begin_training(lambda: os.path.join(self.log_dir, name))
+            for child in self.children:  # e.g. <run>/seeds/mean: into the new run directory
+                name = os.path.relpath(child.base_dir, self.base_dir)
+                child.begin_training(lambda name=name: os.path.join(self.log_dir, name))
             return self.log_dir
 
     # ----------------------------------------------------------------------------------------

@@ -26,11 +26,14 @@ import numpy as np
 from . import _queue
 from ._interface import AbstractWriter, Destination
 
-__all__ = ["STEP_METRIC", "SUPPORTED", "WandbWriter"]
+__all__ = ["STEP_METRIC", "SUPPORTED", "WandbWriter", "offline_runs"]
 
 STEP_METRIC = "global_step"
 """The W&B key holding callax's step; every tag's charts use it as their x axis."""
 SUPPORTED = ">=0.31,<0.32"
+offline_runs: list[str] = []
+"""The directories of the offline W&B runs this process made (what ``wandb sync`` uploads),
+in the order they were made."""
 """The ``wandb`` versions the ``callax[wandb]`` extra allows (the tested range)."""
 
 
@@ -69,10 +72,18 @@ class WandbWriter(AbstractWriter):
     - `group`: the W&B group (default: the callax run's name);
     - `init`: more keyword arguments of ``wandb.init`` (``entity``, ``mode``, ``dir``,
       ``tags``, ...). ``WANDB_MODE=offline`` writes ``run-<id>.wandb`` under
-      ``$WANDB_DIR/wandb/offline-run-*`` for ``wandb sync`` later, with no account.
+      ``<dir>/wandb/offline-run-*`` for ``wandb sync`` later, with no account (``dir``:
+      ``$WANDB_DIR``, else the callax run's directory).
 
     Closing (``flush``/``close`` of the callax run, or interpreter exit) finishes the W&B run.
+
+    Files: without ``WANDB_DIR`` (or ``dir=``), W&B writes under the callax run's directory
+    (``<run>/wandb/``), not in the working directory.
     """
+
+    groups_seeds = True
+    """W&B draws the statistics of a group's runs itself (its group view plots their mean
+    with a min-max band): callax writes no ``seeds/mean``, ``min``, ``max`` runs to it."""
 
     def __init__(self, destination: Destination, *, project: str | None = None,
                  group: str | None = None, **init: Any):
@@ -88,13 +99,20 @@ class WandbWriter(AbstractWriter):
         for key, variable in (("dir", "WANDB_DIR"), ("mode", "WANDB_MODE")):
             if os.environ.get(variable):
                 options[key] = os.environ[variable]
+        options.setdefault("dir", destination.run_dir)  # files under the run, not in ./
         options.update(init)
+        if options.get("dir"):
+            os.makedirs(options["dir"], exist_ok=True)
         self._run = wandb.init(**options)
         _close_before_wandb_exits()
         self._run.define_metric(STEP_METRIC, hidden=True)
         self._defined: set[str] = set()
         self.path = getattr(self._run, "dir", "") or destination.directory
         self.id = self._run.id
+        if getattr(self._run.settings, "mode", "") == "offline":
+            sync_dir = getattr(self._run.settings, "sync_dir", "")
+            if sync_dir:
+                offline_runs.append(sync_dir)
 
     @staticmethod
     def check_installed() -> None:

@@ -8,6 +8,7 @@ The whole run is one ``lax.while_loop``, so it can be jitted and vmapped over se
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,7 +28,8 @@ from .._callback import (
 from .._list import as_callback
 from ..events._recorder import elapsed, timestamp
 
-__all__ = ["Rollout", "TrainingResult", "as_key", "run_training"]
+__all__ = ["Rollout", "TrainingResult", "as_key", "check_budget", "iterations_for",
+           "run_training"]
 
 
 class Rollout(eqx.Module):
@@ -138,8 +140,8 @@ def run_training(
     key: PRNGKeyArray,
     n_envs: int,
     n_steps: int,
-    n_iterations: int,
-    total_timesteps: int | None = None,
+    n_iterations: int | Int[Array, ""],
+    total_timesteps: int | Int[Array, ""] | None = None,
     env_params: Any = None,
     policy_fn: Callable[[Any], Any] = _default_policy,
     opt_state_fn: Callable[[Any], Any] = _default_opt_state,
@@ -217,8 +219,9 @@ def run_training(
     and ``num_timesteps``.
 
     This function is not jitted itself: call it inside ``jax.jit`` / ``eqx.filter_jit``
-    (``n_envs``, ``n_steps`` and ``n_iterations`` must be Python ints). Vmap it over ``key``
-    to train several seeds at once.
+    (``n_envs`` and ``n_steps`` must be Python ints; ``n_iterations`` may be an integer
+    array, so that one compiled program serves every budget). Vmap it over ``key`` to train
+    several seeds at once.
 
     **Arguments:**
 
@@ -228,7 +231,8 @@ def run_training(
     - `callback`: a callback, a list of callbacks, a ``CallbackList`` or ``None``.
     - `key`: PRNG key of the run.
     - `n_envs`, `n_steps`: envs stepped in parallel, and steps per env per iteration.
-    - `n_iterations`: the maximum number of iterations.
+    - `n_iterations`: the maximum number of iterations: a Python int, or an integer scalar
+      array (traced: the while loop's bound, not part of the compiled program).
     - `total_timesteps`: reported in ``TrainingContext.total_timesteps``; defaults to
       ``n_iterations * n_steps * n_envs``.
     - `env_params`: environment parameters (``None``: the env's defaults).
@@ -245,166 +249,220 @@ def run_training(
     for name, value in (("n_envs", n_envs), ("n_steps", n_steps)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive Python int, got {value!r}")
-    if not isinstance(n_iterations, int) or n_iterations < 0:
-        raise ValueError(f"n_iterations must be a non-negative Python int, got {n_iterations!r}")
-    steps_per_iteration = n_envs * n_steps
+    n_iterations = check_budget(n_iterations, "n_iterations", minimum=0)
     if total_timesteps is None:
-        total_timesteps = n_iterations * steps_per_iteration
-    cb = as_callback(callback)
-    key = as_key(key)
+        total_timesteps = n_iterations * (n_envs * n_steps)
+    driver = _Driver(env, env_params, as_callback(callback), init_fn, act_fn, update_fn,
+                     step_fn, end_iteration_fn, policy_fn, opt_state_fn, agent_state_fn,
+                     n_envs, n_steps, total_timesteps)
+    carry, key = driver.start(as_key(key))
 
-    key, k_init, k_env, k_reset, k_step_reset, k_start, k_continue, k_loop = jax.random.split(
-        key, 8
-    )
-    agent_state = init_fn(k_init)
-    obs, env_state = jax.vmap(lambda k: env.reset(k, env_params))(
-        jax.random.split(k_env, n_envs)
-    )
-    cb_state = cb.reset(ResetContext(), key=k_reset)
-    cb_step_state = jax.vmap(lambda k: cb.step_reset(ResetContext(), key=k))(
-        jax.random.split(k_step_reset, n_envs)
-    )
+    def cond(carry: _Carry) -> Bool[Array, ""]:
+        return (carry.iteration < n_iterations) & carry.keep_going
 
-    def num_timesteps(iteration: Array) -> Array:
-        return iteration * jnp.int32(steps_per_iteration)
+    def body(carry: _Carry) -> _Carry:
+        return driver.iteration(carry, cond(carry))
 
-    def training_ctx(carry: _Carry) -> TrainingContext:
+    carry = jax.lax.while_loop(cond, body, carry)
+    return driver.end(carry, key)
+
+
+def check_budget(value: Any, name: str, *, minimum: int) -> Any:
+    """`value` if it is a Python int (not a bool) or an integer scalar array (a traced
+    budget: one compiled program serves every value) of at least `minimum`; raises
+    otherwise (a traced value is not checked)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if isinstance(value, int):
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return value
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or jnp.ndim(value) != 0 or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{name} must be a Python int or an integer scalar array, got "
+                         f"{value!r}")
+    if not isinstance(value, jax.core.Tracer) and int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+    return jnp.asarray(value, jnp.int32)
+
+
+def iterations_for(total_timesteps: Any, steps_per_iteration: int) -> Any:
+    """``ceil(total_timesteps / steps_per_iteration)``: a Python int for a Python int, an
+    ``int32`` array for an array (traced budgets)."""
+    return -(-total_timesteps // steps_per_iteration)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Driver:
+    """The pieces of one :func:`run_training` call and its loop's steps (trace time only)."""
+
+    env: Any
+    env_params: Any
+    cb: AbstractCallback
+    init_fn: Callable
+    act_fn: Callable
+    update_fn: Callable
+    step_fn: Callable | None
+    end_iteration_fn: Callable | None
+    policy_fn: Callable
+    opt_state_fn: Callable
+    agent_state_fn: Callable
+    n_envs: int
+    n_steps: int
+    total_timesteps: Any
+
+    def num_timesteps(self, iteration: Array) -> Array:
+        return iteration * jnp.int32(self.n_envs * self.n_steps)
+
+    def training_ctx(self, carry: _Carry) -> TrainingContext:
         return TrainingContext(
             state=carry.cb_state,
             step_state=carry.cb_step_state,
-            env=env,
-            policy=policy_fn(carry.agent_state),
-            total_timesteps=total_timesteps,
+            env=self.env,
+            policy=self.policy_fn(carry.agent_state),
+            total_timesteps=self.total_timesteps,
             iteration_count=carry.iteration,
-            opt_state=opt_state_fn(carry.agent_state),
-            locals={"agent_state": agent_state_fn(carry.agent_state),
-                    "num_timesteps": num_timesteps(carry.iteration)},
+            opt_state=self.opt_state_fn(carry.agent_state),
+            locals={"agent_state": self.agent_state_fn(carry.agent_state),
+                    "num_timesteps": self.num_timesteps(carry.iteration)},
         )
 
-    def iteration_ctx(carry: _Carry, log: dict[str, Any], rollout: Rollout | None,
+    def iteration_ctx(self, carry: _Carry, log: dict[str, Any], rollout: Rollout | None,
                       active: Bool[Array, ""]) -> IterationContext:
         return IterationContext(
             state=carry.cb_state,
             step_state=carry.cb_step_state,
-            env=env,
-            policy=policy_fn(carry.agent_state),
+            env=self.env,
+            policy=self.policy_fn(carry.agent_state),
             iteration_count=carry.iteration,
-            opt_state=opt_state_fn(carry.agent_state),
+            opt_state=self.opt_state_fn(carry.agent_state),
             training_log=log,
-            locals={"rollout": rollout, "agent_state": agent_state_fn(carry.agent_state),
-                    "num_timesteps": num_timesteps(carry.iteration), "active": active,
+            locals={"rollout": rollout, "agent_state": self.agent_state_fn(carry.agent_state),
+                    "num_timesteps": self.num_timesteps(carry.iteration), "active": active,
                     "time_elapsed": carry.time_elapsed},
         )
 
-    def rollout_and_update(carry: _Carry, key: PRNGKeyArray
+    def env_step(self, carry: _Carry, fixed_policy: Any, inner: tuple, xs: tuple
+                 ) -> tuple[tuple, Rollout]:
+        """One step of every env, the callbacks' ``on_step`` and ``step_fn``."""
+        env, env_params, n_envs, step_fn, cb = (self.env, self.env_params, self.n_envs,
+                                                self.step_fn, self.cb)
+        agent_state, env_state, obs, step_state = inner
+        k, t = xs
+        if step_fn is None:  # the agent state is a constant of the rollout
+            agent_state, policy = carry.agent_state, fixed_policy
+        else:
+            policy = self.policy_fn(agent_state)
+        # One random draw for all keys of the step (each draw is compiled code).
+        keys = jax.random.split(k, 2 * n_envs + (1 if step_fn is None else 2))
+        k_act, k_env, k_cb = keys[0], keys[1:n_envs + 1], keys[n_envs + 1:2 * n_envs + 1]
+        action, aux = self.act_fn(agent_state, obs, k_act)
+        next_obs, env_state, reward, done, info = jax.vmap(
+            lambda k_, s, a: env.step(k_, s, a, env_params)
+        )(k_env, env_state, action)
+        terminated = jnp.asarray(info["terminated"], jnp.bool_)
+        truncated = jnp.asarray(info["truncated"], jnp.bool_)
+        locals_ = {"obs": obs, "action": action, "next_obs": next_obs,
+                   "final_obs": info["final_obs"], "terminated": terminated,
+                   "truncated": truncated}
+
+        def on_step(step_state, done, reward, locals_, k):
+            ctx = StepContext(step_state, env, policy, done, reward, locals_)
+            return cb.on_step(ctx, key=k)
+
+        step_state = jax.vmap(on_step)(step_state, terminated | truncated, reward, locals_,
+                                       k_cb)
+        transition = Rollout(obs, action, reward, terminated, truncated,
+                             info["final_obs"], next_obs, aux)
+        if step_fn is None:
+            agent_state = None
+        else:
+            agent_state = step_fn(agent_state, transition, keys[-1], t)
+        return (agent_state, env_state, next_obs, step_state), transition
+
+    def rollout_and_update(self, carry: _Carry, key: PRNGKeyArray
                            ) -> tuple[_Carry, Rollout, dict[str, Any]]:
         k_rollout, k_update = jax.random.split(key)
-        fixed_policy = policy_fn(carry.agent_state)
-
-        def step(inner, xs):
-            agent_state, env_state, obs, step_state = inner
-            k, t = xs
-            if step_fn is None:  # the agent state is a constant of the rollout
-                agent_state, policy = carry.agent_state, fixed_policy
-            else:
-                policy = policy_fn(agent_state)
-            # One random draw for all keys of the step (each draw is compiled code).
-            keys = jax.random.split(k, 2 * n_envs + (1 if step_fn is None else 2))
-            k_act, k_env, k_cb = keys[0], keys[1:n_envs + 1], keys[n_envs + 1:2 * n_envs + 1]
-            action, aux = act_fn(agent_state, obs, k_act)
-            next_obs, env_state, reward, done, info = jax.vmap(
-                lambda k_, s, a: env.step(k_, s, a, env_params)
-            )(k_env, env_state, action)
-            terminated = jnp.asarray(info["terminated"], jnp.bool_)
-            truncated = jnp.asarray(info["truncated"], jnp.bool_)
-            locals_ = {"obs": obs, "action": action, "next_obs": next_obs,
-                       "final_obs": info["final_obs"], "terminated": terminated,
-                       "truncated": truncated}
-
-            def on_step(step_state, done, reward, locals_, k):
-                ctx = StepContext(step_state, env, policy, done, reward, locals_)
-                return cb.on_step(ctx, key=k)
-
-            step_state = jax.vmap(on_step)(
-                step_state, terminated | truncated, reward, locals_,
-                k_cb,
-            )
-            transition = Rollout(obs, action, reward, terminated, truncated,
-                                 info["final_obs"], next_obs, aux)
-            if step_fn is None:
-                agent_state = None
-            else:
-                agent_state = step_fn(agent_state, transition, keys[-1], t)
-            return (agent_state, env_state, next_obs, step_state), transition
-
-        first = None if step_fn is None else carry.agent_state
+        fixed_policy = self.policy_fn(carry.agent_state)
+        first = None if self.step_fn is None else carry.agent_state
         (agent_state, env_state, obs, cb_step_state), rollout = jax.lax.scan(
-            step, (first, carry.env_state, carry.obs, carry.cb_step_state),
-            (jax.random.split(k_rollout, n_steps), jnp.arange(n_steps, dtype=jnp.int32)),
+            functools.partial(self.env_step, carry, fixed_policy),
+            (first, carry.env_state, carry.obs, carry.cb_step_state),
+            (jax.random.split(k_rollout, self.n_steps),
+             jnp.arange(self.n_steps, dtype=jnp.int32)),
         )
-        if step_fn is None:
+        if self.step_fn is None:
             agent_state = carry.agent_state
-        agent_state, log = update_fn(agent_state, rollout, k_update)
+        agent_state, log = self.update_fn(agent_state, rollout, k_update)
         carry = dataclasses.replace(
             carry, agent_state=agent_state, env_state=env_state, obs=obs,
             cb_step_state=cb_step_state, iteration=carry.iteration + 1,
         )
         return carry, rollout, log
 
-    carry = _Carry(agent_state, env_state, obs, cb_state, cb_step_state,
-                   jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False), k_loop,
-                   jnp.zeros(2, jnp.int32), jnp.asarray(0.0, jnp.float32))
-    carry = dataclasses.replace(
-        carry, cb_state=cb.on_training_start(training_ctx(carry), key=k_start)
-    )
-    _host.training_started(carry.iteration)
-    # The host clock once at the start and once per iteration (after the update): SB3's
-    # ``time/fps`` and ``time_elapsed`` for every callback from the same reading.
-    carry = dataclasses.replace(carry, start_time=timestamp((carry.cb_state, carry.obs)))
-
-    def keep_going_after(carry: _Carry, keep_going: Any) -> _Carry:
+    def keep_going_after(self, carry: _Carry, keep_going: Any) -> _Carry:
         # Ctrl-C, read once per iteration next to the callbacks' decision.
         stop = _host.stop_requested(carry.iteration)
         return dataclasses.replace(
             carry, keep_going=jnp.asarray(keep_going, jnp.bool_) & ~stop,
             interrupted=carry.interrupted | stop)
 
-    # The first check sees a training log of the right structure (filled with NaN).
-    _, _, log_shape = eqx.filter_eval_shape(rollout_and_update, carry, carry.key)
-    first_log = jax.tree.map(_placeholder, log_shape)
-    keep_going = cb.continue_training(iteration_ctx(carry, first_log, None, jnp.asarray(True)),
-                                      key=k_continue)
-    carry = keep_going_after(carry, keep_going)
+    def start(self, key: PRNGKeyArray) -> tuple[_Carry, PRNGKeyArray]:
+        """Initial states, ``reset``, ``on_training_start`` and the first
+        ``continue_training``; returns the carry and the key left for the end."""
+        cb, n_envs = self.cb, self.n_envs
+        key, k_init, k_env, k_reset, k_step_reset, k_start, k_continue, k_loop = (
+            jax.random.split(key, 8))
+        agent_state = self.init_fn(k_init)
+        obs, env_state = jax.vmap(lambda k: self.env.reset(k, self.env_params))(
+            jax.random.split(k_env, n_envs))
+        cb_state = cb.reset(ResetContext(), key=k_reset)
+        cb_step_state = jax.vmap(lambda k: cb.step_reset(ResetContext(), key=k))(
+            jax.random.split(k_step_reset, n_envs))
+        carry = _Carry(agent_state, env_state, obs, cb_state, cb_step_state,
+                       jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False),
+                       k_loop, jnp.zeros(2, jnp.int32), jnp.asarray(0.0, jnp.float32))
+        carry = dataclasses.replace(
+            carry, cb_state=cb.on_training_start(self.training_ctx(carry), key=k_start))
+        _host.training_started(carry.iteration)
+        # The host clock once at the start and once per iteration (after the update): SB3's
+        # ``time/fps`` and ``time_elapsed`` for every callback from the same reading.
+        carry = dataclasses.replace(carry, start_time=timestamp((carry.cb_state, carry.obs)))
+        # The first check sees a training log of the right structure (filled with NaN).
+        _, _, log_shape = eqx.filter_eval_shape(self.rollout_and_update, carry, carry.key)
+        first_log = jax.tree.map(_placeholder, log_shape)
+        keep_going = cb.continue_training(
+            self.iteration_ctx(carry, first_log, None, jnp.asarray(True)), key=k_continue)
+        return self.keep_going_after(carry, keep_going), key
 
-    def cond(carry: _Carry) -> Bool[Array, ""]:
-        return (carry.iteration < n_iterations) & carry.keep_going
-
-    def body(carry: _Carry) -> _Carry:
-        active = cond(carry)
+    def iteration(self, carry: _Carry, active: Bool[Array, ""]) -> _Carry:
+        """One iteration: rollout, update, ``on_iteration``, ``end_iteration_fn`` and
+        ``continue_training``."""
         key, k_iter, k_on_iteration, k_continue = jax.random.split(carry.key, 4)
-        carry, rollout, log = rollout_and_update(carry, k_iter)
+        carry, rollout, log = self.rollout_and_update(carry, k_iter)
         now = timestamp((log, carry.obs))
         carry = dataclasses.replace(carry, time_elapsed=elapsed(carry.start_time, now))
-        cb_state = cb.on_iteration(iteration_ctx(carry, log, rollout, active), key=k_on_iteration)
+        cb_state = self.cb.on_iteration(self.iteration_ctx(carry, log, rollout, active),
+                                        key=k_on_iteration)
         carry = dataclasses.replace(carry, cb_state=cb_state)
-        if end_iteration_fn is not None:
-            agent_state = end_iteration_fn(carry.agent_state,
-                                           iteration_ctx(carry, log, rollout, active))
+        if self.end_iteration_fn is not None:
+            agent_state = self.end_iteration_fn(carry.agent_state,
+                                                self.iteration_ctx(carry, log, rollout, active))
             carry = dataclasses.replace(carry, agent_state=agent_state)
-        keep_going = cb.continue_training(iteration_ctx(carry, log, rollout, active),
-                                          key=k_continue)
-        return dataclasses.replace(keep_going_after(carry, keep_going), key=key)
+        keep_going = self.cb.continue_training(self.iteration_ctx(carry, log, rollout, active),
+                                               key=k_continue)
+        return dataclasses.replace(self.keep_going_after(carry, keep_going), key=key)
 
-    carry = jax.lax.while_loop(cond, body, carry)
-    key, k_end = jax.random.split(key)
-    cb_state = cb.on_training_end(training_ctx(carry), key=k_end)
-    _host.training_ended(carry.iteration)
-    return TrainingResult(
-        agent_state=agent_state_fn(carry.agent_state),
-        policy=policy_fn(carry.agent_state),
-        callback_state=cb_state,
-        callback_step_state=carry.cb_step_state,
-        iterations=carry.iteration,
-        total_timesteps=num_timesteps(carry.iteration),
-        interrupted=carry.interrupted,
-    )
+    def end(self, carry: _Carry, key: PRNGKeyArray) -> TrainingResult:
+        key, k_end = jax.random.split(key)
+        cb_state = self.cb.on_training_end(self.training_ctx(carry), key=k_end)
+        _host.training_ended(carry.iteration)
+        return TrainingResult(
+            agent_state=self.agent_state_fn(carry.agent_state),
+            policy=self.policy_fn(carry.agent_state),
+            callback_state=cb_state,
+            callback_step_state=carry.cb_step_state,
+            iterations=carry.iteration,
+            total_timesteps=self.num_timesteps(carry.iteration),
+            interrupted=carry.interrupted,
+        )

@@ -9,13 +9,14 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
 from .._callback import AbstractCallback
 from ..envs import Box, Discrete
-from ._loop import Rollout, TrainingResult, as_key, run_training
+from ._loop import Rollout, TrainingResult, as_key, check_budget, iterations_for, run_training
 from ._networks import (
     MLP,
     ActorCritic,
@@ -193,9 +194,10 @@ class PPO(eqx.Module):
         """``n_envs * n_steps`` env steps per iteration."""
         return self.n_envs * self.n_steps
 
-    def n_iterations(self, total_timesteps: int) -> int:
-        """Iterations needed for at least ``total_timesteps`` env steps."""
-        return math.ceil(total_timesteps / self.steps_per_iteration)
+    def n_iterations(self, total_timesteps: int | Int[Array, ""]) -> int | Int[Array, ""]:
+        """Iterations needed for at least ``total_timesteps`` env steps (an ``int32`` array
+        for an array)."""
+        return iterations_for(total_timesteps, self.steps_per_iteration)
 
     def init(self, env: Any, key: PRNGKeyArray, env_params: Any = None) -> PPOState:
         """The initial agent state (networks, optimizer, observation statistics)."""
@@ -225,13 +227,21 @@ class PPO(eqx.Module):
         opt_state = self._optimizer(1).init(flat_params)
         return PPOState(policy, opt_state)
 
-    def _optimizer(self, total_timesteps: int) -> optax.GradientTransformation:
+    def _optimizer(self, total_timesteps: int | Int[Array, ""]) -> optax.GradientTransformation:
         updates_per_iteration = self.n_epochs * (self.steps_per_iteration // self.batch_size)
-        if self.anneal_lr:
+        if self.anneal_lr and isinstance(total_timesteps, int):
             learning_rate = optax.linear_schedule(
                 self.learning_rate, 0.0,
                 max(1, self.n_iterations(total_timesteps) * updates_per_iteration),
             )
+        elif self.anneal_lr:
+            # optax.linear_schedule's formula, for a number of updates that is traced.
+            n_updates = jnp.maximum(1, self.n_iterations(total_timesteps) * updates_per_iteration)
+            initial = self.learning_rate
+
+            def learning_rate(count):
+                done = jnp.clip(count, 0, n_updates)
+                return initial * (1 - done / n_updates) ** 1 + 0.0
         else:
             learning_rate = self.learning_rate
 
@@ -361,7 +371,7 @@ class PPO(eqx.Module):
         self,
         env: Any,
         *,
-        total_timesteps: int,
+        total_timesteps: int | Int[ArrayLike, ""],
         key: PRNGKeyArray,
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         env_params: Any = None,
@@ -381,7 +391,9 @@ class PPO(eqx.Module):
 
         - `env`: a callax (gymnax-API) environment with a ``Discrete`` or ``Box`` action
           space.
-        - `total_timesteps`: a Python int (static).
+        - `total_timesteps`: a Python int (part of the compiled program), or an integer
+          scalar array: traced, so one compiled program (and one entry of JAX's persistent
+          compilation cache) serves every budget.
         - `key`: PRNG key (``jax.random.key``; a legacy ``PRNGKey`` also works).
         - `callback`: a callback, a list of callbacks, a ``CallbackList`` or ``None``.
         - `env_params`: environment parameters (``None``: the env's defaults).
@@ -392,15 +404,17 @@ class PPO(eqx.Module):
         [`PPOState`][callax.train.PPOState] and ``policy`` a
         [`PPOPolicy`][callax.train.PPOPolicy].
         """
-        if not isinstance(total_timesteps, int) or isinstance(total_timesteps, bool):
-            raise TypeError(f"total_timesteps must be a Python int, got {total_timesteps!r}")
-        if total_timesteps < 1:
-            raise ValueError(f"total_timesteps must be positive, got {total_timesteps}")
+        if isinstance(total_timesteps, bool) or not isinstance(
+                total_timesteps, int | jax.Array | np.ndarray | np.integer):
+            raise TypeError(f"total_timesteps must be an int, got {total_timesteps!r}")
+        if isinstance(total_timesteps, np.ndarray | np.integer):
+            total_timesteps = jnp.asarray(total_timesteps)
+        total_timesteps = check_budget(total_timesteps, "total_timesteps", minimum=1)
         return _learn(self, env, total_timesteps, key, callback, env_params)
 
 
 @eqx.filter_jit
-def _learn(ppo: PPO, env: Any, total_timesteps: int, key: PRNGKeyArray,
+def _learn(ppo: PPO, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
            callback: Any, env_params: Any) -> TrainingResult:
     optimizer = ppo._optimizer(total_timesteps)
 

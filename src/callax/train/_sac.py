@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Int, Key, PRNGKeyArray, PyTree
 
 from .._callback import AbstractCallback, IterationContext, StepContext
 from .._summary_writer import JITSummaryWriter
@@ -33,7 +33,7 @@ from ..events._recorder import (
     timestamp,
 )
 from ..events._sac import SACEvents
-from ._loop import Rollout, TrainingResult, as_key, run_training
+from ._loop import Rollout, TrainingResult, as_key, check_budget, iterations_for, run_training
 from ._replay import ReplayBuffer, Transition
 from ._sac_async import learn_async
 from ._sac_base import (
@@ -41,7 +41,6 @@ from ._sac_base import (
     SACActor,
     SACCritic,
     SACState,
-    check_total_timesteps,
     td_target,
 )
 
@@ -528,7 +527,7 @@ class SAC(eqx.Module):
         self,
         env: Any,
         *,
-        total_timesteps: int,
+        total_timesteps: int | Int[ArrayLike, ""],
         key: PRNGKeyArray,
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         events: JITSummaryWriter | None = None,
@@ -538,7 +537,9 @@ class SAC(eqx.Module):
 
         Pure JAX, compiled with ``eqx.filter_jit``; ``learn`` can itself be called inside
         ``jax.jit`` and ``jax.vmap`` (over ``key``) to train several seeds at once (each seed
-        writes its own ``<run>/seed_<i>``). ``total_timesteps`` must be a Python int.
+        writes its own ``<run>/seed_<i>``). ``total_timesteps`` is a Python int (part of
+        the compiled program) or an integer scalar array (traced: one compiled program
+        serves every budget).
 
         Hook order, as in [`callax.train.run_training`][]: ``reset``, ``vmap(step_reset)``
         over envs, ``on_training_start``, then ``continue_training`` before every iteration
@@ -567,18 +568,21 @@ class SAC(eqx.Module):
         A [`callax.train.TrainingResult`][] whose ``agent_state`` is a
         ``SACState`` (networks, optimizer states, replay buffer).
         """
-        check_total_timesteps(total_timesteps)
+        if isinstance(total_timesteps, np.ndarray | np.integer):
+            total_timesteps = jnp.asarray(total_timesteps)
+        total_timesteps = check_budget(total_timesteps, "total_timesteps", minimum=0)
         if events is not None and not isinstance(events, JITSummaryWriter):
             raise TypeError(f"events must be a callax.JITSummaryWriter or None, got {events!r}")
         self._spaces(env, env_params)  # fail on a discrete env before compiling anything
         return _learn(self, env, total_timesteps, key, callback, events, env_params)
 
-    def _learn(self, env: Any, total_timesteps: int, key: PRNGKeyArray, callback: Any,
-               events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+    def _learn(self, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
+               callback: Any, events: JITSummaryWriter | None, env_params: Any
+               ) -> TrainingResult:
         """The run as three functions of a ``_Learner`` given to ``run_training``: acting,
         a per-step function (replay add and gradient steps) and the iteration's end."""
         steps_per_iteration = self.n_envs * self.n_steps
-        n_iterations = -(-total_timesteps // steps_per_iteration)
+        n_iterations = iterations_for(total_timesteps, steps_per_iteration)
         (action_size,), _, low, high = self._spaces(env, env_params)
         target_entropy = self._target_entropy(action_size)
         recording = events is not None
@@ -714,6 +718,6 @@ class SAC(eqx.Module):
 
 
 @eqx.filter_jit
-def _learn(sac: SAC, env: Any, total_timesteps: int, key: PRNGKeyArray, callback: Any,
-           events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+def _learn(sac: SAC, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
+           callback: Any, events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
     return sac._learn(env, total_timesteps, key, callback, events, env_params)
