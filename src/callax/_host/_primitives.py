@@ -29,7 +29,7 @@ from jax.core import ShapedArray
 from jax.experimental import io_callback
 
 from .._writer import _interrupt
-from . import _ffi
+from . import _autodiff, _ffi
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
 
@@ -152,7 +152,8 @@ def _ordered_effect():
     (``jax.debug.callback``'s default) ran in orders like 9, 0, 8, 1 in an unrolled
     ``scan``. Registered as *shardable* (allowed in programs over several devices, as
     ``io_callback(ordered=True)`` is) and allowed in control flow, custom derivatives and
-    ``jax.checkpoint``. Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
+    ``jax.checkpoint``, and kept by partial evaluation (loop bodies under ``grad``, see
+    :mod:`._autodiff`). Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
     it under ``vmap`` (callax's calls are never batched: ``custom_vmap`` rules make one call
     for the whole batch).
     """
@@ -163,7 +164,7 @@ def _ordered_effect():
 
     for kind in ("ordered_effects", "shardable_ordered_effects", "lowerable_effects",
                  "control_flow_allowed_effects", "custom_derivatives_allowed_effects",
-                 "remat_allowed_effects"):
+                 "remat_allowed_effects", "partial_eval_kept_effects"):
         getattr(effects, kind).add_type(CallaxHostEffect)
     return CallaxHostEffect()
 
@@ -216,6 +217,10 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         return []
 
     host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
+    try:
+        _autodiff.drop_writes_from_while_copies(host_call_p, type(effect))
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
 
     def _jvp(primals, tangents, *, fn):
         del tangents
