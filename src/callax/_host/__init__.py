@@ -15,6 +15,9 @@ same seed numbering) and :func:`clock` (host clock reads returning to the device
 One module per concern, re-exported here:
 
 - :mod:`._primitives` (and :mod:`._ffi`): the host-call primitives and their lowering;
+- :mod:`._autodiff`, :mod:`._gating`, :mod:`._aot`: what the primitive needs from JAX's
+  transformations (writes once under differentiation; per seed under a batched predicate;
+  at every call of an ahead-of-time compiled program);
 - :mod:`._trace`: whether code is traced;
 - :mod:`._runs`: opening runs, named once across processes;
 - :mod:`._packing`: layouts and the packed payload of a write, unpacked on the host;

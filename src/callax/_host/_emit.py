@@ -13,7 +13,7 @@ from jax import custom_batching
 from jax.typing import ArrayLike
 
 from .. import _step, _writer as host
-from . import _primitives
+from . import _gating, _primitives
 from ._packing import _host_writer, _pack
 from ._seeds import _gathered, _reduce, global_seed, seed_origin, seed_positions, split_axes
 
@@ -52,19 +52,23 @@ def _emitter(axis_names: tuple[str, ...] | None, reduce: str | None, per_process
     return _emit
 
 
-def batching_rule(fn, axis_size, in_batched, layout, handle, seed, *rest):
-    """A ``custom_vmap`` rule for host calls shaped ``fn(layout, handle, seed, *rest)``: call
-    ``fn`` once for the whole batch, every argument batched, each element's ``seed`` its
-    flat (local) position. ``fn``'s unbatched body then turns local positions into global
+def batching_rule(fn, axis_size, in_batched, layout, handle, seed, steps, values, valid,
+                  pred, sync):
+    """The ``custom_vmap`` rule of :func:`emit`'s function ``fn``: call ``fn`` once for the
+    whole batch, every argument batched, each element's ``seed`` its flat (local) position
+    and its ``pred`` ANDed with the gate of a loop or ``cond`` whose predicate is batched
+    (:mod:`._gating`). ``fn``'s unbatched body then turns local positions into global
     seeds with :func:`global_seed`."""
     def batched(x, is_batched):
         return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
     if not in_batched[2]:
         seed = seed_positions(axis_size, seed)
-    args = (layout, handle, seed, *rest)
+    args = (layout, handle, seed, steps, values, valid, pred, sync)
     flags = (*in_batched[:2], True, *in_batched[3:])
-    fn(*(batched(x, b) for x, b in zip(args, flags, strict=True)))
+    args = [batched(x, b) for x, b in zip(args, flags, strict=True)]
+    args[6] = _gating.apply(args[6], axis_size, "a write")
+    fn(*args)
     return jnp.zeros((axis_size,), jnp.int32), True
 
 

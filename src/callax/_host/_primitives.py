@@ -29,7 +29,7 @@ from jax.core import ShapedArray
 from jax.experimental import io_callback
 
 from .._writer import _interrupt
-from . import _aot, _autodiff, _ffi
+from . import _aot, _autodiff, _ffi, _gating
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
 
@@ -238,6 +238,10 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         _autodiff.drop_writes_from_while_copies(host_call_p, type(effect))
     except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
         pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
+    try:
+        _gating.install(type(effect))
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # writes under a batched predicate are not gated
     try:
         _aot.no_fast_path_with(type(effect))
     except (ImportError, AttributeError):  # pragma: no cover - JAX version

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import custom_batching
 from jax.typing import ArrayLike
 
-from . import _primitives
+from . import _gating, _primitives
 from ._primitives import read_clock, read_stop
 from ._seeds import (
     _flat_rows,
@@ -56,8 +56,9 @@ def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
             seed = seed_positions(axis_size, seed)
         args = (when, seed, *arrays)
         flags = (in_batched[0], True, *in_batched[2:])
-        call(*(x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-               for x, b in zip(args, flags, strict=True)))
+        when, *rest = (x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                       for x, b in zip(args, flags, strict=True))
+        call(_gating.apply(when, axis_size, "a host call"), *rest)
         return jnp.zeros((axis_size,), jnp.int32), True
 
     return call
@@ -121,8 +122,9 @@ def _each_device(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
     @call.def_vmap
     def call_vmap(axis_size, in_batched, when, seed, *arrays):
         args = (when, seed, *arrays)
-        call(*(x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-               for x, b in zip(args, in_batched, strict=True)))
+        when, *rest = (x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                       for x, b in zip(args, in_batched, strict=True))
+        call(_gating.apply(when, axis_size, "a host call"), *rest)
         return jnp.zeros((axis_size,), jnp.int32), True
 
     return call
