@@ -24,6 +24,11 @@ Nodes:
   {"t": "cond", "on": "idx"|"counter", "m": m, "r": r, "then": node, "else": node|None}
                                              lax.cond((on % m) == r, ...), predicate unbatched
   {"t": "vmap", "b": b, "body": node}        jax.vmap over b seeds
+  {"t": "ad", "how": how, "body": node}      the body differentiated (see AD_KINDS): its
+                                             writes' values depend on the differentiated
+                                             variable x (forward value 0), its loops and
+                                             conds are differentiated; the model is the
+                                             body's (every write once, the forward value)
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ KEYS = ("a", "b", "x/y")
 PREFIXES = ("", "p")
 INCREMENTS = (1, 1, 1, 2, 3, 7)
 UNROLLS = (1, 2, 3, 8, True)
+# How an "ad" node differentiates its body (issue 24): reverse mode (with and without
+# jax.checkpoint, and through custom derivatives) and forward mode.
+AD_KINDS = ("grad", "value_and_grad", "checkpoint", "custom_vjp", "custom_jvp", "linearize")
 
 
 # ------------------------------------------------------------------------------------------
@@ -69,11 +77,11 @@ def _copies(n: int, unroll) -> int:
 
 
 def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 16,
-             max_seeds: int = 12, max_depth: int = 3) -> dict:
+             max_seeds: int = 12, max_depth: int = 3, ad: bool = True) -> dict:
     """A random program of at most `max_writes` host calls per execution (per seed) and at
     most `max_sites` write sites in the compiled program, nested vmaps at most `max_seeds`
     seeds in all, writing to up to `writers` writers per seed space (see `write`); writers
-    are numbered 0, 1, ... in order of first use."""
+    are numbered 0, 1, ... in order of first use. `ad`: whether "ad" nodes may appear."""
     ids: dict[tuple[int, tuple[int, ...]], int] = {}
 
     def write(path):
@@ -103,6 +111,8 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             kinds += ["seq", "pyloop", "scan", "fori", "while", "cond"]
             if seeds * 2 <= max_seeds:
                 kinds.append("vmap")
+            if ad:
+                kinds.append("ad")
         if depth == 0 and len(kinds) > 1:
             kinds.remove("write")  # a program is more than one write
         kind = choices.choice(kinds)
@@ -138,6 +148,9 @@ def generate(choices, *, writers: int, max_writes: int = 120, max_sites: int = 1
             return ({"t": "cond", "on": choices.choice(("idx", "counter")), "m": m,
                      "r": choices.integer(0, m - 1), "then": then, "else": other},
                     max(w1, w2), s1 + s2)
+        if kind == "ad":
+            child, w, s = node(depth + 1, writes, sites, path)
+            return {"t": "ad", "how": choices.choice(AD_KINDS), "body": child}, w, s
         b = choices.integer(1, min(3, max_seeds // seeds))
         child, w, s = node(depth + 1, writes, sites, (*path, b))
         return {"t": "vmap", "b": b, "body": child}, w, s
@@ -161,6 +174,8 @@ def show(node) -> str:
                 f"{other})")
     if t == "vmap":
         return f"vmap({node['b']})({show(node['body'])})"
+    if t == "ad":
+        return f"{node['how']}({show(node['body'])})"
     extra = f",unroll={node['unroll']}" if t == "scan" else ""
     return f"{t}({node['n']}{extra})({show(node['body'])})"
 
@@ -179,6 +194,8 @@ def kinds_of(node) -> set[str]:
         return {"seq"}.union(*(kinds_of(c) for c in node["body"]))
     if node["t"] == "cond":
         return {"cond"} | kinds_of(node["then"]) | kinds_of(node["else"])
+    if node["t"] == "ad":
+        return {"ad", node["how"]} | kinds_of(node["body"])
     return {node["t"]} | kinds_of(node["body"])
 
 
@@ -239,6 +256,8 @@ def model(program, counter0: int, top_seeds: list[int] | None = None
             on = idx if node["on"] == "idx" else counter
             branch = node["then"] if on % node["m"] == node["r"] else node["else"]
             return counter if branch is None else run(branch, counter, idx, seeds)
+        if t == "ad":  # differentiating changes nothing the host sees
+            return run(node["body"], counter, idx, seeds)
         assert t == "vmap"
         b = node["b"]
         inner = [j for j in range(b)] if seeds is None else [s * b + j for s in seeds
@@ -251,6 +270,57 @@ def model(program, counter0: int, top_seeds: list[int] | None = None
 
 # ------------------------------------------------------------------------------------------
 # The same program in JAX.
+
+
+def differentiated(body, how: str, traced):
+    """An "ad" node: ``body`` (``(state, idx, seed) -> state``) run as part of a loss of a
+    float ``x`` and differentiated by ``how`` (one of `AD_KINDS`). ``x`` is 0 and is added
+    to the seed, so that every write inside depends on the differentiated variable with its
+    forward value unchanged; the loss is the body's counter times ``x`` plus ``sin(x)``.
+    Every input of the loss is an argument (custom_vjp refuses closures over tracers of an
+    enclosing transformation); the counter comes back as the loss's aux output."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def loss(x, seed, counter, idx):
+        out = traced(body((counter, 0), idx, seed + x))
+        return out.astype(jnp.float32) * x + jnp.sin(x), out
+
+    def no_tangent(value):
+        return np.zeros(np.shape(value), jax.dtypes.float0)
+
+    def custom_vjp():
+        f = jax.custom_vjp(loss)
+        f.defvjp(lambda x, seed, c, i: (loss(x, seed, c, i), (x, seed, c, i)),
+                 lambda res, ct: (ct[0] * jnp.cos(res[0]), jnp.zeros_like(res[1]),
+                                  no_tangent(res[2]), no_tangent(res[3])))
+        return f
+
+    def custom_jvp():
+        f = jax.custom_jvp(loss)
+
+        @f.defjvp
+        def f_jvp(primals, tangents):
+            out = loss(*primals)
+            return out, (tangents[0] * jnp.cos(primals[0]), no_tangent(out[1]))
+
+        return f
+
+    def node(state, idx, seed):
+        args = (jnp.float32(0.0), jnp.asarray(seed, jnp.float32), traced(state),
+                jnp.asarray(idx, jnp.int32))
+        if how == "linearize":  # and the linear function applied once
+            (_, out), f_jvp = jax.linearize(lambda x: loss(x, *args[1:]), args[0])
+            loss_dot, _ = f_jvp(jnp.float32(1.0))
+            return out + (loss_dot * 0).astype(jnp.int32), 0
+        if how == "value_and_grad":
+            return jax.value_and_grad(loss, has_aux=True)(*args)[0][1], 0
+        f = {"grad": loss, "checkpoint": jax.checkpoint(loss), "custom_vjp": custom_vjp(),
+             "custom_jvp": custom_jvp()}[how]
+        return jax.grad(f, has_aux=True)(*args)[1], 0
+
+    return node
 
 
 def build(program, writers, counter0: int):
@@ -354,6 +424,8 @@ def build(program, writers, counter0: int):
                     lambda: traced(state if other is None else other(state, idx, seed))), 0
 
             return cond
+        if t == "ad":
+            return differentiated(compile_node(node["body"]), node["how"], traced)
         assert t == "vmap"
         body, b = compile_node(node["body"]), node["b"]
 

@@ -72,7 +72,7 @@ def test_fallback_when_lowering_fails_writes_the_same_points(monkeypatch, tmp_pa
     monkeypatch.setattr(_ffi, "AVAILABLE", False)  # as off CPU: emit_python_callback lowers
     fallback, direct = _primitives._make_host_call()
     assert not direct
-    monkeypatch.setattr(_host, "callback", fallback)
+    monkeypatch.setattr(_primitives, "callback", fallback)
     writer = callax.JITSummaryWriter(str(tmp_path))
 
     def body(c, i):

@@ -186,12 +186,15 @@ class JITSummaryWriter(eqx.Module):
         scalar_value: ArrayLike,
         global_step: ArrayLike | Step | None = None,
         walltime: float | None = None,
+        *,
+        when: ArrayLike = True,
     ) -> None:
         """Write one scalar (checked at trace time: a non-scalar fails naming the tag).
 
-        ``global_step=None`` continues from the tag's last step.
+        ``global_step=None`` continues from the tag's last step. ``when`` (a boolean
+        scalar, per seed under ``vmap``): write only where it holds.
         """
-        _add_dict(self, "", {tag: scalar_value}, global_step, walltime)
+        _add_dict(self, "", {tag: scalar_value}, global_step, walltime, when)
 
     @_PlainMethod
     def add_dict(
@@ -201,13 +204,14 @@ class JITSummaryWriter(eqx.Module):
         *,
         global_step: ArrayLike | Step | None = None,
         walltime: float | None = None,
+        when: ArrayLike = True,
     ) -> None:
         """Write several scalars at one step in one host call, tagged ``<prefix>/<key>``.
 
         An empty ``prefix`` writes the keys as they are. Nested mappings are flattened
-        (``{"a": {"b": x}}`` becomes ``<prefix>/a/b``).
+        (``{"a": {"b": x}}`` becomes ``<prefix>/a/b``). ``when``: as in `add_scalar`.
         """
-        _add_dict(self, prefix, scalars, global_step, walltime)
+        _add_dict(self, prefix, scalars, global_step, walltime, when)
 
     def write_rows(
         self,
@@ -303,7 +307,8 @@ def _writes_eagerly(writer: JITSummaryWriter, global_step, values) -> bool:
 
 
 def _add_dict(writer: JITSummaryWriter, prefix: str, scalars: Mapping[str, Any],
-              global_step: ArrayLike | Step | None, walltime: float | None) -> None:
+              global_step: ArrayLike | Step | None, walltime: float | None,
+              when: ArrayLike = True) -> None:
     """[`JITSummaryWriter.add_dict`][callax.JITSummaryWriter.add_dict] (a function: an
     Equinox bound method costs ~0.1 ms to look up, more than an eager write)."""
     if not isinstance(prefix, str):
@@ -314,6 +319,14 @@ def _add_dict(writer: JITSummaryWriter, prefix: str, scalars: Mapping[str, Any],
     if not flat:
         return
     tags = tuple(flat)
+    if when is not True:  # a gate: traced (per seed under vmap), or known now
+        if not _host.is_traced(when) and not np.all(np.asarray(when)):
+            return
+        if _host.is_traced(when) or _host.under_trace():
+            values = stack_scalars(list(flat.values()))[None, :]
+            writer.write_rows(tags, Step._from_words(_step(global_step, tags)[None]), values,
+                              when=when)
+            return
     if _writes_eagerly(writer, global_step, flat.values()):
         # No trace: straight to the host (no program compiled or run per call).
         tag_layout(tags)  # the same checks as inside jit

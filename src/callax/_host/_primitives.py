@@ -29,7 +29,7 @@ from jax.core import ShapedArray
 from jax.experimental import io_callback
 
 from .._writer import _interrupt
-from . import _ffi
+from . import _aot, _autodiff, _ffi, _gating
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
 
@@ -152,7 +152,8 @@ def _ordered_effect():
     (``jax.debug.callback``'s default) ran in orders like 9, 0, 8, 1 in an unrolled
     ``scan``. Registered as *shardable* (allowed in programs over several devices, as
     ``io_callback(ordered=True)`` is) and allowed in control flow, custom derivatives and
-    ``jax.checkpoint``. Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
+    ``jax.checkpoint``, and kept by partial evaluation (loop bodies under ``grad``, see
+    :mod:`._autodiff`). Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
     it under ``vmap`` (callax's calls are never batched: ``custom_vmap`` rules make one call
     for the whole batch).
     """
@@ -161,11 +162,28 @@ def _ordered_effect():
     class CallaxHostEffect(effects.Effect):
         __str__ = lambda self: "CallaxHost"  # noqa: E731
 
+        def __reduce__(self):  # a serialized executable holds it: the one instance
+            return (_the_effect, ())
+
+    # found by pickle as callax._host._primitives.CallaxHostEffect
+    CallaxHostEffect.__qualname__ = CallaxHostEffect.__name__
+    CallaxHostEffect.__module__ = __name__
+    globals()["CallaxHostEffect"] = CallaxHostEffect
     for kind in ("ordered_effects", "shardable_ordered_effects", "lowerable_effects",
                  "control_flow_allowed_effects", "custom_derivatives_allowed_effects",
-                 "remat_allowed_effects"):
+                 "remat_allowed_effects", "partial_eval_kept_effects"):
         getattr(effects, kind).add_type(CallaxHostEffect)
-    return CallaxHostEffect()
+    global _EFFECT
+    _EFFECT = CallaxHostEffect()
+    return _EFFECT
+
+
+_EFFECT = None
+
+
+def _the_effect():
+    """The effect instance of this process (what an unpickled executable refers to)."""
+    return _EFFECT
 
 
 def _fallback_host_call(fn: Callable[..., None], *args) -> None:
@@ -216,6 +234,18 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         return []
 
     host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
+    try:
+        _autodiff.drop_writes_from_while_copies(host_call_p, type(effect))
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
+    try:
+        _gating.install(type(effect))
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # writes under a batched predicate are not gated
+    try:
+        _aot.no_fast_path_with(type(effect))
+    except (ImportError, AttributeError):  # pragma: no cover - JAX version
+        pass
 
     def _jvp(primals, tangents, *, fn):
         del tangents
