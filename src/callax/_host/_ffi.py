@@ -223,7 +223,11 @@ def _metadata(extension: int) -> bool:
 def _message(error: BaseException) -> str:
     if isinstance(error, abi.AbiMismatch):
         return f"callax host call: {error}"
-    return "callax host call failed:\n" + "".join(traceback.format_exception(error))
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the handler's own frames: only the host function's are shown
+    return "callax host call failed:\n" + "".join(
+        traceback.format_exception(type(error), error, tb))
 
 
 def _handle(address: int) -> int | None:

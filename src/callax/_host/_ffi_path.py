@@ -48,7 +48,7 @@ def jax_caches_host_callbacks() -> bool:
 
 def _make_call_primitive():
     """``callax_ffi_call``: call ``fn`` on the host through the handler (CPU only), with
-    results of ``avals``; what the round trip runs, and tests of the handler."""
+    results of ``avals`` (see :func:`bind`)."""
     from jax.extend.core import Primitive
     from jax.interpreters import mlir
 
@@ -67,19 +67,26 @@ def _make_call_primitive():
 _call_p = None
 
 
-def call(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
-    """``fn(*args)`` on the host through callax's handler, inside a jitted program on the
-    CPU device; ``avals`` (``jax.ShapeDtypeStruct``-like) are its results' types."""
-    import jax
+def bind(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
+    """``fn(*args)`` on the host through callax's handler, from a program for the CPU
+    device (traced: e.g. inside ``jax.jit``); ``avals`` (``jax.ShapeDtypeStruct``-like) are
+    its results' types. What the round trip runs, and tests of the handler."""
     from jax.core import ShapedArray
 
     global _call_p
     if _call_p is None:
         _call_p = _make_call_primitive()
     avals = tuple(ShapedArray(tuple(a.shape), a.dtype) for a in avals)
+    return _call_p.bind(*args, fn=fn, avals=avals)
+
+
+def call(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
+    """:func:`bind` in a jitted program run on the CPU device, on NumPy ``args``."""
+    import jax
+
     cpu = jax.devices("cpu")[0]
     args = [jax.device_put(np.asarray(a), cpu) for a in args]
-    return jax.jit(lambda *xs: _call_p.bind(*xs, fn=fn, avals=avals))(*args)
+    return jax.jit(lambda *xs: bind(fn, avals, *xs))(*args)
 
 
 def _echo(x: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +135,7 @@ def choose(register: Callable[[], None], lower: Callable[..., tuple[list, Any]],
         why = f"XLA refused to register it: {type(error).__name__}: {error}"
     else:
         why = _round_trip(unreported)
+    why = None if why is None else why.rstrip(".")
     if why is None:
         return True, "callax's XLA FFI handler (its round trip passed)"
     warnings.warn(
