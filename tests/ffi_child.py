@@ -169,6 +169,7 @@ def retention(path: str, n: int) -> dict:
     return {"before": before, "peak": peak, "after": after, "calls": len(seen),
             "values_ok": seen == [i + 0.5 for i in range(n + 5)],
             "live_keys": len(_ffi._PROCESS.functions) if hasattr(_ffi, "_PROCESS") else None,
+            "checked_keys": len(_ffi._PROCESS.checked) if hasattr(_ffi, "_PROCESS") else None,
             "live_wrappers": (_primitives._returning_nothing.live()
                               + _primitives._refusable.live())
             if hasattr(_primitives._refusable, "live") else None}

@@ -77,8 +77,10 @@ def _anchor() -> types.SimpleNamespace:
     kept on :mod:`sys`, so that no reload or re-import frees what XLA calls."""
     anchor = getattr(sys, _ANCHOR, None)
     if anchor is None:
-        anchor = types.SimpleNamespace(functions=WeakNumbering(), checked=set(),
-                                       dispatch=None, registered=False, unreported=None)
+        checked: set[int] = set()
+        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard),
+                                       checked=checked, dispatch=None, registered=False,
+                                       unreported=None)
 
         def entry(address: int) -> int | None:  # what XLA calls; never raises
             return anchor.dispatch(address)
@@ -131,13 +133,11 @@ def _shape(buffer: abi.Buffer) -> tuple[int, ...]:
 
 
 def _array(buffer: abi.Buffer) -> np.ndarray:
-    dtype, shape = _dtype(buffer.dtype), _shape(buffer)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size == 0:
-        return np.zeros(shape, dtype)
-    raw = np.ctypeslib.as_array(ctypes.cast(buffer.data, ctypes.POINTER(ctypes.c_uint8)),
-                                shape=(size,))
-    return raw.view(dtype).reshape(shape).copy()
+    """A copy of an operand (the buffer belongs to XLA)."""
+    array = np.empty(_shape(buffer), _dtype(buffer.dtype))
+    if array.nbytes:
+        ctypes.memmove(array.ctypes.data, buffer.data, array.nbytes)
+    return array
 
 
 def _attribute(attrs: abi.Attrs, wanted: bytes) -> int | str:

@@ -45,9 +45,10 @@ class WeakNumbering(Generic[U]):
     """Like :class:`Numbering` for objects compared by identity (functions), without keeping
     them alive: an item's entry goes when the item is garbage collected, and numbers are
     never handed out twice (a dead item's number names nothing). Items that cannot be
-    weakly referenced are kept for good."""
+    weakly referenced are kept for good. ``on_forget(number)`` runs when an entry goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_forget: Callable[[int], object] | None = None) -> None:
+        self._on_forget = on_forget
         self._lock = threading.RLock()  # re-entered by a collection inside ``number``
         self._numbers: dict[int, int] = {}  # id(item) -> number, while the item lives
         self._items: dict[int, Callable[[], U | None]] = {}  # number -> (weak) reference
@@ -83,6 +84,8 @@ class WeakNumbering(Generic[U]):
             self._items.pop(number, None)
             if self._numbers.get(ident) == number:
                 del self._numbers[ident]
+        if self._on_forget is not None:
+            self._on_forget(number)
 
 
 def _same(item: U) -> U:
