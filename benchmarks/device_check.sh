@@ -8,7 +8,7 @@
 #
 #   pip download --python-version 3.12 --only-binary=:all: --no-deps -d wheels/py312 \
 #     tensorboardX==2.6.5 crc32c==2.9.post0 beartype==0.23.1 pytest-xdist==3.8.0 execnet \
-#     hatchling pathspec trove-classifiers pluggy packaging
+#     hatchling pathspec trove-classifiers pluggy packaging tomlkit
 #
 # (tensorboardX and crc32c: callax's own dependencies; beartype: the suite's type-checking
 # hook; pytest-xdist and execnet: parallel workers; hatchling and the rest: building callax.)
