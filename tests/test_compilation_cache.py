@@ -107,14 +107,15 @@ def test_a_key_naming_another_function_fails_instead_of_calling_it():
     program(jnp.int32(1))
     jax.effects_barrier()
     assert [int(v) for v in seen] == [1]
-    assert _ffi.AVAILABLE  # on CPU with every JAX the project supports
+    if not _ffi.AVAILABLE:  # JAX >= 0.11 caches its own callbacks: no keys to check
+        pytest.skip(f"callax's FFI handler is not used here: {_ffi.REASON}")
     key = _ffi.key_of(_primitives._returning_nothing(mine))
     real_name = _ffi.name_of
 
     def another_function_under_the_key(fn):  # as if this process had another one there
-        return "somewhere.impostor" if _ffi._functions[key] is fn else real_name(fn)
+        return "somewhere.impostor" if _ffi.function_of(key) is fn else real_name(fn)
 
-    _ffi._checked.discard(key)
+    _ffi._PROCESS.checked.discard(key)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_ffi, "name_of", another_function_under_the_key)
         with pytest.raises(Exception, match="names .*mine.* but this process has "

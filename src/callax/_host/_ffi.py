@@ -2,27 +2,40 @@
 
 JAX's own host callbacks (``jax.debug.callback``, ``io_callback``, ``pure_callback`` and
 ``mlir.emit_python_callback``) bake a Python object into the compiled executable, and JAX
-refuses to store such an executable in its persistent compilation cache (every program with a
-callax callback would compile again in each new process). Here one XLA FFI handler,
-``callax_host`` on the CPU platform, is registered once per process; a call site names the
-Python function it runs by a small integer attribute ``key``. Keys are handed out in the order
-functions are first lowered, and JAX lowers a program again in every process before looking
-it up in the cache, so the same program lowered in a fresh process names the same keys (the
-cache key matches) and the table of this process resolves them.
+before 0.11 refuses to store such an executable in its persistent compilation cache (every
+program with a callax callback would compile again in each new process). Here one XLA FFI
+handler, ``callax_host`` on the CPU platform, is registered once per process; a call site
+names the Python function it runs by a small integer attribute ``key``. Keys are handed out
+in the order functions are first lowered, and JAX lowers a program again in every process
+before looking it up in the cache, so the same program lowered in a fresh process names the
+same keys (the cache key matches) and the table of this process resolves them.
 
 The handler is a :mod:`ctypes` function (no compiled extension): it reads XLA's call frame
-(``xla/ffi/api/c_api.h``, a stable C ABI), hands the operands to the Python function as NumPy
-arrays (copies: the buffers belong to XLA) and writes what it returns into the results. A
-Python exception becomes an XLA error, so the jitted call raises as with JAX's callbacks.
-Token operands and results (an ordered effect's token) are passed through untouched.
+(``xla/ffi/api/c_api.h``, a stable C ABI; the structs and their checks: :mod:`._ffi_abi`),
+hands the operands to the Python function as NumPy arrays (copies: the buffers belong to XLA)
+and writes what it returns into the results once their dtypes and shapes match. A Python
+exception becomes an XLA error holding its traceback, so the jitted call raises as with
+JAX's callbacks. Token operands and results (an ordered effect's token) are passed through.
 
-:func:`lower` emits the call; :data:`AVAILABLE` says whether the handler is registered (where
-registration failed, and off CPU, callers lower with ``emit_python_callback`` as before).
+- **What survives a reload.** XLA keeps the handler's address for the life of the process.
+  The C entry point and the table of functions live in an object reachable from :mod:`sys`
+  (:func:`_anchor`), made once per process; re-importing this module (``importlib.reload``)
+  only points the entry at the new code.
+- **What it keeps alive.** The table refers to functions weakly; each compiled program keeps
+  its own host functions alive (a keepalive of its lowering), so dropping the program
+  (``jax.clear_caches()``) frees them and what they close over.
+
+:func:`lower` emits the call; :data:`AVAILABLE` says whether callax lowers host calls on CPU
+to this handler: decided at import by :mod:`._ffi_path` (JAX's own path where JAX caches
+host callbacks itself; otherwise this handler, once a round trip through it succeeded).
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
+import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,16 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._writer import _interrupt
-from ._numbering import Numbering
+from . import _ffi_abi as abi
+from ._numbering import WeakNumbering
 
 TARGET = "callax_host"
-
-_TOKEN = 17  # XLA_FFI_DataType_TOKEN
-_METADATA = 1  # XLA_FFI_Extension_Metadata
-_EXECUTE = 3  # XLA_FFI_ExecutionStage_EXECUTE
-_SCALAR = 3  # XLA_FFI_AttrType_SCALAR
-_STRING = 4  # XLA_FFI_AttrType_STRING
-_INTERNAL = 13  # XLA_FFI_Error_Code_INTERNAL
 
 # XLA_FFI_DataType (xla::PrimitiveType numbers) -> NumPy dtype.
 _DTYPES = {1: np.dtype(np.bool_), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
@@ -47,6 +54,7 @@ _DTYPES = {1: np.dtype(np.bool_), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
            7: np.dtype(np.uint16), 8: np.dtype(np.uint32), 9: np.dtype(np.uint64),
            10: np.dtype(np.float16), 11: np.dtype(np.float32), 12: np.dtype(np.float64),
            15: np.dtype(np.complex64), 16: np.dtype(jnp.bfloat16), 18: np.dtype(np.complex128)}
+_MAX_RANK = 64
 
 
 def _dtype(code: int) -> np.dtype:
@@ -57,78 +65,32 @@ def _dtype(code: int) -> np.dtype:
                         "send float32, int32 or another standard type") from None
 
 
-_size_t = ctypes.c_size_t
-_ptr = ctypes.c_void_p
+# ---- what lives as long as the process ------------------------------------------------------
+
+_ANCHOR = "_callax_xla_ffi"  # the attribute of ``sys`` holding it
 
 
-class _ExtensionBase(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("type", ctypes.c_int), ("next", _ptr)]
+def _anchor() -> types.SimpleNamespace:
+    """The process's C entry point (``thunk``, the address XLA keeps), the function it
+    forwards to (``dispatch``: this module's current :func:`_handle`), the table of host
+    functions by key and the keys whose names were checked. Made at the first import and
+    kept on :mod:`sys`, so that no reload or re-import frees what XLA calls."""
+    anchor = getattr(sys, _ANCHOR, None)
+    if anchor is None:
+        checked: set[int] = set()
+        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard),
+                                       checked=checked, dispatch=None, registered=False,
+                                       unreported=None)
+
+        def entry(address: int) -> int | None:  # what XLA calls; never raises
+            return anchor.dispatch(address)
+
+        anchor.thunk = abi.HANDLER(entry)
+        setattr(sys, _ANCHOR, anchor)
+    return anchor
 
 
-class _ApiVersion(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr),
-                ("major_version", ctypes.c_int), ("minor_version", ctypes.c_int)]
-
-
-class _Api(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr),
-                ("api_version", _ApiVersion), ("internal_api", _ptr),
-                ("error_create", _ptr)]
-
-
-class _Metadata(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("api_version", _ApiVersion),
-                ("traits", ctypes.c_uint32), ("state_type_id", ctypes.c_int64)]
-
-
-class _MetadataExtension(ctypes.Structure):
-    _fields_ = [("extension_base", _ExtensionBase), ("metadata", ctypes.POINTER(_Metadata))]
-
-
-class _Buffer(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr), ("dtype", ctypes.c_int),
-                ("data", _ptr), ("rank", ctypes.c_int64),
-                ("dims", ctypes.POINTER(ctypes.c_int64))]
-
-
-class _List(ctypes.Structure):  # XLA_FFI_Args and XLA_FFI_Rets
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr), ("size", ctypes.c_int64),
-                ("types", ctypes.POINTER(ctypes.c_int)), ("items", ctypes.POINTER(_ptr))]
-
-
-class _ByteSpan(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_char_p), ("len", _size_t)]
-
-
-class _Attrs(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr), ("size", ctypes.c_int64),
-                ("types", ctypes.POINTER(ctypes.c_int)),
-                ("names", ctypes.POINTER(ctypes.POINTER(_ByteSpan))),
-                ("attrs", ctypes.POINTER(_ptr))]
-
-
-class _Scalar(ctypes.Structure):
-    _fields_ = [("dtype", ctypes.c_int), ("value", _ptr)]
-
-
-class _CallFrame(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr),
-                ("api", ctypes.POINTER(_Api)), ("ctx", _ptr), ("stage", ctypes.c_int),
-                ("args", _List), ("rets", _List), ("attrs", _Attrs), ("future", _ptr)]
-
-
-class _ErrorCreateArgs(ctypes.Structure):
-    _fields_ = [("struct_size", _size_t), ("extension_start", _ptr),
-                ("message", ctypes.c_char_p), ("errc", ctypes.c_int)]
-
-
-_ERROR_CREATE = ctypes.CFUNCTYPE(_ptr, ctypes.POINTER(_ErrorCreateArgs))
-_HANDLER = ctypes.CFUNCTYPE(_ptr, ctypes.POINTER(_CallFrame))
-
-# ---- the table of Python functions, by key ----------------------------------------------------
-
-_functions: Numbering[Callable[..., Sequence[Any]]] = Numbering()
-_checked: set[int] = set()  # keys whose name matched the program's at their first call
+_PROCESS = _anchor()
 
 
 def name_of(fn: Callable[..., Sequence[Any]]) -> str:
@@ -138,131 +100,184 @@ def name_of(fn: Callable[..., Sequence[Any]]) -> str:
 
 
 def key_of(fn: Callable[..., Sequence[Any]]) -> int:
-    """The key that names ``fn`` in compiled programs (the same function, the same key)."""
-    return _functions.number(fn)
+    """The key that names ``fn`` in compiled programs (the same live function, the same
+    key; a key is never given to another function)."""
+    return _PROCESS.functions.number(fn)
+
+
+def function_of(key: int) -> Callable[..., Sequence[Any]] | None:
+    """The live function under ``key`` in this process (``None``: freed, or never lowered)."""
+    return _PROCESS.functions.get_item(key)
 
 
 # ---- the handler ------------------------------------------------------------------------------
 
 
-def _buffers(items: _List, skip_tokens: bool = True) -> list[_Buffer]:
+def _buffers(items: abi.List, what: str) -> list[abi.Buffer]:
+    """The buffers of an argument or result list, each checked, tokens left out."""
+    if items.struct_size < abi.SIZES[abi.List]:
+        raise abi.AbiMismatch(f"XLA's {what} list is {items.struct_size} bytes, callax reads "
+                              f"{abi.SIZES[abi.List]}")
     out = []
     for i in range(items.size):
-        buffer = ctypes.cast(items.items[i], ctypes.POINTER(_Buffer)).contents
-        if not (skip_tokens and buffer.dtype == _TOKEN):
+        buffer = abi.checked(items.items[i], abi.Buffer, f"{what} buffer {i}")
+        if buffer.dtype != abi.TOKEN:
             out.append(buffer)
     return out
 
 
-def _array(buffer: _Buffer) -> np.ndarray:
-    dtype = _dtype(buffer.dtype)
-    shape = tuple(buffer.dims[d] for d in range(buffer.rank))
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size == 0:
-        return np.zeros(shape, dtype)
-    raw = np.ctypeslib.as_array(ctypes.cast(buffer.data, ctypes.POINTER(ctypes.c_uint8)),
-                                shape=(size,))
-    return raw.view(dtype).reshape(shape).copy()
+def _shape(buffer: abi.Buffer) -> tuple[int, ...]:
+    if not 0 <= buffer.rank <= _MAX_RANK:
+        raise abi.AbiMismatch(f"XLA passed a buffer of rank {buffer.rank}")
+    return tuple(buffer.dims[d] for d in range(buffer.rank))
 
 
-def _attribute(attrs: _Attrs, wanted: bytes) -> int | str:
-    """The scalar (``int``) or string attribute ``wanted`` of a call."""
+def _array(buffer: abi.Buffer) -> np.ndarray:
+    """A copy of an operand (the buffer belongs to XLA)."""
+    array = np.empty(_shape(buffer), _dtype(buffer.dtype))
+    if array.nbytes:
+        ctypes.memmove(array.ctypes.data, buffer.data, array.nbytes)
+    return array
+
+
+def _attribute(attrs: abi.Attrs, wanted: bytes) -> int | str:
+    """The 64-bit integer (``int``) or string attribute ``wanted`` of a call."""
     for i in range(attrs.size):
         span = attrs.names[i].contents
         if ctypes.string_at(span.ptr, span.len) != wanted:
             continue
-        if attrs.types[i] == _SCALAR:
-            scalar = ctypes.cast(attrs.attrs[i], ctypes.POINTER(_Scalar)).contents
-            return ctypes.cast(scalar.value, ctypes.POINTER(ctypes.c_int64)).contents.value
-        if attrs.types[i] == _STRING:
-            value = ctypes.cast(attrs.attrs[i], ctypes.POINTER(_ByteSpan)).contents
+        if attrs.types[i] == abi.SCALAR:
+            scalar = abi.Scalar.from_address(attrs.attrs[i])
+            if scalar.dtype != abi.S64:
+                raise abi.AbiMismatch(f"attribute {wanted.decode()!r} has element type "
+                                      f"{scalar.dtype}, not int64")
+            return ctypes.c_int64.from_address(scalar.value).value
+        if attrs.types[i] == abi.STRING:
+            value = abi.ByteSpan.from_address(attrs.attrs[i])
             return ctypes.string_at(value.ptr, value.len).decode()
     raise LookupError(f"callax host call without its {wanted.decode()!r} attribute")
 
 
-def _function(attrs: _Attrs) -> Callable[..., Sequence[Any]]:
+def _function(attrs: abi.Attrs) -> Callable[..., Sequence[Any]]:
+    if attrs.struct_size < abi.SIZES[abi.Attrs]:
+        raise abi.AbiMismatch(f"XLA's attributes struct is {attrs.struct_size} bytes, callax "
+                              f"reads {abi.SIZES[abi.Attrs]}")
     key = int(_attribute(attrs, b"key"))
-    fn = _functions[key]
-    if key not in _checked:  # the name is read and compared at a key's first call only
+    fn = function_of(key)
+    if fn is None:
+        raise LookupError(f"callax host call {key}: no function under this key in this "
+                          "process (its program outlived it, or came from elsewhere)")
+    if key not in _PROCESS.checked:  # the name is read and compared at a key's first call
         name = _attribute(attrs, b"name")
         if name != name_of(fn):
             raise LookupError(f"callax host call {key} names {name!r}, but this process has "
                               f"{name_of(fn)!r} under that key")
-        _checked.add(key)
+        _PROCESS.checked.add(key)
     return fn
 
 
-def _metadata(frame: _CallFrame) -> None:
-    extension = ctypes.cast(frame.extension_start, ctypes.POINTER(_MetadataExtension)).contents
-    metadata = extension.metadata.contents
-    runtime = frame.api.contents.api_version
-    metadata.api_version.struct_size = ctypes.sizeof(_ApiVersion)
-    metadata.api_version.extension_start = None
-    metadata.api_version.major_version = runtime.major_version
-    metadata.api_version.minor_version = runtime.minor_version
-    metadata.traits = 0
-    if metadata.struct_size >= ctypes.sizeof(_Metadata):
-        metadata.state_type_id = 0  # XLA_FFI_UNKNOWN_TYPE_ID: stateless
+def _results(fn: Callable, values: Sequence[Any], outputs: list[abi.Buffer]) -> list[np.ndarray]:
+    """What ``fn`` returned, as the result buffers' dtypes and shapes demand, all checked
+    before any is written."""
+    if len(values) != len(outputs):
+        raise TypeError(f"host function {name_of(fn)} returned {len(values)} value(s) for "
+                        f"{len(outputs)} result(s)")
+    arrays = []
+    for i, (value, buffer) in enumerate(zip(values, outputs, strict=True)):
+        dtype, shape = _dtype(buffer.dtype), _shape(buffer)
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")
+        if array.dtype != dtype or array.shape != shape:
+            raise TypeError(f"host function {name_of(fn)} returned {array.dtype}"
+                            f"{list(array.shape)} for result {i}, which is {dtype}{list(shape)}")
+        arrays.append(array)
+    return arrays
 
 
-def _execute(frame: _CallFrame) -> None:
+def _execute(frame: abi.CallFrame) -> None:
+    abi.checked_api(frame.api)
     _interrupt.check_not_refused()
     fn = _function(frame.attrs)
-    results = fn(*(_array(b) for b in _buffers(frame.args)))
-    outputs = _buffers(frame.rets)
-    if len(results) != len(outputs):
-        raise RuntimeError(f"host function {fn!r} returned {len(results)} value(s) for "
-                           f"{len(outputs)} result(s)")
-    for value, buffer in zip(results, outputs, strict=True):
-        value = np.ascontiguousarray(value, dtype=_dtype(buffer.dtype))
-        ctypes.memmove(buffer.data, value.ctypes.data, value.nbytes)
+    values = fn(*(_array(b) for b in _buffers(frame.args, "operand")))
+    outputs = _buffers(frame.rets, "result")
+    for array, buffer in zip(_results(fn, values, outputs), outputs, strict=True):
+        ctypes.memmove(buffer.data, array.ctypes.data, array.nbytes)
 
 
-def _error(frame: _CallFrame, error: BaseException) -> int | None:
-    create = _ERROR_CREATE(frame.api.contents.error_create)
-    message = f"{type(error).__name__}: {error}".encode("utf-8", "replace")
-    args = _ErrorCreateArgs(ctypes.sizeof(_ErrorCreateArgs), None, message, _INTERNAL)
-    return create(ctypes.byref(args))
-
-
-@_HANDLER
-def _handler(frame_pointer):  # noqa: ANN001 - a ctypes pointer
-    frame = frame_pointer.contents
-    try:
-        if frame.extension_start:
-            base = ctypes.cast(frame.extension_start, ctypes.POINTER(_ExtensionBase)).contents
-            if base.type == _METADATA:
-                _metadata(frame)
-                return None
-        if frame.stage == _EXECUTE:
-            _execute(frame)
-        return None
-    except BaseException as error:  # noqa: BLE001 - every error goes back to XLA
-        try:
-            return _error(frame, error)
-        except BaseException:  # noqa: BLE001 - nothing may escape into XLA
-            return None
-
-
-def _register() -> bool:
-    try:
-        import jax.ffi
-
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(_handler), platform="cpu")
-    except Exception:  # noqa: BLE001 - no FFI in this JAX: JAX's callbacks instead
+def _metadata(extension: int) -> bool:
+    """Answer XLA's registration-time question (the API version callax was written for) if
+    ``extension`` asks it; whether it did."""
+    base = abi.checked(extension, abi.ExtensionBase, "extension")
+    if base.type != abi.METADATA:
         return False
+    found = abi.checked(extension, abi.MetadataExtension, "metadata extension")
+    metadata = abi.checked(found.metadata, abi.Metadata, "metadata")
+    if metadata.api_version.struct_size < abi.SIZES[abi.ApiVersion]:
+        raise abi.AbiMismatch("XLA's metadata holds a smaller API version struct")
+    metadata.api_version.major_version, metadata.api_version.minor_version = abi.API_VERSION
+    metadata.traits = 0
     return True
 
 
-AVAILABLE = _register()
+def _message(error: BaseException) -> str:
+    if isinstance(error, abi.AbiMismatch):
+        return f"callax host call: {error}"
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the handler's own frames: only the host function's are shown
+    return "callax host call failed:\n" + "".join(
+        traceback.format_exception(type(error), error, tb))
+
+
+def _handle(address: int) -> int | None:
+    """One call of the handler: ``None`` (success) or an ``XLA_FFI_Error*``."""
+    try:
+        head = abi.checked(address, abi.FrameHead, "call frame")
+    except BaseException as error:  # noqa: BLE001 - not even an API table to report it
+        _PROCESS.unreported = _message(error)
+        return None
+    try:
+        if head.extension_start and _metadata(head.extension_start):
+            return None
+        frame = abi.checked(address, abi.CallFrame, "call frame")
+        if frame.stage == abi.EXECUTE:
+            _execute(frame)
+        return None
+    except BaseException as error:  # noqa: BLE001 - every error goes back to XLA
+        message = _message(error)
+        code = abi.FAILED_PRECONDITION if isinstance(error, abi.AbiMismatch) else abi.INTERNAL
+        try:
+            made = abi.create_error(head.api, message, code)
+        except BaseException:  # noqa: BLE001 - nothing may escape into XLA
+            made = None
+        if made is None:  # no way to tell XLA: kept for the round trip to report
+            _PROCESS.unreported = message
+        return made
+
+
+_PROCESS.dispatch = _handle  # the entry calls this module's code, also after a reload
+
+
+def register() -> None:
+    """Register the handler with XLA for the CPU platform (once per process; raises if XLA
+    refuses it, e.g. an FFI API version it does not support)."""
+    if _PROCESS.registered:
+        return
+    import jax.ffi
+
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(_PROCESS.thunk), platform="cpu")
+    _PROCESS.registered = True
 
 
 def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any]):
     """Emit the call of ``fn`` in a lowering rule; return ``(results, token)``.
 
-    ``fn`` receives the operands as NumPy arrays and returns one array-like per result of
-    ``ctx.avals_out``. With a ``token`` (an ordered effect's) the call takes it and returns
-    the next one. For programs on one device (see ``_primitives._lower_call``)."""
+    ``fn`` receives the operands as NumPy arrays and returns one array per result of
+    ``ctx.avals_out``, of its dtype and shape. With a ``token`` (an ordered effect's) the
+    call takes it and returns the next one. The program keeps ``fn`` alive (a keepalive of
+    its lowering), the table only names it. For programs on one device (see
+    ``_primitives._lower_call``)."""
     import dataclasses
 
     import jax.ffi
@@ -272,6 +287,7 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
     except ImportError:  # pragma: no cover - depends on the JAX version
         from jax.core import abstract_token  # pyright: ignore[reportAttributeAccessIssue]
 
+    ctx.module_context.add_keepalive(fn)
     operands = list(operands)
     if token is not None:
         operands = [token, *operands]
@@ -283,3 +299,21 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
     if token is not None:
         token, *results = results
     return results, token
+
+
+def _take_unreported() -> str | None:
+    """The last failure the handler could not return to XLA (no usable API table)."""
+    message, _PROCESS.unreported = _PROCESS.unreported, None
+    return message
+
+
+def decide() -> tuple[bool, str]:
+    """Whether callax's host calls on CPU should lower to this handler, and why (see
+    :mod:`._ffi_path`; warns once if the handler fails its round trip)."""
+    return _ffi_path.choose(register, lower, _take_unreported)
+
+
+from . import _ffi_path  # noqa: E402 - decides with the functions above
+
+AVAILABLE, REASON = decide()
+"""Whether callax's host calls on CPU lower to this handler, and why (or why not)."""

@@ -30,6 +30,7 @@ from jax.experimental import io_callback
 
 from .._writer import _interrupt
 from . import _aot, _autodiff, _ffi, _gating
+from ._weak import weak_memo
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
 
@@ -70,7 +71,7 @@ def _placement(ctx):
     return False, None
 
 
-@functools.cache
+@weak_memo  # not functools.cache: it would keep every host function (see _weak)
 def _refusable(on_host: Callable[..., Sequence]) -> Callable[..., Sequence]:
     """``on_host`` failing once the process exits after Ctrl-C (as the FFI handler does, see
     :func:`_end_running_programs_after_ctrl_c`), for JAX's callback target."""
@@ -81,7 +82,7 @@ def _refusable(on_host: Callable[..., Sequence]) -> Callable[..., Sequence]:
     return checked
 
 
-@functools.cache
+@weak_memo
 def _returning_nothing(fn: Callable[..., None]) -> Callable[..., tuple]:
     """``fn`` as the host function of a call without results (one per ``fn``: the same
     function lowers to the same key, see :mod:`._ffi`)."""
