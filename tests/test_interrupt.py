@@ -269,12 +269,12 @@ def assert_one_line_exit(code: int, out: str, err: str) -> None:
         assert out == ""
 
 
-@pytest.mark.parametrize("form", ["console script", "python -m callax"])
+@pytest.mark.parametrize("form", ["console_script", "python_m_callax"])
 def test_ctrl_c_at_any_moment_of_callax_train(tmp_path, form):
     # SIGINT 0.1, 0.5, 1, 2 and 4 s after start (interpreter start-up, `import jax`,
     # compiling or training depending on the machine's speed), each in its own process, one
     # after another (the times stay what they say), then once while it compiles.
-    command = ([sys.executable, console_script(tmp_path)] if form == "console script"
+    command = ([sys.executable, console_script(tmp_path)] if form == "console_script"
                else [sys.executable, "-m", "callax"])
     # No program can guard Python's own start-up (from its handler's installation through
     # `site` to the import system finding callax): 20-40 ms unloaded, but 90-120 ms for
