@@ -23,7 +23,7 @@ module imports only what the interpreter has already loaded at start-up (``os``,
 the C modules ``_signal`` and ``_thread`` (``signal`` imports ``enum``, ~8 ms).
 """
 
-import _signal as signal  # the C module behind `signal`: no `enum` import
+import _signal as signal  # pyright: ignore[reportMissingImports]  # `signal` without `enum`
 import _thread
 import os
 import sys
