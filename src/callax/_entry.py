@@ -89,8 +89,14 @@ def is_command() -> bool:
     if argv0 == "-m":
         return _module_run_by_m() in ("callax", "callax.__main__")
     main = sys.modules.get("__main__")
-    return (os.path.basename(argv0) in _COMMANDS and main is not None
-            and getattr(main, "__spec__", None) is None)
+    if (os.path.basename(argv0) not in _COMMANDS or main is None
+            or getattr(main, "__spec__", None) is not None):
+        return False
+    try:  # a script of this entry point (one installed before it calls callax.cli.main)
+        with open(argv0, encoding="utf-8", errors="replace") as script:
+            return "callax._entry" in script.read(4096)
+    except OSError:
+        return False
 
 
 def install() -> bool:
@@ -150,10 +156,10 @@ def hand_over() -> None:
 
 def main(argv: "list[str] | None" = None) -> int:
     """The ``callax`` command (``[project.scripts]`` and ``python -m callax``): the early
-    handler if not installed yet, then :func:`callax.cli.main`, which hands Ctrl-C over to
-    callax's handler (:func:`hand_over`) first."""
+    handler if not installed yet, :func:`hand_over`, then :func:`callax.cli.main`."""
     install()
     try:
+        hand_over()
         from .cli import main as cli_main
 
         return cli_main(argv)

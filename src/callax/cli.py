@@ -503,9 +503,6 @@ def _summary(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``callax`` command line with ``argv`` (default: ``sys.argv[1:]``); returns the
     exit status (0 on success, 2 on bad input)."""
-    from ._entry import hand_over
-
-    hand_over()  # Ctrl-C: from the command's early handler to callax's (exit status 130)
     try:
         args = _build_parser().parse_args(argv)
         if args.command == "train":
