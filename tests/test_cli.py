@@ -246,7 +246,7 @@ def test_train_sac_pendulum_records_sac_events(tmp_path):
     run = read_run(os.path.join(tmp_path, "sac", "seed_0"))
     assert_steps_increase(run)
     assert "rollout/ep_rew_mean" in run and "train/critic_loss" in run
-    assert any(tag.startswith("SACEvents/") for tag in run)
+    assert any(tag.startswith("trainer/") for tag in run)
     assert run["rollout/ep_rew_mean"][-1][0] == 2000
     # the first chart a user sees: the layout's first category is the returns
     assert "rollout/ep_rew_mean" in str(custom_scalars_layout(

@@ -1,6 +1,9 @@
 """What TensorBoard itself serves after `callax train --seeds 3`: SB3's tags in every seed's
 run, the statistics over seeds as runs (`seeds/mean`, `min`, `max`, under the seeds' tag
-names), the band run and the custom-scalars layout that puts the return's band first."""
+names), the band run and the custom-scalars layout that puts the return's band first; and
+what its Time Series and Scalars tabs show first, for PPO with 3 seeds and SAC with 1
+(TensorBoard's frontend order: tests/tensorboard_order.py). Screenshots of the tabs:
+tests/dashboard_screens.py."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import urllib.parse
 import numpy as np
 import pytest
 
+import tensorboard_order
 from callax.cli import _train as cli_train
 from conftest import get_json, settled, tensorboard_server
 from test_cli import run_main
@@ -87,3 +91,103 @@ def test_train_writes_histograms_by_default(tmp_path, monkeypatch):
     assert set(found["on"]) == {"rollout_histograms/actions", "rollout_histograms/rewards",
                                 "rollout_histograms/values"}
     assert found["off"] == []
+
+
+# --- What a user sees first (issue 28) --------------------------------------------------------
+# PPO with 3 seeds and SAC with 1 seed through `callax train`, served by TensorBoard's own
+# server; the order of the Time Series and Scalars tabs is TensorBoard's frontend sort applied
+# to the tags the server lists (tests/tensorboard_order.py, checked against the bundle).
+
+SB3_GROUPS = ["rollout", "rollout_histograms", "time", "train"]
+SEED_RUNS = [f"ppo/seed_{i}" for i in range(3)]
+AGGREGATE_RUNS = [f"ppo/seeds/{s}" for s in ("max", "mean", "min")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``{"runs": [...], "scalars": {run: [tag]}, "histograms": {run: [tag]}}`` as the data
+    server lists them for a PPO run (3 seeds) and a SAC run (1 seed)."""
+    logdir = tmp_path_factory.mktemp("dashboard")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
+        run_main(["train", "--algo", "ppo", "--env", "cartpole", "--seeds", "3",
+                  "--total-timesteps", "512", "--logdir", str(logdir), "--name", "ppo",
+                  "--no-progress"])
+    run_main(["train", "--algo", "sac", "--env", "pendulum", "--total-timesteps", "2000",
+              "--logdir", str(logdir), "--name", "sac", "--no-progress"])
+    with tensorboard_server(str(logdir)) as (port, server):
+        base = f"http://127.0.0.1:{port}/data"
+
+        def fetch():
+            tags = get_json(f"{base}/plugin/timeseries/tags")
+            found = {"runs": sorted(get_json(f"{base}/runs")),
+                     "scalars": tags["scalars"]["runTagInfo"],
+                     "histograms": tags["histograms"]["runTagInfo"]}
+            every = [*SEED_RUNS, "sac/seed_0"]
+            ready = all(run in found["scalars"] and run in found["histograms"] for run in every)
+            return found if ready else None
+
+        yield settled(fetch, server)
+
+
+def cards(served, prefix: str) -> list[str]:
+    """The Time Series cards of the runs under ``prefix`` (each by its tag): one per scalar
+    tag (every run's line on it), one per histogram tag and run."""
+    runs = [run for run in served["runs"] if run.startswith(prefix)]
+    scalars = sorted({tag for run in runs for tag in served["scalars"].get(run, [])})
+    histograms = [tag for run in runs for tag in served["histograms"].get(run, [])]
+    return scalars + histograms
+
+
+def test_sb3_groups_open_the_time_series_and_scalars_tabs(served):
+    # PPO (3 seeds) and SAC (1 seed): rollout first, then SB3's other groups, then the
+    # algorithm's events (SAC: `trainer`, after `train`; Maze's `SACEvents` came first).
+    for prefix, groups in (("ppo/", SB3_GROUPS), ("sac/", [*SB3_GROUPS, "trainer"])):
+        time_series = tensorboard_order.time_series_groups(cards(served, prefix))
+        assert [name for name, _ in time_series] == groups, time_series
+        assert "rollout/ep_rew_mean" in time_series[0][1]
+        runs = {run: served["scalars"][run] for run in served["runs"] if run.startswith(prefix)}
+        scalars_tab = tensorboard_order.scalars_tab_groups(runs)
+        assert [name for name, _ in scalars_tab] == [g for g in groups if "histograms" not in g]
+        assert "rollout/ep_rew_mean" in scalars_tab[0][1]
+
+
+@pytest.mark.parametrize("prefix", ["ppo/", "sac/"])
+def test_the_return_is_the_second_card_of_the_first_row(served, prefix):
+    # TensorBoard's sort puts SB3's ep_len_mean before ep_rew_mean (`l` < `r`), in both
+    # tabs; with one card per metric the return is the second card, in the first row.
+    time_series = tensorboard_order.time_series_groups(cards(served, prefix))
+    assert time_series[0][1][:2] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
+    runs = {run: served["scalars"][run] for run in served["runs"] if run.startswith(prefix)}
+    scalars_tab = tensorboard_order.scalars_tab_groups(runs)
+    assert scalars_tab[0][1][:2] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
+
+
+def test_sac_events_group_holds_every_sac_event_and_nothing_else(served):
+    from test_sac import sac_tags
+
+    groups = dict(tensorboard_order.time_series_groups(cards(served, "sac/")))
+    assert sorted(groups["trainer"]) == sorted(sac_tags(asynchronous=False))
+    assert not any(tag.startswith("SACEvents") for tag in served["scalars"]["sac/seed_0"])
+
+
+def test_one_card_per_metric_and_seeds_told_apart(served):
+    # Several seeds: one card per metric with every seed's line and the aggregate's (the
+    # aggregate is runs `<run>/seeds/{mean,min,max}`, never extra tags); histogram cards,
+    # one per seed, named by the seed.
+    assert served["runs"] == sorted([*AGGREGATE_RUNS, *SEED_RUNS, "sac/seed_0"])
+    groups = dict(tensorboard_order.time_series_groups(cards(served, "ppo/")))
+    assert groups["rollout"] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
+    for run in AGGREGATE_RUNS:
+        assert sorted(served["scalars"][run]) == groups["rollout"], run
+        assert served["histograms"].get(run, []) == []
+    every_tag = {tag for tags in served["scalars"].values() for tag in tags}
+    assert not any(tag.endswith(("/mean", "/min", "/max")) for tag in every_tag)
+    histogram_tags = ["rollout_histograms/actions", "rollout_histograms/rewards",
+                      "rollout_histograms/values"]
+    assert sorted(groups["rollout_histograms"]) == sorted(histogram_tags * 3)
+    for run in SEED_RUNS:
+        assert sorted(served["histograms"][run]) == histogram_tags
+    assert len(groups["time"]) == 1
+    assert len(groups["train"]) == len({t for run in SEED_RUNS for t in served["scalars"][run]
+                                        if t.startswith("train/")})

@@ -173,10 +173,10 @@ def test_sac_events_interface_matches_the_spec():
     for spec in specs.values():
         assert set(spec.reducers) == {"nanmean"}
         assert spec.keys == tuple(p for p in expected[spec.name] if p.endswith("_key"))
-    assert specs["time_backprob"].tag("percent", ()) == "SACEvents/time_backprob/percent"
-    assert specs["critic_value"].tag("value", (0,)) == "SACEvents/critic_value/0"
-    assert specs["buffer_size"].tag("value", ()) == "SACEvents/buffer_size"
-    assert specs["policy_entropy"].tag("value", (None,)) == "SACEvents/policy_entropy"
+    assert specs["time_backprob"].tag("percent", ()) == "trainer/time_backprob/percent"
+    assert specs["critic_value"].tag("value", (0,)) == "trainer/critic_value/0"
+    assert specs["buffer_size"].tag("value", ()) == "trainer/buffer_size"
+    assert specs["policy_entropy"].tag("value", (None,)) == "trainer/policy_entropy"
 
 
 def test_custom_name_inheritance_and_instances():

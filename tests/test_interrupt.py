@@ -173,6 +173,141 @@ def test_callax_train_stops_on_sigint_with_status_130(tmp_path):
     assert 0 < steps < planned
 
 
+# --- `callax train`: Ctrl-C at any moment (issue 28) ------------------------------------------
+
+# Lines `callax train` prints on stderr before it trains; anything else is about the interrupt.
+STARTUP = re.compile(r"callax: (training .*|compiling\.\.\.|compiled in .*|loaded from .*)")
+
+
+def console_script(tmp_path) -> str:
+    """The `callax` command as pip writes it, for the entry point pyproject.toml declares (the
+    installed script may predate it)."""
+    import tomllib
+
+    with open(os.path.join(HERE, os.pardir, "pyproject.toml"), "rb") as f:
+        module, _, function = tomllib.load(f)["project"]["scripts"]["callax"].partition(":")
+    path = tmp_path / "callax"
+    path.write_text(f"import sys\nfrom {module} import {function}\n"
+                    f"if __name__ == '__main__':\n    sys.exit({function}())\n")
+    return str(path)
+
+
+def python_start_up(command: list[str], tmp_path) -> float:
+    """Seconds until a trivial program started like ``command`` (a script, or ``-m``) runs
+    its first line (the median of three)."""
+    (tmp_path / "first_line.py").write_text("print('first line', flush=True)\n")
+    trivial = ([sys.executable, "-m", "first_line"] if "-m" in command
+               else [sys.executable, str(tmp_path / "first_line.py")])
+    times = []
+    for _ in range(3):
+        start = time.monotonic()
+        proc = subprocess.Popen(trivial, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+        assert proc.stdout is not None and proc.stdout.readline() == "first line\n"
+        times.append(time.monotonic() - start)
+        proc.wait()
+    return sorted(times)[1]
+
+
+def in_python_start_up(code: int, out: str, err: str) -> bool:
+    """Whether SIGINT came before any code of callax ran: Python's own start-up failed or
+    raised ``KeyboardInterrupt``, with no frame in the callax package."""
+    import callax
+
+    package = os.path.dirname(os.path.abspath(callax.__file__))
+    failed = "Fatal Python error" in err or err.rstrip().endswith("KeyboardInterrupt")
+    return code != 130 and failed and package not in err
+
+
+def ctrl_c_train(command: list[str], log_dir: str, *, after: float | None = None,
+                 trigger: str | None = None, timeout: float = 300):
+    """``callax train`` (PPO, a budget it cannot finish, compiled every time); one SIGINT
+    ``after`` s after it started, or ``trigger`` s after it printed ``callax: compiling...``.
+    Returns ``(returncode, stdout, stderr)``."""
+    argv = [*command, "train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps",
+            "2000000", "--no-progress", "--no-compilation-cache", "--logdir", log_dir,
+            "--name", "run"]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    guard = threading.Timer(timeout, proc.kill)  # a hang guard only (a lost Ctrl-C trains on)
+    guard.start()
+    try:
+        head = []
+        if trigger is not None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                head.append(line)
+                if line.startswith("callax: compiling"):
+                    time.sleep(trigger)
+                    break
+        else:
+            time.sleep(max(0.0, after - (time.monotonic() - start)))
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate()
+    finally:
+        guard.cancel()
+    return proc.returncode, out, "".join(head) + err
+
+
+def assert_one_line_exit(code: int, out: str, err: str) -> None:
+    """Status 130 and one line (or SIGINT's own status, and nothing printed: the signal came
+    before Python had a handler); never a traceback, a swallowed interrupt or a crash."""
+    for text in (out, err):
+        for bad in ("Traceback", "Exception ignored", "Fatal Python error", "Segmentation"):
+            assert bad not in text, (code, out, err)
+    if code == -signal.SIGINT:
+        assert out == "" and err == "", (out, err)
+        return
+    assert code == 130, (code, out, err)
+    said = [line for line in err.splitlines() if not STARTUP.fullmatch(line)]
+    if said and said[0].startswith("callax: stopping at the end of this iteration"):
+        # It was training: the first Ctrl-C ends it at the next iteration (a graceful stop).
+        assert len(said) == 2 and said[1].startswith("callax: stopped by Ctrl-C after"), said
+        assert "run: " in out
+    else:
+        assert said == ["callax: interrupted"], (out, err)
+        assert out == ""
+
+
+@pytest.mark.parametrize("form", ["console_script", "python_m_callax"])
+def test_ctrl_c_at_any_moment_of_callax_train(tmp_path, form):
+    # SIGINT 0.1, 0.5, 1, 2 and 4 s after start (interpreter start-up, `import jax`,
+    # compiling or training depending on the machine's speed), each in its own process, one
+    # after another (the times stay what they say), then once while it compiles.
+    command = ([sys.executable, console_script(tmp_path)] if form == "console_script"
+               else [sys.executable, "-m", "callax"])
+    # No program can guard Python's own start-up (from its handler's installation through
+    # `site` to the import system finding callax): 20-40 ms unloaded, but 90-120 ms for
+    # `python -c pass` at a load of 8 on 2 cores. So the first SIGINT comes at 0.1 s, or
+    # when a trivial program started the same way reaches its first line, if that is later;
+    # and if it still came before any callax code ran, once more in a new process.
+    first = max(0.1, python_start_up(command, tmp_path))
+    results = {}
+    for after in (first, 0.5, 1.0, 2.0, 4.0):
+        for _ in range(2):
+            results[after] = ctrl_c_train(command, str(tmp_path / f"logs_{after}"),
+                                          after=after)
+            if not in_python_start_up(*results[after]):
+                break
+    results["compiling"] = ctrl_c_train(command, str(tmp_path / "logs_c"), trigger=0.5)
+    for when, (code, out, err) in results.items():
+        try:
+            assert_one_line_exit(code, out, err)
+        except AssertionError as error:
+            raise AssertionError(f"Ctrl-C at {when}: {error}") from None
+
+
+def test_early_handler_only_in_the_callax_command():
+    # The handler installed before JAX is imported is the command's: `import callax` in any
+    # other program keeps Python's own Ctrl-C (KeyboardInterrupt).
+    code = ("import signal, callax; from callax import _entry; "
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+            "_entry._state, _entry.is_command())")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           preexec_fn=default_sigint, check=True).stdout.split()
+    assert found == ["True", "{}", "False"]
+
+
 def test_two_processes_stop_at_the_same_iteration(tmp_path):
     # jax.distributed (gloo), 2 processes x 2 devices, one shard_map training over the global
     # mesh: Ctrl-C reaches process 1 only, yet both stop at the same iteration (the stop reads

@@ -46,14 +46,14 @@ PHASES = ("time_sampling_from_buffer", "time_learner_rollout", "time_loss_comput
 
 
 def sac_tags(asynchronous: bool) -> set[str]:
-    tags = {f"SACEvents/{e}" for e in UPDATE_EVENTS}  # one policy: no "/0"
-    tags |= {f"SACEvents/{e}/{i}" for e in CRITIC_EVENTS for i in (0, 1)}
-    tags |= {"SACEvents/buffer_size", "SACEvents/buffer_avg_pick_per_transition"}
+    tags = {f"trainer/{e}" for e in UPDATE_EVENTS}  # one policy: no "/0"
+    tags |= {f"trainer/{e}/{i}" for e in CRITIC_EVENTS for i in (0, 1)}
+    tags |= {"trainer/buffer_size", "trainer/buffer_avg_pick_per_transition"}
     phases = PHASES + (("time_dequeuing_actors",) if asynchronous else ())
-    tags |= {f"SACEvents/{p}/{f}" for p in phases for f in ("time", "percent")}
+    tags |= {f"trainer/{p}/{f}" for p in phases for f in ("time", "percent")}
     if asynchronous:
-        tags |= {"SACEvents/estimated_queue_sizes/before",
-                 "SACEvents/estimated_queue_sizes/after"}
+        tags |= {"trainer/estimated_queue_sizes/before",
+                 "trainer/estimated_queue_sizes/after"}
     return tags
 
 
@@ -95,7 +95,7 @@ def test_one_run_per_seed_with_every_jitted_mode_event(jitted):
         [f"plain/seed_{i}" for i in range(SEEDS)] + [f"plain/seeds/{s}" for s in STATISTICS]
         + [f"run/seed_{i}" for i in range(SEEDS)] + [f"run/seeds/{s}" for s in STATISTICS])
     for run in jitted["runs"]:
-        sac = {t for t in run if t.startswith("SACEvents/")}
+        sac = {t for t in run if t.startswith("trainer/")}
         assert sac == sac_tags(asynchronous=False)  # no queue events: never faked
         assert_steps_increase(run)
     assert values(jitted["runs"][0], "train/actor_loss")[-1] != pytest.approx(
@@ -104,17 +104,17 @@ def test_one_run_per_seed_with_every_jitted_mode_event(jitted):
 
 def test_steps_and_buffer_events_match_an_independent_count(jitted):
     for run in jitted["runs"]:
-        assert steps(run, "SACEvents/buffer_size") == EPOCH_STEPS
+        assert steps(run, "trainer/buffer_size") == EPOCH_STEPS
         # Updates run after every env step once STARTS steps have been taken.
         n_updates = np.array([max(0, s - STARTS + 1) for s in EPOCH_STEPS])
-        np.testing.assert_array_equal(values(run, "SACEvents/buffer_size"),
+        np.testing.assert_array_equal(values(run, "trainer/buffer_size"),
                                       np.minimum(EPOCH_STEPS, CAPACITY))
-        np.testing.assert_allclose(values(run, "SACEvents/buffer_avg_pick_per_transition"),
+        np.testing.assert_allclose(values(run, "trainer/buffer_avg_pick_per_transition"),
                                    n_updates * BATCH / np.array(EPOCH_STEPS), rtol=1e-6)
         # Update events exist from the first epoch with an update; timing from the first
         # epoch whose first step trains.
-        assert steps(run, "SACEvents/policy_entropy") == EPOCH_STEPS
-        assert steps(run, "SACEvents/time_backprob/time") == EPOCH_STEPS[1:]
+        assert steps(run, "trainer/policy_entropy") == EPOCH_STEPS
+        assert steps(run, "trainer/time_backprob/time") == EPOCH_STEPS[1:]
     result = jitted["result"]
     np.testing.assert_array_equal(result.agent_state.n_updates, [TOTAL - STARTS + 1] * SEEDS)
     np.testing.assert_array_equal(result.agent_state.buffer.total_sampled,
@@ -129,11 +129,11 @@ def test_update_events_agree_with_the_training_log_and_physical_bounds(jitted):
         # with rollout/* over the first episodes; `callax train` does not write them.)
         series = [tuple(values(run, tag)) for tag in run if not tag.startswith("episode/")]
         assert len(set(series)) == len(series), sorted(run)
-        np.testing.assert_allclose(values(run, "SACEvents/critic_value_loss/0")
-                                   + values(run, "SACEvents/critic_value_loss/1"),
+        np.testing.assert_allclose(values(run, "trainer/critic_value_loss/0")
+                                   + values(run, "trainer/critic_value_loss/1"),
                                    values(run, "train/critic_loss"), rtol=1e-5)
         for tag in run:
-            if tag.startswith("SACEvents/"):
+            if tag.startswith("trainer/"):
                 assert np.all(np.isfinite(values(run, tag))), tag
         # alpha = exp(log_alpha) starts at 1 and each Adam step moves log_alpha by at most
         # lr * (1 - b1) / sqrt(1 - b2) ~ 3.2 lr.
@@ -142,15 +142,15 @@ def test_update_events_agree_with_the_training_log_and_physical_bounds(jitted):
         assert np.all(coef > 0) and np.all(np.abs(np.log(coef)) <= max_change)
         q_bound = PENDULUM_MAX_COST / (1 - SMALL.gamma)
         for i in (0, 1):
-            assert np.all(np.abs(values(run, f"SACEvents/critic_value/{i}")) < q_bound)
-            assert np.all(values(run, f"SACEvents/critic_value_loss/{i}") >= 0)
-            assert np.all(values(run, f"SACEvents/critic_grad_norm/{i}") > 0)
-            errors = values(run, f"SACEvents/errors_between_critics/{i}")
+            assert np.all(np.abs(values(run, f"trainer/critic_value/{i}")) < q_bound)
+            assert np.all(values(run, f"trainer/critic_value_loss/{i}") >= 0)
+            assert np.all(values(run, f"trainer/critic_grad_norm/{i}") > 0)
+            errors = values(run, f"trainer/errors_between_critics/{i}")
             assert np.all(errors >= 0) and errors[0] < errors[-1]  # targets start equal
-        assert np.all(values(run, "SACEvents/policy_grad_norm") > 0)
+        assert np.all(values(run, "trainer/policy_grad_norm") > 0)
         # Entropy of the pre-tanh Gaussian: log_std + (1 + log 2 pi) / 2 per action dim, with
         # log_std clipped to [-20, 2].
-        entropy = values(run, "SACEvents/policy_entropy")
+        entropy = values(run, "trainer/policy_entropy")
         half_log = 0.5 * (1 + np.log(2 * np.pi))
         assert np.all((entropy >= -20 + half_log) & (entropy <= 2 + half_log))
 
@@ -159,8 +159,8 @@ def test_time_events_are_real_measurements(jitted):
     for run in jitted["runs"]:
         total = np.zeros(len(EPOCH_STEPS) - 1)
         for phase in PHASES:
-            t = values(run, f"SACEvents/{phase}/time")
-            p = values(run, f"SACEvents/{phase}/percent")
+            t = values(run, f"trainer/{phase}/time")
+            p = values(run, f"trainer/{phase}/percent")
             assert np.all(t > 0) and np.all(t < 10.0)
             assert np.all((p >= 0) & (p <= 100))
             total += p
@@ -173,7 +173,7 @@ def test_events_do_not_change_training(jitted):
     plain = jax.tree.leaves(eqx.filter(jitted["without"].agent_state.actor, eqx.is_array))
     for a, b in zip(trained, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    assert "SACEvents/buffer_size" not in read_run(
+    assert "trainer/buffer_size" not in read_run(
         os.path.join(jitted["logdir"], "plain", "seed_0"))
 
 
@@ -347,7 +347,7 @@ def test_hooks_early_stop_raw_rewards_and_termination(countdown_learn, logdir):
         # The stopped seed's epochs end with it: no event written for the iterations the
         # other seed still runs.
         run = read_run(os.path.join(logdir, "countdown", f"seed_{seed}"))
-        assert steps(run, "SACEvents/buffer_size") == [20 * (i + 1) for i in range(iterations)]
+        assert steps(run, "trainer/buffer_size") == [20 * (i + 1) for i in range(iterations)]
         assert_steps_increase(run)
     # Terminations are stored with the observation actually reached (not the reset one).
     buffer = jax.tree.map(lambda x: x[0], result.agent_state.buffer)
@@ -419,23 +419,23 @@ def test_async_records_all_18_events_from_the_real_queue(logdir):
     assert tb_steps.step.shape == (2,)  # one env per actor
     assert int(jnp.sum(tally.steps)) == 400  # on_step ran in the actors, as ingested
     run = read_run(os.path.join(logdir, "async"))
-    assert {t for t in run if t.startswith("SACEvents/")} == sac_tags(asynchronous=True)
+    assert {t for t in run if t.startswith("trainer/")} == sac_tags(asynchronous=True)
     assert_steps_increase(run)
     epoch_steps = [100, 200, 300, 400]
-    assert steps(run, "SACEvents/buffer_size") == epoch_steps
-    np.testing.assert_array_equal(values(run, "SACEvents/buffer_size"), [100, 200, 300, 300])
+    assert steps(run, "trainer/buffer_size") == epoch_steps
+    np.testing.assert_array_equal(values(run, "trainer/buffer_size"), [100, 200, 300, 300])
     # Each queue item holds 2 steps and brings 2 updates once 100 steps are ingested.
     n_updates = np.array([2 * (s // 2 - 49) for s in epoch_steps])
-    np.testing.assert_allclose(values(run, "SACEvents/buffer_avg_pick_per_transition"),
+    np.testing.assert_allclose(values(run, "trainer/buffer_avg_pick_per_transition"),
                                n_updates * 32 / np.array(epoch_steps), rtol=1e-6)
     assert int(result.agent_state.n_updates) == n_updates[-1]
     for field in ("before", "after"):
-        sizes = values(run, f"SACEvents/estimated_queue_sizes/{field}")
+        sizes = values(run, f"trainer/estimated_queue_sizes/{field}")
         assert np.all((sizes >= 0) & (sizes <= queue_size))
     total = 0.0
     for phase in (*PHASES, "time_dequeuing_actors"):
-        t = values(run, f"SACEvents/{phase}/time")[-1]
-        p = values(run, f"SACEvents/{phase}/percent")[-1]
+        t = values(run, f"trainer/{phase}/time")[-1]
+        p = values(run, f"trainer/{phase}/percent")[-1]
         assert 0 <= t < 10 and 0 <= p <= 100
         total += p
     assert total == pytest.approx(100.0, rel=1e-4)

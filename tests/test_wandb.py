@@ -76,7 +76,7 @@ def test_wandb_one_run_per_seed_point_by_point(tmp_path, offline):
         run = runs[f"ppo_run/seed_{seed}"]
         directory = os.path.join(run_dir, f"seed_{seed}")
         events_read = read_scalars(directory)
-        assert any(tag.startswith("SACEvents/") for tag in events_read)
+        assert any(tag.startswith("trainer/") for tag in events_read)
         assert len(events_read) == 4 and all(len(p) == 4 for p in events_read.values())
         same(run.scalars(), events_read)
         same(run.scalars(), read_jsonl(directory))

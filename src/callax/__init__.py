@@ -1,6 +1,8 @@
 """callax: JAX-native training callbacks for reinforcement learning, logging to TensorBoard."""
 
-from . import writers as writers
+# First, before JAX: importing _entry installs the `callax` command's Ctrl-C handler (only in
+# that command; see callax._entry).
+from . import _entry as _entry, writers as writers
 from ._buffer import ScalarBuffer as ScalarBuffer
 from ._callback import (
     AbstractCallback as AbstractCallback,

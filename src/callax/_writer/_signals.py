@@ -250,8 +250,11 @@ def on_sigint(signum: int, frame) -> None:
         action = _interrupt.act(pending)
     if action == "stop":
         return
-    if _interrupt.inside_host_call(frame) or _interrupt.inside_unraisable(frame):
-        _exit_from_any_thread()  # a KeyboardInterrupt raised here would be lost
+    if (_interrupt.exit_status is not None or _interrupt.inside_host_call(frame)
+            or _interrupt.inside_unraisable(frame)):
+        # A KeyboardInterrupt raised here would be lost; the command (exit_status set) exits
+        # anyway, and one raised in a weakref callback or a finally block could be too.
+        _exit_from_any_thread()
     flush_before_exit(EXIT_FLUSH_TIMEOUT)
     previous = previous_handler(signal.SIGINT)
     if callable(previous) and previous is not on_sigint:

@@ -55,6 +55,8 @@ class EventSpec:
     - `fields`: names of the value parameters (one scalar each per call).
     - `reducers`: the reducer of each field (see ``callax.events.REDUCERS``).
     - `order`: declaration position of the event in its interface (orders tags).
+    - `owner`: the interface's class name, which error messages and the event's
+      ``__qualname__`` use (the same as `interface` unless the class gives ``name``).
     """
 
     interface: str
@@ -64,10 +66,12 @@ class EventSpec:
     reducers: tuple[str, ...]
     order: int
     signature: inspect.Signature = dataclasses.field(compare=False, hash=False, repr=False)
+    owner: str = dataclasses.field(default="", compare=False, hash=False, repr=False)
 
     def describe(self) -> str:
-        """``Interface.event(param, ...)``, for error messages."""
-        return f"{self.interface}.{self.name}({', '.join(self.signature.parameters)})"
+        """``Interface.event(param, ...)`` (the class's name), for error messages."""
+        params = ", ".join(self.signature.parameters)
+        return f"{self.owner or self.interface}.{self.name}({params})"
 
     def tag(self, field: str, key_values: tuple[int | str | None, ...]) -> str:
         """``<interface>/<event>[/<field>][/<key>...]``; the field part only if the event has
@@ -101,7 +105,7 @@ class _EventDeclaration(Generic[_P]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def make_spec(self, interface: str, order: int) -> EventSpec:
+    def make_spec(self, interface: str, order: int, owner: str = "") -> EventSpec:
         signature = inspect.signature(self.fn)
         params = list(signature.parameters.values())
         if not params or params[0].name != "self":
@@ -147,7 +151,7 @@ class _EventDeclaration(Generic[_P]):
                     f"{list(REDUCERS)}"
                 )
         return EventSpec(interface, self.name, keys, fields, reducers, order,
-                         signature.replace(parameters=params))
+                         signature.replace(parameters=params), owner)
 
     def __get__(self, obj: Any, owner: type | None = None) -> Callable[_P, None]:
         owner = type(obj) if owner is None else owner
@@ -234,7 +238,7 @@ class EventInterface(metaclass=_InterfaceMeta):
                     declarations[attr] = value
         cls._event_interface_name = interface
         cls._event_specs = {
-            attr: decl.make_spec(interface, order)
+            attr: decl.make_spec(interface, order, cls.__name__)
             for order, (attr, decl) in enumerate(declarations.items())
         }
 
@@ -302,7 +306,7 @@ def _bound_event(spec: EventSpec, doc: str | None) -> Callable[..., None]:
         return _call_event(spec, args, kwargs)
 
     call.__name__ = spec.name
-    call.__qualname__ = f"{spec.interface}.{spec.name}"
+    call.__qualname__ = f"{spec.owner or spec.interface}.{spec.name}"
     call.__module__ = "callax.events"
     call.__signature__ = spec.signature  # type: ignore[attr-defined]
     call.__annotations__ = {

@@ -9,16 +9,25 @@ from ._recorder import EventInterface, event
 __all__ = ["SACEvents"]
 
 
-class SACEvents(EventInterface):
+GROUP = "trainer"
+"""The first part of every ``SACEvents`` tag (Maze RL writes ``SACEvents``): TensorBoard sorts
+tags with a case-sensitive natural sort, so Maze's capitalised name would put these cards
+before ``rollout/ep_rew_mean``; ``trainer`` sorts after ``rollout``, ``time`` and ``train``
+(``docs/events.md``, "Names in TensorBoard")."""
+
+
+class SACEvents(EventInterface, name=GROUP):
     """Events of the Soft Actor-Critic algorithm (names and parameters of Maze RL's
     ``SACEvents``).
 
     Every field is reduced per epoch with ``nanmean`` and written as
-    ``SACEvents/<event>[/<field>][/<key>]`` at x = total env steps. ``step_key`` and
+    ``trainer/<event>[/<field>][/<key>]`` at x = total env steps (Maze's tag
+    ``SACEvents/<event>...``: the event names are Maze's, the group sorts after
+    Stable-Baselines3's ``rollout``, ``time`` and ``train`` in TensorBoard). ``step_key`` and
     ``critic_key`` are static ``int | str``, or ``None`` for a single instance (no key part
     in the tag). [`callax.train.SAC`][] has one policy (step key ``None``:
-    ``SACEvents/policy_entropy``) and two critics (keys ``0`` and ``1``:
-    ``SACEvents/critic_value/0``); it does not record ``policy_loss``, ``entropy_coef`` and
+    ``trainer/policy_entropy``) and two critics (keys ``0`` and ``1``:
+    ``trainer/critic_value/0``); it does not record ``policy_loss``, ``entropy_coef`` and
     ``entropy_loss``, whose values are its training log's ``actor_loss``, ``ent_coef`` and
     ``ent_coef_loss`` (``train/*`` in TensorBoard, Stable-Baselines3's names).
     ``time`` is in seconds, measured by a real clock; ``percent`` is the
