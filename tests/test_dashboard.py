@@ -142,7 +142,10 @@ def cards(served, prefix: str) -> list[str]:
 def test_sb3_groups_open_the_time_series_and_scalars_tabs(served):
     # PPO (3 seeds) and SAC (1 seed): rollout first, then SB3's other groups, then the
     # algorithm's events (SAC: `trainer`, after `train`; Maze's `SACEvents` came first).
-    for prefix, groups in (("ppo/", SB3_GROUPS), ("sac/", [*SB3_GROUPS, "trainer"])):
+    # With several seeds the min-max band's run (`seeds/band`, for Custom Scalars) adds one
+    # group, `~seed_band`, which sorts after every other group.
+    for prefix, groups in (("ppo/", [*SB3_GROUPS, "~seed_band"]),
+                           ("sac/", [*SB3_GROUPS, "trainer"])):
         time_series = tensorboard_order.time_series_groups(cards(served, prefix))
         assert [name for name, _ in time_series] == groups, time_series
         assert "rollout/ep_rew_mean" in time_series[0][1]
@@ -175,13 +178,15 @@ def test_one_card_per_metric_and_seeds_told_apart(served):
     # Several seeds: one card per metric with every seed's line and the aggregate's (the
     # aggregate is runs `<run>/seeds/{mean,min,max}`, never extra tags); histogram cards,
     # one per seed, named by the seed.
-    assert served["runs"] == sorted([*AGGREGATE_RUNS, *SEED_RUNS, "sac/seed_0"])
+    assert served["runs"] == sorted([*AGGREGATE_RUNS, *SEED_RUNS, "ppo/seeds/band",
+                                     "sac/seed_0"])
     groups = dict(tensorboard_order.time_series_groups(cards(served, "ppo/")))
     assert groups["rollout"] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
     for run in AGGREGATE_RUNS:
         assert sorted(served["scalars"][run]) == groups["rollout"], run
         assert served["histograms"].get(run, []) == []
-    every_tag = {tag for tags in served["scalars"].values() for tag in tags}
+    every_tag = {tag for tags in served["scalars"].values() for tag in tags
+                 if not tag.startswith("~seed_band/")}  # the band run's (Custom Scalars)
     assert not any(tag.endswith(("/mean", "/min", "/max")) for tag in every_tag)
     histogram_tags = ["rollout_histograms/actions", "rollout_histograms/rewards",
                       "rollout_histograms/values"]
