@@ -91,6 +91,12 @@ def test_one_run_per_configuration_and_seed(logdir):
         assert stats["rollout/ep_rew_mean/min"][-1][1] == pytest.approx(min(finals))
         assert stats["rollout/ep_rew_mean/max"][-1][1] == pytest.approx(max(finals))
     assert not os.path.exists(os.path.join(logdir, "sweep", "seeds"))  # only per configuration
+    # callax summary ranks the configurations (a higher learning rate: more reward here).
+    from callax.cli._ranking import rank_sweeps
+    from callax.cli._summary import _event_dirs
+
+    ranking = rank_sweeps(logdir, _event_dirs(logdir))["sweep"]
+    assert [r["configuration"] for r in ranking] == NAMES and ranking[0]["seeds"] == 3
 
 
 def test_hparams_dashboard_one_trial_per_configuration_and_seed(logdir):
@@ -185,3 +191,59 @@ def test_sweep_construction():
         callax.Sweep({"a": [float("nan")]}, seeds=1).layout()
     with pytest.raises(TypeError, match="callax.Sweep"):
         callax.TensorBoardCallback(log_dir="unused_runs", sweep={"a": [1.0]})
+
+
+def write_jsonl_run(directory: str, points: list[tuple[int, float]]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "metrics.jsonl"), "w") as file:
+        for step, value in points:
+            file.write(json.dumps({"step": step, "tag": "rollout/ep_rew_mean", "value": value,
+                                   "wall_time": 0.0}) + "\n")
+
+
+def test_summary_ranks_configurations_by_iqm_with_overlapping_cis(tmp_path, capsys):
+    from callax import cli
+    from callax._iqm import interquartile_mean, stratified_bootstrap_ci
+
+    finals = {"learning_rate=0.01": [300.0, 320.0, 310.0, 280.0],
+              "learning_rate=3e-4": [330.0, 250.0, 400.0, 200.0],
+              "learning_rate=1e-6": [20.0, 22.0, 19.0, 21.0]}
+    for config, values in finals.items():
+        for s, value in enumerate(values):
+            write_jsonl_run(os.path.join(tmp_path, "sw", config, f"seed_{s}"),
+                            [(10, value / 2), (20, value)])
+    assert cli.main(["summary", str(tmp_path), "--json"]) == 0
+    ranking = json.loads(capsys.readouterr().out)["sweeps"]["sw"]
+    expected = sorted(finals, key=lambda c: -interquartile_mean(finals[c]))
+    assert [r["configuration"] for r in ranking] == expected
+    assert expected[-1] == "learning_rate=1e-6"
+    best = stratified_bootstrap_ci(finals[expected[0]])
+    for rank, row in enumerate(ranking, 1):
+        values = finals[row["configuration"]]
+        low, high = stratified_bootstrap_ci(values)
+        assert row["rank"] == rank and row["seeds"] == 4
+        assert row["tag"] == "rollout/ep_rew_mean"
+        assert row["iqm"] == pytest.approx(interquartile_mean(values))
+        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+        assert row["overlaps_best"] == (high >= best[0] and low <= best[1])
+        assert row["config"] == parse_config_name(row["configuration"])
+    assert ranking[0]["overlaps_best"] and ranking[1]["overlaps_best"]
+    assert not ranking[2]["overlaps_best"]
+    # Over-seed aggregates per configuration, as for any run's seeds.
+    over = json.loads(_summary_json(cli, tmp_path, capsys))
+    for config, values in finals.items():
+        group = over[os.path.join("sw", config, "seed_*")]["rollout/ep_rew_mean"]
+        assert group["iqm"] == pytest.approx(interquartile_mean(values))
+    # The table: one line per configuration, best first, * where the CI overlaps the best.
+    assert cli.main(["summary", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    block = text[text.index("Sweep sw:"):].splitlines()
+    assert "final rollout/ep_rew_mean" in block[0]
+    rows = [line.split() for line in block[2:5]]
+    assert [r[1] for r in rows] == expected
+    assert [r[-1] == "*" for r in rows] == [True, True, False]
+
+
+def _summary_json(cli, root, capsys) -> str:
+    assert cli.main(["summary", str(root), "--json"]) == 0
+    return capsys.readouterr().out

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a run, or a directory of runs (default: "
                          f"{DEFAULT_LOGDIR}, where callax train writes)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.add_argument("--rank-tag", metavar="TAG", default=None,
+                         help="rank a sweep's configurations by the final value of TAG "
+                              "(default: rollout/ep_rew_mean, else episode/return)")
     return parser
 
 
