@@ -28,8 +28,11 @@ def hparams_line(directory: str) -> dict:
 
 
 def test_ppo_trains_every_configuration_with_its_own_values(logdir):
-    sweep = callax.Sweep.grid({"learning_rate": [1e-2, 1e-6], "clip_range": [0.1, 0.3]},
-                              seeds=2)
+    # Every sweepable field at once (each traced), two configurations.
+    sweep = callax.Sweep({"learning_rate": [1e-2, 1e-6], "clip_range": [0.1, 0.3],
+                          "ent_coef": [0.0, 0.01], "vf_coef": [0.5, 1.0], "gamma": [0.9, 0.99],
+                          "gae_lambda": [0.8, 0.95], "max_grad_norm": [0.5, 1.0]}, seeds=2)
+    assert sweep.names == PPO.SWEEPABLE
     tb = callax.TensorBoardCallback(name="ppo", log_dir=logdir, sweep=sweep,
                                     writers=("tensorboard", "jsonl"))
     callbacks = [tb, callax.HParamsCallback(tb.tb_writer, TINY)]
@@ -41,11 +44,11 @@ def test_ppo_trains_every_configuration_with_its_own_values(logdir):
 
     result = jax.jit(sweep.vmap(train))(jax.random.split(jax.random.key(0), 2))
     callax.flush_all()
-    assert result.iterations.shape == (4, 2) and (result.iterations == 4).all()
+    assert result.iterations.shape == (2, 2) and (result.iterations == 4).all()
     layout = sweep.layout()
     runs = [r for r in run_dirs(os.path.join(logdir, "ppo")) if "/seeds/" not in r]
-    assert runs == sorted(f"{layout.name(c)}/seed_{s}" for c in range(4) for s in range(2))
-    for c in range(4):
+    assert runs == sorted(f"{layout.name(c)}/seed_{s}" for c in range(2) for s in range(2))
+    for c in range(2):
         config = layout.config(c)
         for s in range(2):
             directory = os.path.join(logdir, "ppo", layout.name(c), f"seed_{s}")
@@ -57,14 +60,8 @@ def test_ppo_trains_every_configuration_with_its_own_values(logdir):
             assert all(0 <= v <= 1 for _, v in scalars["train/clip_fraction"])
             assert read_jsonl(directory)["train/loss"] == scalars["train/loss"]
             hparams = hparams_line(directory)
-            assert hparams["learning_rate"] == config["learning_rate"]
-            assert hparams["clip_range"] == config["clip_range"]
+            assert {k: hparams[k] for k in config} == config
             assert hparams["seed"] == s and hparams["n_steps"] == TINY.n_steps
-    # The same seed key in every configuration: equal parameters at the start, so the
-    # runs of two configurations differ by their values only.
-    first = [read_run(os.path.join(logdir, "ppo", layout.name(c), "seed_0"))
-             for c in (0, 1)]
-    assert first[0]["train/value_loss"][0] == first[1]["train/value_loss"][0]
 
 
 def test_sac_takes_a_traced_learning_rate(logdir):

@@ -138,15 +138,35 @@ class Sweep(eqx.Module):
                            self.seeds_outer)
 
 
+def _layout(names, seeds, seeds_outer, when, handle, table):
+    rows = np.flatnonzero(when)
+    if rows.size == 0:
+        return None, rows
+    return SweepLayout(names, np.asarray(table[rows[0]], np.float32), seeds, seeds_outer), rows
+
+
+@functools.cache
+def _set_on_host(names: tuple[str, ...], seeds: int, seeds_outer: bool):
+    """Every process's part of a declaration (with several processes): each device of
+    each process sets the layout of its run before its own writes (no check: the
+    process that sees every position makes it)."""
+    def on_host(seed, when, handle, table, marker) -> None:
+        del seed, marker
+        layout, rows = _layout(names, seeds, seeds_outer, when, handle, table)
+        if layout is not None:
+            for h in np.unique(handle[rows]).tolist():
+                host.set_sweep(int(h), layout)
+
+    return on_host
+
+
 @functools.cache
 def _declare_on_host(names: tuple[str, ...], seeds: int, seeds_outer: bool):
     def on_host(seed, when, handle, table, marker) -> None:
         del marker
-        rows = np.flatnonzero(when)
-        if rows.size == 0:
+        layout, rows = _layout(names, seeds, seeds_outer, when, handle, table)
+        if layout is None:
             return
-        layout = SweepLayout(names, np.asarray(table[rows[0]], np.float32), seeds,
-                             seeds_outer)
         positions = np.sort(seed[rows])
         if positions.size != layout.size or not np.array_equal(positions,
                                                               np.arange(layout.size)):
@@ -174,5 +194,10 @@ def declare_sweep(handle: Int[ArrayLike, ""], sweep: Sweep, key: Key[Array, ""] 
         marker = marker + jax.random.key_data(key).reshape(-1)[0].astype(jnp.float32) * 0
     for value in (hparams or {}).values():
         marker = marker + jnp.sum(jnp.asarray(value, jnp.float32)) * 0
-    _host.send(_declare_on_host(sweep.names, sweep.seeds, sweep.seeds_outer),
-               jnp.asarray(handle, jnp.int32), sweep.table, marker)
+    args = (jnp.asarray(handle, jnp.int32), sweep.table, marker)
+    _host.send(_declare_on_host(sweep.names, sweep.seeds, sweep.seeds_outer), *args)
+    if jax.process_count() > 1:
+        # ``send`` calls the host from one device of one process: the other processes
+        # write their own seeds and must know the sweep too.
+        _host._each_device(_set_on_host(sweep.names, sweep.seeds, sweep.seeds_outer))(
+            jnp.asarray(True), _host.seed_origin(), *args)

@@ -89,8 +89,8 @@ class PPOState(eqx.Module):
     opt_state: PyTree
 
 
-def _gae(rollout: Rollout, values: Array, next_values: Array, gamma: float, lam: float
-         ) -> Array:
+def _gae(rollout: Rollout, values: Array, next_values: Array, gamma: float | Array,
+         lam: float | Array) -> Array:
     """Generalised advantage estimates, time-major ``[T, N]``.
 
     ``next_values`` are the values of ``final_obs`` (the state reached by each step, before
