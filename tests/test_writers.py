@@ -204,12 +204,22 @@ def test_rerun_moves_every_writer_to_the_new_directory(tmp_path):
 
 
 def test_cli_writer_flag():
-    from callax.cli import ENVS, UsageError, _build_parser
+    from callax.cli import ENVS, UsageError, build_parser
 
-    parser = _build_parser()
+    parser = build_parser()
     base = ["train", "--algo", "ppo", "--env", ENVS[0]]
     assert parser.parse_args(base).writers is None  # TensorBoard alone
     args = parser.parse_args([*base, "--writer", "jsonl", "--writer", "wandb"])
     assert args.writers == ["jsonl", "wandb"]
     with pytest.raises(UsageError, match="invalid choice: 'csv'"):
         parser.parse_args([*base, "--writer", "csv"])
+
+
+def test_wandb_alone_keeps_callax_json_lines():
+    """The closing summary and ``callax summary`` read files: with W&B alone (whose offline
+    files have no public reader) ``callax train`` writes its own JSON lines too."""
+    from callax.cli._closing import outputs
+
+    assert outputs(("wandb",)) == ("wandb", "jsonl")
+    assert outputs(("tensorboard", "wandb")) == ("tensorboard", "wandb")
+    assert outputs(("jsonl",)) == ("jsonl",)
