@@ -125,6 +125,43 @@ def compare_writers(name, n_envs, n_steps, n_iters, rounds, *, logdir, seeds=Non
     return med
 
 
+def compare_sweep(name, n_envs, n_steps, n_iters, rounds, *, logdir):
+    """A sweep of 4 configurations x 4 seeds (``callax.Sweep``: runs named by configuration,
+    statistics per configuration) against 16 plain vmapped seeds, both logging the same
+    PPO-like loop, in interleaved rounds: the ratio is what naming the sweep costs."""
+    train = make_train(n_envs, n_steps, n_iters, logging=True)
+    sweep = callax.Sweep({"learning_rate": [1e-2, 3e-3, 1e-3, 3e-4]}, seeds=4)
+    arms = {
+        "seeds16": (jax.jit(jax.vmap(train, in_axes=(0, None))),
+                    jax.random.split(jax.random.key(0), 16), {}),
+        "sweep4x4": (jax.jit(lambda keys, cb: sweep.vmap(lambda c, k: train(k, cb))(keys)),
+                     jax.random.split(jax.random.key(0), 4), {"sweep": sweep}),
+    }
+
+    def one(arm):
+        fn, keys, options = arms[arm]
+        callback = callax.TensorBoardCallback(name=f"{name}_{arm}", log_dir=logdir, **options)
+        return timed(fn, keys, callback)
+
+    for arm in arms:  # compile, then one warm run each
+        one(arm), one(arm)
+    times = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            times[arm].append(one(arm))
+    callax.flush_all()
+    ratios = sorted(b / a for a, b in zip(times["seeds16"], times["sweep4x4"], strict=True))
+    med = {arm: statistics.median(t) for arm, t in times.items()}
+    steps = n_envs * n_steps * n_iters * 16
+    print(f"{name:9s} 16 seeds {steps / med['seeds16']:9,.0f} steps/s | sweep 4x4 "
+          f"{steps / med['sweep4x4']:9,.0f} steps/s | ratio of medians "
+          f"{med['sweep4x4'] / med['seeds16']:.3f} | per-round ratio median "
+          f"{statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f})",
+          flush=True)
+    print(f"RESULT {name} {med['sweep4x4'] / med['seeds16']:.4f}", flush=True)
+    return med
+
+
 def writer_cost(n_rows=2000, n_tags=10):
     from tensorboardX import SummaryWriter
 
@@ -182,5 +219,7 @@ def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
         if "writers8" in cases:
             compare_writers("writers8", 4, 128, max(int(20 * scale), 2), rounds, seeds=8,
                             logdir=logdir)
+        if "sweep" in cases:
+            compare_sweep("sweep", 4, 128, max(int(20 * scale), 2), rounds, logdir=logdir)
     if "writer" in cases:
         writer_cost()

@@ -3,7 +3,7 @@
     python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
                                        [--cores 1|all|both]
                                        [--cases ppo,ppo-nolog,ppo-stop,ffi,ffi-tiny,tiny,
-                                                vmap8,writer,writers,writers8]
+                                                vmap8,writer,writers,writers8,sweep]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
@@ -24,6 +24,9 @@ Prints env-steps/s with and without a TensorBoardCallback for:
   how long closing the run takes after the training returned (the writer thread's
   remaining work: W&B starts one run per seed and finishes it at close). Not in the
   default set;
+- ``sweep``: the ``ppo`` loop as a ``callax.Sweep`` of 4 configurations x 4 seeds against
+  16 plain vmapped seeds, both logging (target ≤ 1.05×: a sweep logs at the cost of its
+  seeds). Not in the default set;
 - the host writer's cost per scalar against tensorboardX's ``SummaryWriter.add_scalar``
   (target ≤ 3 µs).
 
@@ -51,7 +54,8 @@ import subprocess
 import sys
 
 CASES = ("ppo", "ppo-nolog", "ppo-stop", "ffi", "ffi-tiny", "tiny", "vmap8", "writer")
-EXTRA_CASES = ("writers", "writers8")  # only when asked for (W&B: the callax[wandb] extra)
+EXTRA_CASES = ("writers", "writers8",  # only when asked for (W&B: the callax[wandb] extra)
+               "sweep")
 
 
 def _cases(text: str) -> list[str]:

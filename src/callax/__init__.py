@@ -27,6 +27,7 @@ from ._list import (
 )
 from ._step import Step as Step
 from ._summary_writer import JITSummaryWriter as JITSummaryWriter
+from ._sweep import Sweep as Sweep, declare_sweep as declare_sweep
 from ._writer import WriteError as WriteError
 from .callbacks import (
     AbstractEvalStopper as AbstractEvalStopper,

@@ -324,7 +324,7 @@ def _add_dict(writer: JITSummaryWriter, prefix: str, scalars: Mapping[str, Any],
             return
         if _host.is_traced(when) or _host.under_trace():
             values = stack_scalars(list(flat.values()))[None, :]
-            writer.write_rows(tags, Step._from_words(_step(global_step, tags)[None]), values,
+            writer.write_rows(tags, Step._from_words(step_words(global_step, tags)[None]), values,
                               when=when)
             return
     if _writes_eagerly(writer, global_step, flat.values()):

@@ -48,7 +48,12 @@ from ._seeds import (
     split_axes as split_axes,
     vary as vary,
 )
-from ._send import clock as clock, send as send, stop_requested as stop_requested
+from ._send import (
+    clock as clock,
+    each_device as each_device,
+    send as send,
+    stop_requested as stop_requested,
+)
 from ._trace import is_traced as is_traced, under_trace as under_trace
 from ._training import (
     begin_training as begin_training,

@@ -4,7 +4,6 @@ and of the Ctrl-C stop flag."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -23,6 +22,7 @@ from ._seeds import (
     seed_positions,
     vary,
 )
+from ._weak import weak_memo
 
 __all__ = ["clock", "send", "stop_requested"]
 
@@ -105,8 +105,8 @@ def clock(token) -> jax.Array:
     return read_clock(jnp.asarray(token, jnp.float32))
 
 
-@functools.cache
-def _each_device(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
+@weak_memo  # not functools.cache: it would keep every host function (see _weak)
+def each_device(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
     """Like :func:`send`, but every device of the enclosing manual axes calls ``host_fn``
     with its own rows (no gathering); with several processes, every process."""
     def on_host(when, seed, *arrays) -> None:

@@ -15,7 +15,7 @@ from .. import _writer as host
 from .._writer import _interrupt
 from ._runs import _rollover_name
 from ._seeds import device_position, manual_axes, seed_origin
-from ._send import _each_device, send
+from ._send import each_device, send
 from ._trace import is_traced, under_trace
 
 __all__ = ["begin_training", "training_ended", "training_started"]
@@ -65,7 +65,7 @@ def begin_training(handle) -> None:
     device = device_position(axes)[0] if axes else jnp.zeros((), jnp.int32)
     if axes:
         # Every device calls for itself (its own writes must follow its own call).
-        _each_device(_begin_rows)(jnp.asarray(True), seed_origin(),
+        each_device(_begin_rows)(jnp.asarray(True), seed_origin(),
                                   jnp.asarray(handle, jnp.int32), device)
     else:
         send(_begin_rows, jnp.asarray(handle, jnp.int32), device)
@@ -90,7 +90,7 @@ def training_started(token: ArrayLike = 0) -> None:
     if not under_trace() and not is_traced(token):
         _interrupt.training_started()
         return
-    _each_device(_MARK_START)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))
+    each_device(_MARK_START)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))
 
 
 def training_ended(token: ArrayLike = 0) -> None:
@@ -98,4 +98,4 @@ def training_ended(token: ArrayLike = 0) -> None:
     if not under_trace() and not is_traced(token):
         _interrupt.training_ended()
         return
-    _each_device(_MARK_END)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))
+    each_device(_MARK_END)(jnp.asarray(True), seed_origin(), jnp.asarray(token, jnp.int32))

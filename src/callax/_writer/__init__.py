@@ -33,6 +33,7 @@ from ._registry import (
     get_run as get_run,
     open_run as open_run,
     prepare_log_dir as prepare_log_dir,
+    set_sweep as set_sweep,
     unique_dir as unique_dir,
     write as write,
     write_histograms as write_histograms,
@@ -45,3 +46,4 @@ from ._signals import (
     EXIT_FLUSH_TIMEOUT as EXIT_FLUSH_TIMEOUT,
     EXIT_SIGNALS as EXIT_SIGNALS,
 )
+from ._sweep import SweepLayout as SweepLayout, layout_of as layout_of

@@ -35,12 +35,19 @@ class Destination:
     - `seed`: the seed position ``i``, or ``None`` for the run itself.
     - `purge_step`: set when the run continues a restarted one: points written there before
       at steps ``>= purge_step`` should be hidden (``None`` otherwise).
+    - `configuration`: in a hyperparameter sweep ([`callax.Sweep`][]), the name of the
+      seed's configuration (``learning_rate=3e-4,clip_range=0.2``, its directory
+      ``<run>/<configuration>/seed_<i>``); `seed` is then the seed within it. ``None``
+      otherwise.
+    - `config`: the configuration's values (``{"learning_rate": 3e-4, ...}``) or ``None``.
     """
 
     directory: str
     run_dir: str
     seed: int | None = None
     purge_step: int | None = None
+    configuration: str | None = None
+    config: Mapping[str, float] | None = None
 
 
 class AbstractWriter(abc.ABC):

@@ -13,6 +13,8 @@ Lines (every one a JSON object, UTF-8, ``\\n``-terminated):
   values in ``(bucket_limits[i - 1], bucket_limits[i]]``, the first from ``min``);
 - hyperparameters: ``{"hparams": {...}, "wall_time"}``;
 - text (``add_text``): ``{"step", "tag", "text": "...", "wall_time"}``;
+- in a hyperparameter sweep ([`callax.Sweep`][]) every line also has ``"config"``, the
+  name of its configuration (``"learning_rate=3e-4,clip_range=0.2"``);
 - a restart (a run resumed with ``purge_step``): ``{"purge_step": q, "wall_time"}``: points
   above it at steps ``>= q`` are superseded (readers drop them, as TensorBoard does).
 
@@ -60,6 +62,10 @@ class JsonlWriter(AbstractWriter):
         self.path = os.path.join(destination.directory, FILE_NAME)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
         self._tags: dict[str, str] = {}
+        # In a sweep every line names its configuration (``"config": "lr=3e-4,..."``).
+        self._config_name = destination.configuration
+        self._config = ("" if destination.configuration is None else
+                        f', "config": {json.dumps(destination.configuration)}')
         if destination.purge_step is not None:
             self._append(f'{{"purge_step": {int(destination.purge_step)}, '
                          f'"wall_time": {_now()}}}\n')
@@ -81,7 +87,7 @@ class JsonlWriter(AbstractWriter):
         for step, wall, row, ok in zip(steps.tolist(), wall_times.tolist(),
                                        values.tolist(), valid.tolist(), strict=True):
             head = f'{{"step": {step}, "tag": '
-            tail = f', "wall_time": {wall!r}}}\n'
+            tail = f', "wall_time": {wall!r}{self._config}}}\n'
             for j, value in enumerate(row):
                 if everything or ok[j]:
                     lines.append(f'{head}{names[j]}, "value": {_number(value)}{tail}')
@@ -96,17 +102,24 @@ class JsonlWriter(AbstractWriter):
             histogram = {"min": minimum, "max": maximum, "num": num, "sum": total,
                          "sum_squares": squares, "bucket_limits": limits.tolist(),
                          "bucket_counts": np.asarray(bucket, np.float64).tolist()}
-            lines.append(json.dumps({"step": int(step), "tag": tag, "histogram": histogram,
-                                     "wall_time": float(wall_time)}, allow_nan=True) + "\n")
+            line = {"step": int(step), "tag": tag, "histogram": histogram,
+                    "wall_time": float(wall_time)}
+            if self._config:
+                line["config"] = self._config_name
+            lines.append(json.dumps(line, allow_nan=True) + "\n")
         self._append("".join(lines))
 
     def write_hparams(self, hparams, wall_time) -> None:
-        self._append(json.dumps({"hparams": dict(hparams), "wall_time": float(wall_time)})
-                     + "\n")
+        line = {"hparams": dict(hparams), "wall_time": float(wall_time)}
+        if self._config:
+            line["config"] = self._config_name
+        self._append(json.dumps(line) + "\n")
 
     def write_text(self, tag, step, text, wall_time) -> None:
-        self._append(json.dumps({"step": int(step), "tag": tag, "text": text,
-                                 "wall_time": float(wall_time)}, ensure_ascii=False) + "\n")
+        line = {"step": int(step), "tag": tag, "text": text, "wall_time": float(wall_time)}
+        if self._config:
+            line["config"] = self._config_name
+        self._append(json.dumps(line, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self._file.close()

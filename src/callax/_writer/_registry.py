@@ -27,10 +27,11 @@ from ._choice import resolve_writers
 from ._encode import encode_summaries
 from ._paths import check_log_dir
 from ._run import NO_SEED, Run
+from ._sweep import SweepLayout, set_layout
 
 __all__ = ["begin_training", "close", "close_all_before_exit", "flush", "flush_all", "get_run",
-           "open_run", "prepare_log_dir", "write", "write_hparams", "write_histograms",
-           "row_job", "write_row", "write_summaries", "write_text"]
+           "open_run", "prepare_log_dir", "row_job", "set_sweep", "write", "write_hparams",
+           "write_histograms", "write_row", "write_summaries", "write_text"]
 
 _lock = threading.Lock()
 _runs: dict[int, Run] = {}
@@ -252,6 +253,15 @@ def write_hparams(handle: int, seeds: np.ndarray, hparams: dict) -> None:
     write_hparams = functools.partial(run.write_hparams, positions, dict(hparams), time.time())
     _queue.submit(functools.partial(run.guarded, write_hparams, len(positions)),
                   rows=len(positions))
+
+
+def set_sweep(handle: int, layout: SweepLayout) -> None:
+    """Declare run `handle` a sweep of `layout`: host calls made after this one find it at
+    once (:func:`~._sweep.layout_of`), and the run's seed positions are written to
+    ``<run>/<configuration>/seed_<s>`` from the next queued write on."""
+    run = get_run(handle)
+    set_layout(run.handle, layout)
+    _queue.submit(functools.partial(run.guarded, functools.partial(run.set_sweep, layout), 0))
 
 
 def _raise_for(runs: list[Run]) -> None:

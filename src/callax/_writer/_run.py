@@ -15,6 +15,7 @@ import numpy as np
 
 from ._choice import resolve_writers
 from ._interface import AbstractWriter, Destination
+from ._sweep import SweepLayout
 from ._tensorboard import TensorBoardWriter
 
 __all__ = ["AUTO_STEP", "NO_SEED", "Run", "WriteError"]
@@ -67,6 +68,7 @@ class Run:
         self.purge_step = purge_step
         self.factories = resolve_writers(None) if writers is None else tuple(writers)
         self.trainings = 0
+        self.sweep: SweepLayout | None = None  # set by a sweep's declaration (queued)
         self._writers: dict[int, list[AbstractWriter | None]] = {}
         self._purged: set[tuple[int, int]] = set()
         self._last_step: dict[tuple[int, str], int] = {}
@@ -85,10 +87,33 @@ class Run:
         self._lock = threading.Lock()
 
     def directory(self, seed: int) -> str:
-        """The directory written for a seed position (``NO_SEED`` = the run itself)."""
+        """The directory written for a seed position (``NO_SEED`` = the run itself):
+        ``<run>/seed_<i>``, or in a sweep ``<run>/<configuration>/seed_<s>``."""
         if seed == NO_SEED:
             return self.log_dir
+        if self.sweep is not None:
+            config, local = self.sweep.locate(seed)
+            return os.path.join(self.log_dir, self.sweep.name(config), f"seed_{local}")
         return os.path.join(self.log_dir, f"seed_{seed}")
+
+    def _destination(self, seed: int, purge: int | None) -> Destination:
+        if seed == NO_SEED:
+            return Destination(self.log_dir, self.log_dir, None, purge)
+        if self.sweep is None:
+            return Destination(self.directory(seed), self.log_dir, seed, purge)
+        config, local = self.sweep.locate(seed)
+        return Destination(self.directory(seed), self.log_dir, local, purge,
+                           configuration=self.sweep.name(config),
+                           config=self.sweep.config(config))
+
+    def set_sweep(self, layout: SweepLayout) -> None:
+        """Name the seed positions' directories by `layout` from now on (a sweep declared
+        at a training's start); writers made under another layout are closed first."""
+        with self._lock:
+            if self.sweep is not None and self.sweep.same_as(layout):
+                return
+            self._close_writers()
+            self.sweep = layout
 
     def _writer(self, seed: int, index: int) -> AbstractWriter:
         slots = self._writers.get(seed)
@@ -99,8 +124,7 @@ class Run:
             # A resumed run marks the restart in the first output of each of its seeds
             # only: a later one (after close) must not hide the resumed points.
             purge = None if (seed, index) in self._purged else self.purge_step
-            destination = Destination(self.directory(seed), self.log_dir,
-                                      None if seed == NO_SEED else seed, purge)
+            destination = self._destination(seed, purge)
             writer = slots[index] = self.factories[index](destination)
             self._purged.add((seed, index))
             # Points written again by the restart count as this run's: steps go on after them.

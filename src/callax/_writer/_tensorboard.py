@@ -75,7 +75,8 @@ class TensorBoardWriter(AbstractWriter):
         self._append(b"".join(out))
 
     def write_hparams(self, hparams, wall_time) -> None:
-        name = trial_name(self.destination.run_dir, self.destination.seed)
+        name = trial_name(self.destination.run_dir, self.destination.seed,
+                          self.destination.configuration)
         start, _ = hparams_summaries(hparams, name)
         self._append(encode_summaries((start,), wall_time))
 
@@ -100,11 +101,14 @@ def _summary(tag: str, data) -> bytes:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata)]).SerializeToString()
 
 
-def trial_name(log_dir: str, seed: int | None) -> str:
+def trial_name(log_dir: str, seed: int | None, configuration: str | None = None) -> str:
     """The HParams dashboard's trial name of seed position `seed` of the run in `log_dir`:
-    the seed first (the table cuts long names), then the run's last two path parts."""
+    the seed first (the table cuts long names), then the sweep's `configuration` (if any),
+    then the run's last two path parts."""
     parent, base = os.path.split(os.path.normpath(log_dir))
     run = f"{os.path.basename(parent)}/{base}" if os.path.basename(parent) else base
+    if configuration is not None:
+        run = f"{configuration} · {run}"
     return run if seed is None or seed < 0 else f"seed {seed} · {run}"
 
 

@@ -65,6 +65,9 @@ class WandbWriter(AbstractWriter):
     The W&B run is named ``<run name>/seed_<i>`` (the run's name alone without seeds) and
     grouped by the callax run's name (``group=``), so W&B shows the seeds of one run
     together; hyperparameters ([`callax.HParamsCallback`][]) become the run's config.
+    In a sweep ([`callax.Sweep`][]) the W&B run is ``<run name>/<configuration>/seed_<s>``,
+    grouped by ``<run name>/<configuration>``, its config the configuration's values and
+    ``seed``.
 
     Options (give them with ``functools.partial(WandbWriter, project=...)``):
 
@@ -89,12 +92,16 @@ class WandbWriter(AbstractWriter):
                  group: str | None = None, **init: Any):
         wandb = _import_wandb()
         name = os.path.basename(os.path.normpath(destination.run_dir))
+        if destination.configuration is not None:  # a sweep: grouped by configuration
+            name = f"{name}/{destination.configuration}"
         display = name if destination.seed is None else f"{name}/seed_{destination.seed}"
         options: dict[str, Any] = dict(
             project=project or os.environ.get("WANDB_PROJECT") or "callax",
             group=group or name, name=display, reinit="create_new",
             settings=wandb.Settings(console="off", silent=True),
         )
+        if destination.config is not None:
+            options["config"] = {**destination.config, "seed": destination.seed}
         # Read now, not once per process as wandb's settings singleton does.
         for key, variable in (("dir", "WANDB_DIR"), ("mode", "WANDB_MODE")):
             if os.environ.get(variable):

@@ -80,7 +80,14 @@ def _host_session(seed, when, kind, writer, session, marker) -> None:
             # trial name; a JSON line; W&B's config); each seed its own trial, with a
             # ``seed`` column.
             column = "seed" if "seed" not in hparams else "seed_position"
-            values = hparams if position < 0 else {**hparams, column: position}
+            layout = host.layout_of(handle)
+            if position < 0:
+                values = hparams
+            elif layout is not None:  # a sweep: the configuration's values, its seed
+                config, local = layout.locate(position)
+                values = {**hparams, **layout.config(config), column: local}
+            else:
+                values = {**hparams, column: position}
             host.write_hparams(handle, np.array([position]), values)
         else:
             host.write_summaries(handle, np.array([position]), (end,))
@@ -96,7 +103,11 @@ class HParamsCallback(AbstractStepStatelessCallback[EmptyCallbackState],
     ``jax.vmap`` over seeds into every ``<run>/seed_<i>`` (each seed is a session), one host
     call for the whole batch. Each seed's trial is named ``seed <i> · <parent>/<run>`` (the
     seed first: the dashboard's table cuts long names) and has a ``seed`` hyperparameter,
-    its seed position (``seed_position`` if `hparams` already has a ``seed``). Give it the
+    its seed position (``seed_position`` if `hparams` already has a ``seed``). In a sweep
+    ([`callax.Sweep`][], declared to the run's [`callax.TensorBoardCallback`][]) every
+    configuration's seed is a session, ``seed <s> · <configuration> · <parent>/<run>``,
+    whose hyperparameters are `hparams` updated with the configuration's values and the
+    seed ``s`` within it. Give it the
     run the metrics go to, e.g. a [`callax.TensorBoardCallback`][]'s ``tb_writer``::
 
         tb = callax.TensorBoardCallback(log_dir="runs/ppo")

@@ -123,13 +123,13 @@ def _statistic_writers(factories: tuple) -> tuple[tuple, tuple]:
 
 
 def _open_statistic_runs(run: host.Run, purge_step: int | None,
-                         open_run: Callable[..., Any]) -> _StatisticRuns | None:
-    """Open ``<run>/seeds/{mean,min,max}`` (and ``band``) with `open_run`; ``None`` when no
-    writer of the run takes them. Each moves with the run on a rerun."""
+                         open_run: Callable[..., Any], under: str = "") -> _StatisticRuns | None:
+    """Open ``<run>/[<under>/]seeds/{mean,min,max}`` (and ``band``) with `open_run`;
+    ``None`` when no writer of the run takes them. Each moves with the run on a rerun."""
     writers, band_writers = _statistic_writers(run.factories)
     if not writers:
         return None
-    base = os.path.join(run.log_dir, SEEDS_RUN)
+    base = os.path.join(run.log_dir, under, SEEDS_RUN)
     names = [*STATISTICS, *([BAND_RUN] if band_writers else [])]
     handles = []
     for name in names:
@@ -162,6 +162,21 @@ def _runs_of(handle: int) -> _StatisticRuns | None:
             _statistic_runs[handle] = _open_statistic_runs(host.get_run(handle), None,
                                                            host.open_run)
         return _statistic_runs[handle]
+
+
+_configuration_runs: dict[tuple[int, str], _StatisticRuns | None] = {}
+
+
+def _configuration_runs_of(handle: int, configuration: str) -> _StatisticRuns | None:
+    """The statistics' runs of one configuration of a sweep, ``<run>/<configuration>/seeds/
+    {mean,min,max,band}``, opened at its first statistics (by the process that writes
+    them)."""
+    key = (handle, configuration)
+    with _lock:
+        if key not in _configuration_runs:
+            _configuration_runs[key] = _open_statistic_runs(
+                host.get_run(handle), None, host.open_run, under=configuration)
+        return _configuration_runs[key]
 
 
 def read_statistics(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -261,18 +276,37 @@ def _send_if_several_vmap(axis_size, in_batched, *args):
 
 def _host_seed_rows(seed, when, handle, seeds_handle, layout, words, values, valid,
                     count) -> None:
-    n_seeds = seed.shape[0]
     rows = np.flatnonzero(when)
-    if n_seeds < 2 or rows.size == 0 or int(seeds_handle[rows[0]]) == NO_SEEDS_RUN:
+    if seed.shape[0] < 2 or rows.size == 0 or int(seeds_handle[rows[0]]) == NO_SEEDS_RUN:
         return
     tags = _host.layout_tags(int(layout[rows[0]]))
     steps = words_to_int64(words)  # [B, K]
+    run = int(handle[rows[0]])
+    sweep = host.layout_of(run)
+    if sweep is None:
+        _write_statistics(tags, steps, values, valid, count, rows, seed.shape[0],
+                          lambda: _runs_of(run))
+        return
+    # A sweep: the statistics over each configuration's seeds, in its own runs.
+    configs = np.array([sweep.locate(int(p))[0] for p in seed.tolist()])
+    for config in np.unique(configs).tolist():
+        if sweep.seeds < 2:
+            continue
+        name = sweep.name(config)
+        _write_statistics(tags, steps, values, valid, count,
+                          rows[configs[rows] == config], sweep.seeds,
+                          lambda name=name: _configuration_runs_of(run, name))
+
+
+def _write_statistics(tags, steps, values, valid, count, rows, n_seeds, runs_of) -> None:
+    """Mean, min and max over the seeds `rows` at every step all `n_seeds` seeds have, to
+    the runs ``runs_of()`` returns."""
     by_step: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for b in rows:
         for k in range(int(count[b])):
             by_step.setdefault(int(steps[b, k]), []).append((values[b, k], valid[b, k]))
     complete = sorted(s for s, entries in by_step.items() if len(entries) == n_seeds)
-    runs = _runs_of(int(handle[rows[0]]))
+    runs = runs_of() if complete else None
     if not complete or runs is None:
         return
     stats = np.zeros((len(STATISTICS), len(complete), len(tags)), np.float32)

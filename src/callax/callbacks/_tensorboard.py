@@ -26,6 +26,7 @@ from .._callback import (
 from .._host import begin_training, is_traced, on_mesh, open_run, vary
 from .._step import Step, wide_sum
 from .._summary_writer import JITSummaryWriter, flatten_scalars, stack_scalars
+from .._sweep import Sweep, declare_sweep
 from .._writer import check_run_name, prepare_log_dir
 from ._episodes import EpisodeWindow, check_window_size, sb3_time, window_means
 from ._seeds import HEADLINE_TAGS, SeedRows, open_seeds_run
@@ -207,6 +208,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
 
     tb_writer: JITSummaryWriter
     seeds_handle: Int[Array, ""]
+    sweep: Sweep | None
     alpha: float
     stats_window_size: int | None = eqx.field(static=True)
     moving_average: bool = eqx.field(static=True)
@@ -233,6 +235,7 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
         moving_average: bool = True,
         seeds_run: bool = True,
         writers: Any = None,
+        sweep: Sweep | None = None,
     ):
         """**Arguments:**
 
@@ -271,6 +274,10 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
           start from ``S`` (the trainer counts env steps from 0 again). Needs `name`.
         - `writers`: where the points go, as for [`callax.JITSummaryWriter`][] (default
           TensorBoard alone; e.g. ``("tensorboard", "jsonl", "wandb")``).
+        - `sweep`: the training is a hyperparameter sweep ([`callax.Sweep`][]), vmapped over
+          its configurations and seeds as the sweep declares: each is written to
+          ``<run>/<configuration>/seed_<s>`` (statistics over seeds per configuration).
+          The sweep is sent to the host at each training's start (``reset``).
 
         The run directory is checked here: a `name` with a path separator, ``..`` or an
         absolute path, a `log_dir` that is a file or not writable, or a path too long for
@@ -328,11 +335,16 @@ class TensorBoardCallback(AbstractCallback[TensorBoardCallbackState, TensorBoard
                              else jnp.asarray(-1, jnp.int32))
         self.flush_every = int(flush_every)
         self.max_scalars = int(max_scalars)
+        if sweep is not None and not isinstance(sweep, Sweep):
+            raise TypeError(f"sweep must be a callax.Sweep, got {sweep!r}")
+        self.sweep = sweep
 
     def reset(self, ctx: ResetContext, *, key: Key[Array, ""]) -> TensorBoardCallbackState:
         # One run per training: a compiled training run again (or this callback reused)
         # writes to ``<run>_1``, ``<run>_2``, ... instead of dropping its points.
         begin_training(self.tb_writer.handle)
+        if self.sweep is not None:
+            declare_sweep(self.tb_writer.handle, self.sweep, key, ctx.locals.get("hparams"))
         seeds = (SeedRows.empty(self.flush_every, len(HEADLINE_TAGS)) if self.seeds_run
                  else None)
         return TensorBoardCallbackState(ScalarBuffer.empty(self.flush_every, self.max_scalars),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from typing import NoReturn
@@ -41,6 +42,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The hyperparameters ``--sweep`` takes, per algorithm (the trainers' ``SWEEPABLE``; kept
+# here so that the parser checks them before JAX is imported; tests compare the two).
+SWEEPABLE = {
+    "ppo": ("learning_rate", "clip_range", "ent_coef", "vf_coef", "gamma", "gae_lambda",
+            "max_grad_norm"),
+    "sac": ("learning_rate", "gamma", "tau"),
+}
+
+
+def _sweep_arg(text: str) -> tuple[str, tuple[float, ...]]:
+    name, sep, values = text.partition("=")
+    if not sep or not name or not values:
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,..., got {text!r}")
+    try:
+        numbers = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers after {name}=, got {values!r}"
+                                         ) from None
+    return name, numbers
+
+
 def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train PPO or SAC; one run per seed")
     train.add_argument("--algo", required=True, choices=ALGOS, help="the algorithm")
@@ -51,6 +73,11 @@ def _add_train(sub) -> None:
     train.add_argument("--seeds", type=_positive_int, default=1, metavar="K",
                        help="seeds trained at once with jax.vmap (default: 1)")
     train.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
+    train.add_argument("--sweep", action="append", type=_sweep_arg, default=None,
+                       metavar="NAME=V1,V2,...",
+                       help="sweep a hyperparameter (the trainer's field name); repeat for a "
+                       "grid: every combination x --seeds seeds in one compiled program, "
+                       "one run per configuration and seed")
     train.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
                        help=f"parent directory of runs (default: {DEFAULT_LOGDIR})")
     train.add_argument("--name", default=None,
@@ -90,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a run, or a directory of runs (default: "
                          f"{DEFAULT_LOGDIR}, where callax train writes)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.add_argument("--rank-tag", metavar="TAG", default=None,
+                         help="rank a sweep's configurations by the final value of TAG "
+                              "(default: rollout/ep_rew_mean, else episode/return)")
     return parser
 
 
@@ -125,6 +155,15 @@ def check_train_args(args: argparse.Namespace, *, touch: bool = True) -> None:
         args.logdir = _check_logdir(args.logdir)
     if args.total_timesteps is None:
         args.total_timesteps = DEFAULT_TIMESTEPS[(args.algo, args.env)]
+    sweep = dict(args.sweep or [])
+    if len(sweep) != len(args.sweep or []):
+        raise UsageError("--sweep names a hyperparameter twice")
+    unknown = sorted(set(sweep) - set(SWEEPABLE[args.algo]))
+    if unknown:
+        raise UsageError(f"{args.algo} cannot sweep {', '.join(unknown)}; it sweeps "
+                         f"{', '.join(SWEEPABLE[args.algo])}")
+    if any(not math.isfinite(v) for values in sweep.values() for v in values):
+        raise UsageError("--sweep values must be finite numbers")
     if args.total_timesteps * args.seeds >= 2**31:
         raise UsageError("total timesteps times seeds must stay below 2**31 (int32 steps)")
 

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from ._parser import UsageError
+from ._ranking import rank_sweeps, ranking_table
 
 __all__ = ["NOT_OUTCOMES", "is_outcome", "read_scalars", "summarize", "summarize_seeds",
            "summary_command"]
@@ -128,6 +129,8 @@ def _json_safe(obj: Any) -> Any:
     """NaN becomes ``null`` and infinities ``"inf"``/``"-inf"``: the output is strict JSON."""
     if isinstance(obj, dict):
         return {key: _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(value) for value in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     return obj
@@ -173,8 +176,11 @@ def summary_command(args: argparse.Namespace) -> int:
         raise UsageError(f"no runs under {root!r} (no TensorBoard event files, no "
                          "metrics.jsonl)")
     over = summarize_seeds(root)
+    ranking = rank_sweeps(root, _event_dirs(root), tag=getattr(args, "rank_tag", None))
     if args.json:
-        print(json.dumps(_json_safe({**summary, **over}), indent=2, allow_nan=False))
+        sweeps = {"sweeps": ranking} if ranking else {}
+        print(json.dumps(_json_safe({**summary, **over, **sweeps}), indent=2,
+                         allow_nan=False))
     else:
         print(_table(summary))
         if over:
@@ -182,4 +188,7 @@ def summary_command(args: argparse.Namespace) -> int:
                   "stratified-bootstrap CI (Agarwal et al. 2021); outcomes only (no time/, "
                   "no train/learning_rate)")
             print(_seeds_table(over))
+        if ranking:
+            print()
+            print(ranking_table(ranking, _format_value))
     return 0

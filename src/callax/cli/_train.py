@@ -50,6 +50,7 @@ class _Setup:
     tb_writer: Any
     callbacks: list[Any]
     options: dict[str, Any]
+    sweep: Any = None  # a callax.Sweep (--sweep) or None
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
@@ -65,9 +66,15 @@ def _setup(args: argparse.Namespace) -> _Setup:
     writers = tuple(dict.fromkeys(getattr(args, "writers", None) or ("tensorboard",)))
     # SB3's names only (rollout/ep_rew_mean, ...): lerax's moving averages would be a second
     # "return" chart. With one seed there are no statistics over seeds.
+    sweep = None
+    if getattr(args, "sweep", None):
+        from .._sweep import Sweep
+
+        sweep = Sweep.grid(dict(args.sweep), seeds=args.seeds)
     tensorboard = TensorBoardCallback(name=name, log_dir=args.logdir, moving_average=False,
                                       stats_window_size=args.stats_window_size,
-                                      writers=outputs(writers), seeds_run=args.seeds > 1)
+                                      writers=outputs(writers), seeds_run=args.seeds > 1,
+                                      sweep=sweep)
     tb_writer = tensorboard.tb_writer
     per_iteration = algo.n_envs * algo.n_steps
     callbacks: list[Any] = [tensorboard]
@@ -89,7 +96,7 @@ def _setup(args: argparse.Namespace) -> _Setup:
     # SAC records Maze-style SACEvents through the TensorBoard callback's writer: the same
     # run (seed_<i>).
     options = {"events": tb_writer} if args.algo == "sac" else {}
-    return _Setup(env, algo, writers, tb_writer.log_dir, tb_writer, callbacks, options)
+    return _Setup(env, algo, writers, tb_writer.log_dir, tb_writer, callbacks, options, sweep)
 
 
 def _run(args: argparse.Namespace, setup: _Setup, start: float) -> tuple[Any, float, float]:
@@ -100,12 +107,14 @@ def _run(args: argparse.Namespace, setup: _Setup, start: float) -> tuple[Any, fl
 
     algo, env = setup.algo, setup.env
 
-    def learn(key, total, callbacks, options):
-        return algo.learn(env, total_timesteps=total, key=key, callback=callbacks, **options)
+    def learn(key, total, callbacks, options, hparams=None):
+        return algo.learn(env, total_timesteps=total, key=key, callback=callbacks,
+                          hparams=hparams, **options)
 
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
     total = jnp.asarray(args.total_timesteps, jnp.int32)  # traced: any budget, one program
-    print(f"callax: training {args.algo} on {env.name}, {args.seeds} seed(s) x "
+    configs = f"{setup.sweep.configurations} configuration(s) x " if setup.sweep else ""
+    print(f"callax: training {args.algo} on {env.name}, {configs}{args.seeds} seed(s) x "
           f"{args.total_timesteps:,} steps -> {setup.run_dir}", file=sys.stderr)
     print("callax: compiling...", file=sys.stderr, flush=True)
     if args.seeds == 1:  # several seeds: the band run carries the layout
@@ -114,13 +123,22 @@ def _run(args: argparse.Namespace, setup: _Setup, start: float) -> tuple[Any, fl
         write_layout(int(setup.tb_writer.handle), 0, seeds=False)
     # Callbacks are arguments, not constants: a new callback does not recompile. Its host
     # calls reach Python by a registered name, so the program can come from JAX's cache.
-    train = jax.jit(jax.vmap(learn, in_axes=(0, None, None, None)))
+    if setup.sweep is None:
+        train = jax.jit(jax.vmap(learn, in_axes=(0, None, None, None)))
+        arguments = (keys, total, setup.callbacks, setup.options)
+    else:  # the grid and the seeds in one program; the sweep's values are an argument too
+        def sweep_learn(keys, total, callbacks, options, sweep):
+            return sweep.vmap(lambda config, key: learn(key, total, callbacks, options,
+                                                        config))(keys)
+
+        train = jax.jit(sweep_learn)
+        arguments = (keys, total, setup.callbacks, setup.options, setup.sweep)
     with compilation_cache(cache_dir(args)) as hits:
-        compiled = train.lower(keys, total, setup.callbacks, setup.options).compile()
+        compiled = train.lower(*arguments).compile()
     compiled_at = time.perf_counter()
     how = "loaded from the compilation cache" if hits else "compiled"
     print(f"callax: {how} in {compiled_at - start:.1f} s", file=sys.stderr, flush=True)
-    result = jax.block_until_ready(compiled(keys, total, setup.callbacks, setup.options))
+    result = jax.block_until_ready(compiled(*arguments))
     return result, compiled_at, time.perf_counter()
 
 
@@ -144,18 +162,33 @@ def train_command(args: argparse.Namespace) -> int:
         flush_all()
     except WriteError as error:  # the training is done; its result is kept
         write_error = error
-    steps = [int(s) for s in jax.device_get(result.total_timesteps)]
+    steps = [int(s) for s in jax.device_get(result.total_timesteps).reshape(-1)]
     run_time = trained_at - compiled_at
     print(f"run: {setup.run_dir}")
-    for seed, final in enumerate(final_values(setup.run_dir, args.seeds)):
-        shown = f"{final:.1f}" if final is not None else "n/a (no finished episode)"
-        print(f"seed {seed}: final ep_rew_mean {shown} after {steps[seed]:,} steps")
+    _print_finals(setup, args.seeds, steps)
     print(f"wall time {trained_at - start:.1f} s (compile {compiled_at - start:.1f} s, "
           f"train {run_time:.1f} s), {sum(steps) / max(run_time, 1e-9):,.0f} steps/s")
     print("next:")
     for line in next_steps(setup.run_dir, _offline_runs()[offline_before:]):
         print(f"  {line}")
     return _status(write_error, result, steps, setup.run_dir)
+
+
+def _print_finals(setup: _Setup, seeds: int, steps: list[int]) -> None:
+    """Each seed's final return (in a sweep: each configuration's seeds, by name)."""
+    if setup.sweep is None:
+        groups = [("", setup.run_dir)]
+    else:
+        import os
+
+        layout = setup.sweep.layout()
+        groups = [(f"{layout.name(c)} ", os.path.join(setup.run_dir, layout.name(c)))
+                  for c in range(layout.configurations)]
+    for index, (label, directory) in enumerate(groups):
+        for seed, final in enumerate(final_values(directory, seeds)):
+            shown = f"{final:.1f}" if final is not None else "n/a (no finished episode)"
+            print(f"{label}seed {seed}: final ep_rew_mean {shown} after "
+                  f"{steps[index * seeds + seed]:,} steps")
 
 
 def _offline_runs() -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -26,6 +26,7 @@ from ._networks import (
     GaussianPolicy,
     RunningMeanStd,
 )
+from ._traced import check_hparams, with_traced
 
 __all__ = ["PPO", "PPOPolicy", "PPOState"]
 
@@ -88,8 +89,8 @@ class PPOState(eqx.Module):
     opt_state: PyTree
 
 
-def _gae(rollout: Rollout, values: Array, next_values: Array, gamma: float, lam: float
-         ) -> Array:
+def _gae(rollout: Rollout, values: Array, next_values: Array, gamma: float | Array,
+         lam: float | Array) -> Array:
     """Generalised advantage estimates, time-major ``[T, N]``.
 
     ``next_values`` are the values of ``final_obs`` (the state reached by each step, before
@@ -166,6 +167,10 @@ class PPO(eqx.Module):
     hidden_sizes: tuple[int, ...] = eqx.field(static=True, default=(64, 64))
     activation: str = eqx.field(static=True, default="tanh")
     log_std_init: float = eqx.field(static=True, default=0.0)
+
+    SWEEPABLE = ("learning_rate", "clip_range", "ent_coef", "vf_coef", "gamma", "gae_lambda",
+                 "max_grad_norm")
+    """The hyperparameters ``learn(..., hparams=...)`` takes as traced values (a sweep)."""
 
     def __check_init__(self):
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
@@ -375,6 +380,7 @@ class PPO(eqx.Module):
         key: PRNGKeyArray,
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         env_params: Any = None,
+        hparams: Mapping[str, Float[ArrayLike, ""]] | None = None,
     ) -> TrainingResult:
         """Train on ``env`` for (at least) ``total_timesteps`` env steps, summed over envs.
 
@@ -397,6 +403,10 @@ class PPO(eqx.Module):
         - `key`: PRNG key (``jax.random.key``; a legacy ``PRNGKey`` also works).
         - `callback`: a callback, a list of callbacks, a ``CallbackList`` or ``None``.
         - `env_params`: environment parameters (``None``: the env's defaults).
+        - `hparams`: ``{name: value}`` of :attr:`SWEEPABLE` hyperparameters given as
+          (traced) scalars instead of this PPO's fields: under ``jax.vmap`` over a
+          [`callax.Sweep`][]'s configurations, each trains with its own values in one
+          compiled program (the learning rate through ``optax.inject_hyperparams``).
 
         **Returns:**
 
@@ -410,12 +420,16 @@ class PPO(eqx.Module):
         if isinstance(total_timesteps, np.ndarray | np.integer):
             total_timesteps = jnp.asarray(total_timesteps)
         total_timesteps = check_budget(total_timesteps, "total_timesteps", minimum=1)
-        return _learn(self, env, total_timesteps, key, callback, env_params)
+        check_hparams(self, hparams)
+        hparams = None if hparams is None else dict(hparams)
+        return _learn(self, env, total_timesteps, key, callback, env_params, hparams)
 
 
 @eqx.filter_jit
 def _learn(ppo: PPO, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
-           callback: Any, env_params: Any) -> TrainingResult:
+           callback: Any, env_params: Any, hparams: dict[str, Any] | None = None
+           ) -> TrainingResult:
+    ppo = with_traced(ppo, hparams)  # lives in this trace only: never flattened
     optimizer = ppo._optimizer(total_timesteps)
 
     def init_fn(k: PRNGKeyArray) -> PPOState:
@@ -428,7 +442,7 @@ def _learn(ppo: PPO, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGK
     return run_training(
         env,
         init_fn=init_fn,
-        act_fn=ppo._act,
+        act_fn=lambda state, obs, k: ppo._act(state, obs, k),
         update_fn=update_fn,
         callback=callback,
         key=key,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import equinox as eqx
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray, PyTree
 
 from .._callback import AbstractCallback, IterationContext, StepContext
 from .._summary_writer import JITSummaryWriter
@@ -43,6 +43,7 @@ from ._sac_base import (
     SACState,
     td_target,
 )
+from ._traced import check_hparams, with_traced
 
 __all__ = ["SAC", "SACActor", "SACCritic", "SACState", "td_target"]
 
@@ -201,6 +202,9 @@ class SAC(eqx.Module):
     n_critics: int = eqx.field(static=True, default=2)
     ent_coef_init: float = eqx.field(static=True, default=1.0)
     target_entropy: float | None = eqx.field(static=True, default=None)
+
+    SWEEPABLE = ("learning_rate", "gamma", "tau")
+    """The hyperparameters ``learn(..., hparams=...)`` takes as traced values (a sweep)."""
 
     def __check_init__(self):
         positive = ("buffer_size", "learning_starts", "batch_size", "gradient_steps", "n_envs",
@@ -532,6 +536,7 @@ class SAC(eqx.Module):
         callback: AbstractCallback | Iterable[AbstractCallback] | None = None,
         events: JITSummaryWriter | None = None,
         env_params: Any = None,
+        hparams: Mapping[str, Float[ArrayLike, ""]] | None = None,
     ) -> TrainingResult:
         """Train on ``env`` for at least ``total_timesteps`` env steps (summed over envs).
 
@@ -562,6 +567,10 @@ class SAC(eqx.Module):
           [`callax.SACEvents`][callax.events.SACEvents] to (e.g.
           ``TensorBoardCallback(...).tb_writer`` to share its run), or ``None``.
         - `env_params`: environment parameters (``None``: the defaults).
+        - `hparams`: ``{name: value}`` of :attr:`SWEEPABLE` hyperparameters given as
+          (traced) scalars instead of this SAC's fields: under ``jax.vmap`` over a
+          [`callax.Sweep`][]'s configurations, each trains with its own values in one
+          compiled program (the learning rate through ``optax.inject_hyperparams``).
 
         **Returns:**
 
@@ -574,7 +583,9 @@ class SAC(eqx.Module):
         if events is not None and not isinstance(events, JITSummaryWriter):
             raise TypeError(f"events must be a callax.JITSummaryWriter or None, got {events!r}")
         self._spaces(env, env_params)  # fail on a discrete env before compiling anything
-        return _learn(self, env, total_timesteps, key, callback, events, env_params)
+        check_hparams(self, hparams)
+        hparams = None if hparams is None else dict(hparams)
+        return _learn(self, env, total_timesteps, key, callback, events, env_params, hparams)
 
     def _learn(self, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
                callback: Any, events: JITSummaryWriter | None, env_params: Any
@@ -719,5 +730,7 @@ class SAC(eqx.Module):
 
 @eqx.filter_jit
 def _learn(sac: SAC, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
-           callback: Any, events: JITSummaryWriter | None, env_params: Any) -> TrainingResult:
+           callback: Any, events: JITSummaryWriter | None, env_params: Any,
+           hparams: dict[str, Any] | None = None) -> TrainingResult:
+    sac = with_traced(sac, hparams)  # lives in this trace only: never flattened
     return sac._learn(env, total_timesteps, key, callback, events, env_params)

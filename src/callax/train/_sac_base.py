@@ -151,7 +151,7 @@ class SACState(eqx.Module):
 
 
 def td_target(reward: ArrayLike, terminated: ArrayLike, next_value: ArrayLike,
-              gamma: float) -> Array:
+              gamma: float | ArrayLike) -> Array:
     """``reward + gamma * (1 - terminated) * next_value``.
 
     ``next_value`` is the soft value of the observation the step *reached* (before any
