@@ -205,13 +205,21 @@ def test_bad_arguments():
 # --- learning quality ---------------------------------------------------------------------
 
 
-CARTPOLE_STEPS = 150_000
+# rl-baselines3-zoo's CartPole-v1 budget (n_timesteps 1e5, learning rate lin_0.001), which
+# PPO's defaults follow. The learning rate then reaches 0 by the time the return nears 500:
+# with a longer budget (150k) the still-large late updates made one seed collapse (491 at
+# 88k steps, 211 at 150k) or not depending only on the CPU's floating-point code (AVX2+FMA
+# here; XLA_FLAGS=--xla_cpu_max_isa=AVX, or another CI machine, kept it at 500). Measured
+# at 100k on AVX2, AVX and SSE4.2 code: every seed >= 475 over the last tenth of the run
+# (>= 477.7) and greedy policies at 500 in 8 of 8 episodes.
+CARTPOLE_STEPS = 100_000
 
 
 @pytest.mark.slow
 def test_cartpole_learns_two_seeds(tmp_path):
-    """Default PPO, 2 seeds vmapped in one program: the logged mean episode return reaches
-    475 well within 500k env steps and the greedy policy balances for 500 steps."""
+    """Default PPO, 2 seeds vmapped in one program, SB3 zoo's 100k-step budget: the logged
+    mean episode return (SB3's window) reaches 475, CartPole-v1's reward threshold, and is
+    still there at the end, and the greedy policy balances for 500 steps."""
     ppo = PPO()
     callback = TensorBoardCallback(name="ppo", log_dir=tmp_path)
     train = jax.jit(jax.vmap(lambda k: ppo.learn(CARTPOLE, total_timesteps=CARTPOLE_STEPS,
@@ -235,8 +243,6 @@ def test_cartpole_learns_two_seeds(tmp_path):
         run = read_run(os.path.join(run_root, f"seed_{seed}"))
         assert_steps_increase(run)
         returns = run["episode/return"]
-        first = next(step for step, value in returns if value >= 475)
-        assert first <= 500_000
         assert returns[-1][0] == n_iterations * 256
         assert returns[-1][1] >= 475, returns[-10:]
         assert run["train/learning_rate"][-1][1] < 1e-5
