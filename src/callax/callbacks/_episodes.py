@@ -8,9 +8,13 @@ with the envs in index order, and logs its mean as ``rollout/ep_rew_mean`` and
 exactly.
 
 Where the ring lives: trainers update step states with ``jax.vmap(callback.on_step)`` over
-envs, so the ring is spread over the envs' step states (``[N, ceil(W / N)]`` per array: the
-seed's ``W`` slots, not ``W`` per env). Under that ``vmap``, :meth:`EpisodeWindow.empty` and
-:meth:`EpisodeWindow.add` are ``custom_vmap`` functions that see all envs at once:
+envs, so the ring is spread over the envs' step states (``[N, ceil((W + 1) / N)]`` per
+array: the seed's ``W`` slots and a guard slot, not ``W`` per env). A batching rule cannot
+tell a ``vmap`` over envs from one over seeds: the innermost ``vmap`` of ``step_reset`` and
+``on_step`` must be the envs', and the guard slot makes :func:`window_means` refuse, at
+trace time, a ring shared out over seeds (see :func:`_check_one_ring`). Under the envs'
+``vmap``, :meth:`EpisodeWindow.empty` and :meth:`EpisodeWindow.add` are ``custom_vmap``
+functions that see all envs at once:
 ``add`` ranks the envs that finished at this step by index (one cumulative sum) and writes
 their episodes into the ring with one scatter. Each array stays at about ``4 * W`` bytes
 for a few envs: XLA:CPU then keeps running the rollout's loop body in order (its
