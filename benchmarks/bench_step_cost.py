@@ -22,8 +22,10 @@ Every variant returns a number that depends on all of its state, so nothing is d
 Each timing runs ``max(1, 512 // N)`` rollouts. For each ``N`` it prints the median
 time per env step of ``none`` and the ratios of
 medians (min-max over rounds of the per-round ratio in brackets), for wall time and for
-the process's CPU time (all threads). Then the cost of one jitted ``on_iteration`` of the
-default callback after a rollout (median over ``--iteration-rounds`` calls, no flush).
+the process's CPU time (all threads). Then the cost of one ``on_iteration`` of the default
+callback after a rollout: jitted alone (median over ``--iteration-rounds`` calls, no flush;
+mostly the dispatch of a program holding host calls, which JAX runs through its Python
+path), and per iteration inside one jitted ``scan`` of 100 iterations, flushes included.
 
 Nothing here assumes a CPU: the same script runs on a GPU (the device is printed).
 """
@@ -35,6 +37,7 @@ import statistics
 import tempfile
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -155,26 +158,41 @@ def time_rollouts(n_envs: int, n_steps: int, rounds: int, callback) -> None:
     print(f"N={n_envs:>5}  " + f"\n{'':9}".join(cells), flush=True)
 
 
-def time_on_iteration(n_envs: int, n_steps: int, rounds: int, callback) -> float:
-    """Median seconds of one jitted ``on_iteration`` after an ``n_steps`` rollout."""
+def time_on_iteration(n_envs: int, n_steps: int, rounds: int, callback,
+                      per_loop: int = 100) -> tuple[float, float]:
+    """Median seconds of one ``on_iteration`` after an ``n_steps`` rollout: jitted alone
+    (one call per program: this includes the dispatch of a program that holds host calls,
+    which JAX runs through its Python path, not its C++ fast path), and inside one jitted
+    ``scan`` of ``per_loop`` iterations as a trainer runs it (per iteration, the buffer's
+    flushes included)."""
     init, rollout = make_rollout("callax", n_envs, n_steps, callback)
     key = jax.random.key(1)
     _, step_state = rollout(key, init(key))
     state = callback.reset(ResetContext(), key=key)
 
-    @jax.jit
-    def iteration(state, step_state):
+    def one(state, step_state):
         ctx = IterationContext(state=state, step_state=step_state,
                                locals={"time_elapsed": 1.0, "num_timesteps": 1})
         return callback.on_iteration(ctx, key=key)
 
-    jax.block_until_ready(iteration(state, step_state))
-    times = []
-    for _ in range(rounds):  # always from the same state: the buffer never flushes
-        start = time.perf_counter()
-        jax.block_until_ready(iteration(state, step_state))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    @jax.jit
+    def loop(state, step_state):
+        def body(state, i):  # steps increase from one iteration to the next
+            later = eqx.tree_at(lambda s: s.step, step_state, step_state.step + i * n_steps)
+            return one(state, later), None
+
+        return jax.lax.scan(body, state, jnp.arange(1, per_loop + 1))[0]
+
+    def median(fn, calls, divide):
+        jax.block_until_ready(fn(state, step_state))
+        times = []
+        for _ in range(calls):  # alone: always from the same state (the buffer never fills)
+            start = time.perf_counter()
+            jax.block_until_ready(fn(state, step_state))
+            times.append((time.perf_counter() - start) / divide)
+        return statistics.median(times)
+
+    return median(jax.jit(one), rounds, 1), median(loop, max(3, rounds // 20), per_loop)
 
 
 def main() -> None:
@@ -195,9 +213,10 @@ def main() -> None:
             time_rollouts(n_envs, args.steps, args.rounds, callback)
         if args.iteration_rounds:
             for n_envs in envs:
-                seconds = time_on_iteration(n_envs, args.steps, args.iteration_rounds,
-                                            callback)
-                print(f"on_iteration N={n_envs:>5}: {seconds * 1e3:.3f} ms (median)",
+                alone, in_loop = time_on_iteration(n_envs, args.steps, args.iteration_rounds,
+                                                   callback)
+                print(f"on_iteration N={n_envs:>5}: {alone * 1e3:.3f} ms jitted alone, "
+                      f"{in_loop * 1e3:.3f} ms per iteration in a jitted loop (medians)",
                       flush=True)
 
 

@@ -95,7 +95,8 @@ def test_window_size_checked(logdir):
 def test_ring_holds_the_last_episodes_of_all_envs(n_envs, size, spread):
     # Many episodes end at once (more than the window at some steps when n_envs > size):
     # the ring keeps SB3's deque, envs appended in index order. ``spread``: the window is
-    # shared out over the envs (``like``); otherwise each env holds all of it.
+    # shared out over the vmapped envs (``like``); otherwise one whole ring takes the envs
+    # as a leading axis (an env vectorised without vmap).
     rng = np.random.default_rng(n_envs * 100 + size)
     n_steps = 40
     rewards = rng.normal(size=(n_steps, n_envs)).astype(np.float32)
@@ -105,18 +106,19 @@ def test_ring_holds_the_last_episodes_of_all_envs(n_envs, size, spread):
 
     @jax.jit
     def run(rewards, dones, lengths):
-        window = jax.vmap(lambda k: EpisodeWindow.empty(size, k))(like) if spread else (
-            jax.vmap(lambda _: EpisodeWindow.empty(size))(np.arange(n_envs)))
+        window = (jax.vmap(lambda k: EpisodeWindow.empty(size, k))(like) if spread
+                  else EpisodeWindow.empty(size))
 
         def step(window, xs):
-            window = jax.vmap(EpisodeWindow.add)(window, *xs)
+            window = jax.vmap(EpisodeWindow.add)(window, *xs) if spread else window.add(*xs)
             return window, window_means(window)
 
         return jax.lax.scan(step, window, (dones, rewards, lengths))
 
     window, (got_r, got_l, got_n) = run(rewards, dones, lengths)
-    per_env = -(-size // n_envs) if spread else size
-    assert window.returns.shape == (n_envs, per_env)
+    # One guard slot over the window (see _episodes._capacity).
+    assert window.returns.shape == ((n_envs, -(-(size + 1) // n_envs)) if spread
+                                    else (size + 1,))
     deque_ = deque(maxlen=size)
     for t in range(n_steps):
         deque_.extend((rewards[t, e], lengths[t, e]) for e in range(n_envs) if dones[t, e])
@@ -131,9 +133,9 @@ def test_ring_holds_the_last_episodes_of_all_envs(n_envs, size, spread):
 
 
 def test_step_state_holds_one_window_per_seed(logdir):
-    # The seed's window is shared out over its envs: 16 envs hold ceil(100 / 16) = 7 slots
-    # each (two arrays of 448 bytes: under XLA:CPU's 512-byte threshold for running a loop
-    # body in order), not 100 each.
+    # The seed's window (100 slots and a guard slot) is shared out over its envs: 16 envs
+    # hold ceil(101 / 16) = 7 slots each (two arrays of 448 bytes: under XLA:CPU's 512-byte
+    # threshold for running a loop body in order), not 100 each.
     cb = callax.TensorBoardCallback(name="s", log_dir=logdir)
     keys = jax.random.split(jax.random.key(0), 16)
     state = jax.jit(jax.vmap(lambda k: cb.step_reset(callax.ResetContext(), key=k)))(keys)
@@ -159,3 +161,82 @@ def test_window_off_with_none(logdir):
         assert "rollout/ep_rew_mean" not in run and "rollout/ep_len_mean" not in run
         assert len(run["episode/return"]) >= 4 and len(run["train/loss"]) == 5
     assert not os.path.exists(f"{logdir}/off/seeds")
+
+
+def drive_unvmapped_envs(callback, rewards, dones, key):
+    """A foreign loop that does not vmap envs: ``step_reset`` once, ``on_step`` given the
+    step's rewards as they are (a scalar for one env, ``[N]`` for an env vectorised
+    without vmap: the step state then takes that shape at the first step, so the loop is
+    unrolled), ``on_iteration`` after each iteration."""
+    from callax import IterationContext, ResetContext, StepContext
+
+    state = callback.reset(ResetContext(), key=key)
+    step_state = callback.step_reset(ResetContext(), key=key)
+    for i in range(rewards.shape[0]):
+        for t in range(rewards.shape[1]):
+            ctx = StepContext(step_state, None, None, dones[i, t], rewards[i, t])
+            step_state = callback.on_step(ctx, key=key)
+        ctx = IterationContext(state, step_state, None, None, i + 1, None, {}, {})
+        state = callback.on_iteration(ctx, key=key)
+    return callback.on_training_end(
+        callax.TrainingContext(state, step_state, None, None, 0, 0, None), key=key)
+
+
+def test_window_of_an_env_vectorised_without_vmap(logdir):
+    # ``on_step`` gets ``[N]`` rewards and dones (no vmap): the step state's one ring takes
+    # the envs in index order, as SB3's deque.
+    rewards, dones = scripted(30, n_envs=4)
+    cb = callax.TensorBoardCallback(name="vec", log_dir=logdir, flush_every=2,
+                                    stats_window_size=4, moving_average=False)
+    jax.jit(lambda k: drive_unvmapped_envs(cb, rewards, dones, k))(jax.random.key(3))
+    run = read_run(f"{logdir}/vec")
+    expected_r, expected_l = sb3_means(rewards, dones, 4)
+    assert len(expected_r) >= 4
+    assert_points(run["rollout/ep_rew_mean"], expected_r)
+    assert_points(run["rollout/ep_len_mean"], expected_l)
+
+
+@pytest.mark.parametrize(("n_envs", "window"), [(None, 1), (None, 4), (2, 1), (2, 100)])
+def test_seeds_vmapped_around_unbatched_envs_refused(logdir, n_envs, window):
+    # vmap over seeds with no vmap over envs (one env per seed, or envs vectorised without
+    # vmap): ``step_reset``'s key is batched over the seeds, so the innermost vmap is the
+    # seeds' and the ring would be shared out over them, mixing the seeds' episodes (before
+    # the check, with one env per seed and a window of 1: seed 0 logged the other seeds'
+    # episodes and seeds 1 and 2 logged 0.0; larger windows failed with a shape error).
+    # Refused at trace time instead, with the fix in the message.
+    data = [scripted(40 + s, n_envs=n_envs or 1) for s in range(3)]
+    rewards = np.stack([r if n_envs else r[..., 0] for r, _ in data])
+    dones = np.stack([d if n_envs else d[..., 0] for _, d in data])
+    cb = callax.TensorBoardCallback(name="mix", log_dir=logdir, flush_every=2,
+                                    stats_window_size=window)
+    keys = jax.random.split(jax.random.key(4), 3)
+    run = jax.jit(jax.vmap(lambda k, r, d: drive_unvmapped_envs(cb, r, d, k)))
+    with pytest.raises(ValueError, match="innermost vmap"):
+        run(keys, rewards, dones)
+
+
+def test_seeds_vmapped_around_one_vmapped_env(logdir):
+    # The fix the error names: an env axis of one env under the vmap over seeds.
+    data = [scripted(50 + s, n_envs=1) for s in range(3)]
+    rewards = np.stack([r for r, _ in data])
+    dones = np.stack([d for _, d in data])
+    assert len({float(r.sum()) for r in rewards}) == 3
+    cb = callax.TensorBoardCallback(name="one", log_dir=logdir, flush_every=2,
+                                    stats_window_size=4)
+    keys = jax.random.split(jax.random.key(5), 3)
+    jax.jit(jax.vmap(lambda k, r, d: drive(cb, r, d, k)))(keys, rewards, dones)
+    for seed in range(3):
+        run = read_run(f"{logdir}/one/seed_{seed}")
+        expected_r, expected_l = sb3_means(rewards[seed], dones[seed], 4)
+        assert len(expected_r) >= 3
+        assert_points(run["rollout/ep_rew_mean"], expected_r)
+        assert_points(run["rollout/ep_len_mean"], expected_l)
+
+
+def test_whole_rings_under_a_vmap_over_envs_refused():
+    # Built without ``like`` (one whole ring per element), then updated under vmap over
+    # envs: each env would keep its own episodes. Refused rather than averaged.
+    window = jax.vmap(lambda _: EpisodeWindow.empty(3))(np.arange(4))
+    window = jax.vmap(EpisodeWindow.add)(window, np.ones(4, bool), np.ones(4), np.ones(4, int))
+    with pytest.raises(ValueError, match="like"):
+        window_means(window)

@@ -145,10 +145,10 @@ def test_send_rejects_non_arrays_early():
 # One host path by construction: no module outside the package ``callax/_host/`` makes a host
 # call.
 
-# Names whose use makes (or batches) a device-to-host call: JAX's callbacks, their primitives
-# and lowering, and the custom batching rule a host call needs under vmap.
+# Names whose use makes a device-to-host call: JAX's callbacks, their primitives and
+# lowering.
 _CROSSING_NAMES = frozenset({
-    "io_callback", "pure_callback", "emit_python_callback", "custom_vmap", "custom_batching",
+    "io_callback", "pure_callback", "emit_python_callback",
     "host_callback", "callback_p", "io_callback_p", "pure_callback_p", "debug_callback_p",
     "debug_callback_lowering", "debug_effect", "ffi_call", "register_ffi_target",
     "build_ffi_lowering_function",
@@ -165,11 +165,21 @@ _HOST_INTERNALS = frozenset({"callback", "host_call_p", "DIRECT_HOST_CALL", "_em
                              "_primitives", "_ffi"})
 
 
+# A custom batching rule decides how a host call under vmap is batched (one call for the
+# batch, each row's seed position): written around a host call outside ``_host`` it could
+# call once per element or renumber the seeds. It counts as a crossing in a module that
+# reaches the host at all (any crossing, or any use of ``_host``); a module that never does
+# (e.g. ``callbacks/_episodes.py``: a ring of episodes shared out over the envs by a
+# custom_vmap rule that only computes) makes no transfer with it.
+_BATCHING_NAMES = frozenset({"custom_vmap", "custom_batching"})
+
+
 def _crossings(source: str) -> list[str]:
     """``line: what`` for every host-call crossing in a module's source."""
     import ast
 
-    found = []
+    found, batching = [], []
+    reaches_host = False
 
     def flag(node, what):
         found.append(f"{node.lineno}: {what}")
@@ -199,7 +209,36 @@ def _crossings(source: str) -> list[str]:
                 flag(node, f"_host.{node.attr}")
         elif isinstance(node, ast.Name) and node.id in _CROSSING_NAMES:
             flag(node, node.id)
-    return found
+        reaches_host |= _uses_host(node)
+        batching += _batching(node)
+    return found + batching if found or reaches_host else found
+
+
+def _uses_host(node) -> bool:
+    """Whether ``node`` imports or names callax's ``_host`` package."""
+    import ast
+
+    if isinstance(node, ast.ImportFrom):
+        return ("_host" in (node.module or "").split(".")
+                or any(alias.name == "_host" for alias in node.names))
+    if isinstance(node, ast.Import):
+        return any("_host" in alias.name.split(".") for alias in node.names)
+    return isinstance(node, ast.Name) and node.id == "_host"
+
+
+def _batching(node) -> list[str]:
+    """``line: what`` for a custom batching rule's name at ``node``."""
+    import ast
+
+    names = []
+    if isinstance(node, ast.ImportFrom):
+        names = [f"from {node.module} import {a.name}" for a in node.names
+                 if a.name in _BATCHING_NAMES or (node.module or "").endswith("custom_batching")]
+    elif isinstance(node, ast.Attribute) and node.attr in _BATCHING_NAMES:
+        names = [f".{node.attr}"]
+    elif isinstance(node, ast.Name) and node.id in _BATCHING_NAMES:
+        names = [node.id]
+    return [f"{node.lineno}: {name}" for name in names]
 
 
 def test_crossing_detector_finds_every_kind_of_host_call():
@@ -218,7 +257,8 @@ def test_crossing_detector_finds_every_kind_of_host_call():
         "from jax import debug as d\nd.callback(f, x)",
         "from jax.experimental import io_callback as cb",
         "import jax\njax.pure_callback(f, shape, x)",
-        "from jax import custom_batching",
+        "from jax import custom_batching\nfrom .. import _host\n_host.send(f, x)",
+        "import jax\nfrom .._host import send\n@jax.custom_batching.custom_vmap\ndef f(x): ...",
         "from .. import _host\n_host.callback(f, x)",
         "from .._host import callback",
         "from .._host._primitives import read_clock",
@@ -227,6 +267,9 @@ def test_crossing_detector_finds_every_kind_of_host_call():
     for snippet in snippets:
         assert _crossings(snippet), snippet
     assert _crossings("from .. import _host\n_host.send(f, x)\n_host.clock(t)") == []
+    # A custom batching rule in a module that never reaches the host transfers nothing.
+    assert _crossings("import jax\nfrom jax import custom_batching\n"
+                      "@custom_batching.custom_vmap\ndef f(x): ...") == []
 
 
 def test_only_the_host_module_crosses_to_the_host():

@@ -64,7 +64,46 @@ def _sender(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
     return call
 
 
-def send(host_fn: Callable[..., None], *arrays, when: ArrayLike = True) -> None:
+@functools.cache
+def _if_several(host_fn: Callable[..., None]) -> Callable[..., jax.Array]:
+    """:func:`send` made only where the call carries several seeds: under a ``vmap`` of 2
+    or more elements (one call for the batch), or under manual axes (seeds spread over
+    devices); a ``vmap`` of one element is looked through (an enclosing one may batch
+    again)."""
+
+    def send_now(when, *arrays):
+        _sender(host_fn)(when, seed_origin(), *arrays)
+        return jnp.zeros((), jnp.int32)
+
+    @custom_batching.custom_vmap
+    def call(when, *arrays):
+        # Not batched: one seed, unless seeds are spread over the devices of manual axes.
+        if manual_axes():
+            send_now(when, *arrays)
+        return jnp.zeros((), jnp.int32)
+
+    @call.def_vmap
+    def call_vmap(axis_size, in_batched, *args):
+        if axis_size == 1:
+            call(*(x[0] if b else x for x, b in zip(args, in_batched, strict=True)))
+            return jnp.zeros((axis_size,), jnp.int32), True
+
+        # The batched arguments mapped again (``send``'s own rule makes one call for the
+        # batch), the others closed over as they are (broadcasting them would give them a
+        # sharding that disagrees with the batched ones').
+        def one(*batched):
+            items = iter(batched)
+            return send_now(*(next(items) if b else x
+                              for x, b in zip(args, in_batched, strict=True)))
+
+        jax.vmap(one)(*(x for x, b in zip(args, in_batched, strict=True) if b))
+        return jnp.zeros((axis_size,), jnp.int32), True
+
+    return call
+
+
+def send(host_fn: Callable[..., None], *arrays, when: ArrayLike = True,
+         several_seeds: bool = False) -> None:
     """Call ``host_fn(seed, when, *arrays)`` on the host with the arrays' values, eagerly or
     from inside ``jit``/``scan``/``cond``/``while_loop``, and under ``jax.vmap`` (nested or
     not) **once for the whole batch**.
@@ -91,9 +130,16 @@ def send(host_fn: Callable[..., None], *arrays, when: ArrayLike = True) -> None:
     - `host_fn`: a Python function; its return value is ignored.
     - `arrays`: array-likes (converted with ``jnp.asarray``).
     - `when`: a boolean scalar (per batch element): whether to make the call.
+    - `several_seeds`: make the call only where it carries several seeds (a ``vmap`` of 2
+      or more elements, or seeds spread over the devices of manual axes); with one seed
+      the program holds no host call at all (e.g. statistics over seeds).
     """
-    _sender(host_fn)(jnp.asarray(when, jnp.bool_), seed_origin(),
-                     *(jnp.asarray(a) for a in arrays))
+    when = jnp.asarray(when, jnp.bool_)
+    arrays = tuple(jnp.asarray(a) for a in arrays)
+    if several_seeds:
+        _if_several(host_fn)(when, *arrays)
+    else:
+        _sender(host_fn)(when, seed_origin(), *arrays)
 
 
 def clock(token) -> jax.Array:

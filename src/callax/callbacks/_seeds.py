@@ -37,10 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import custom_batching
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, UInt32
 
 # tensorboardX's generated protobuf modules ship no stubs.
@@ -236,42 +234,12 @@ class SeedRows(eqx.Module):
         (``vmap`` of size 2 or more, or seeds spread over devices) calls the host: one seed
         has no statistics over seeds."""
         due = jnp.asarray(when, jnp.bool_) & (self.count > 0)
-        _send_if_several(due, jnp.asarray(handle, jnp.int32),
-                         jnp.asarray(seeds_handle, jnp.int32),
-                         jnp.asarray(_host.register_layout(tags), jnp.int32), self.words,
-                         self.values, self.valid, self.count)
+        _host.send(_host_seed_rows, jnp.asarray(handle, jnp.int32),
+                   jnp.asarray(seeds_handle, jnp.int32),
+                   jnp.asarray(_host.register_layout(tags), jnp.int32), self.words,
+                   self.values, self.valid, self.count, when=due, several_seeds=True)
         return SeedRows(self.words, self.values, self.valid,
                         jnp.where(due, 0, self.count))
-
-
-def _send(due, *arrays) -> None:
-    _host.send(_host_seed_rows, *arrays, when=due)
-
-
-@custom_batching.custom_vmap
-def _send_if_several(due, *arrays):
-    # Not batched: one seed, unless seeds are spread over the devices of manual axes.
-    if _host.manual_axes():
-        _send(due, *arrays)
-    return jnp.zeros((), jnp.int32)
-
-
-@_send_if_several.def_vmap
-def _send_if_several_vmap(axis_size, in_batched, *args):
-    if axis_size == 1:  # one seed here; an enclosing vmap may batch this call again
-        _send_if_several(*(x[0] if b else x for x, b in zip(args, in_batched, strict=True)))
-        return jnp.zeros((axis_size,), jnp.int32), True
-
-    # One host call for the batch (and for enclosing vmaps, pmaps and shard_maps): the
-    # batched arguments mapped again, the others closed over as they are (broadcasting them
-    # would give them a sharding that disagrees with the batched ones').
-    def one(*batched):
-        items = iter(batched)
-        _send(*(next(items) if b else x for x, b in zip(args, in_batched, strict=True)))
-        return jnp.zeros((), jnp.int32)
-
-    jax.vmap(one)(*(x for x, b in zip(args, in_batched, strict=True) if b))
-    return jnp.zeros((axis_size,), jnp.int32), True
 
 
 def _host_seed_rows(seed, when, handle, seeds_handle, layout, words, values, valid,
