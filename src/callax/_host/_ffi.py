@@ -78,7 +78,12 @@ def _anchor() -> types.SimpleNamespace:
     anchor = getattr(sys, _ANCHOR, None)
     if anchor is None:
         checked: set[int] = set()
-        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard),
+        # Strong for now: a program still running when its last Python reference goes (a
+        # temporary `jax.jit(lambda ...)(x)`, dispatched asynchronously) calls its host
+        # functions after a weak table had dropped them ("no function under this key"). The
+        # program's keepalive lives on its Python executable, not on the running execution.
+        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard,
+                                                               weak=False),
                                        checked=checked, dispatch=None, registered=False,
                                        unreported=None)
 

@@ -4,6 +4,7 @@ and of the Ctrl-C stop flag."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
