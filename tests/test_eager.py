@@ -150,14 +150,14 @@ def test_eagerly_written_event_records_compile_nothing_per_write(logdir, compile
 
     # At step s the record holds updates 10 * (s // 10) .. s (x = the update's index).
     first = [10 * (s // 10) for s in range(101)]
-    assert run["SACEvents/policy_loss"] == [(s, mean(range(first[s], s + 1)))
+    assert run["trainer/policy_loss"] == [(s, mean(range(first[s], s + 1)))
                                             for s in range(101)]
-    assert run["SACEvents/critic_value_loss/0"] == [(s, 2 * mean(range(first[s], s + 1)))
+    assert run["trainer/critic_value_loss/0"] == [(s, 2 * mean(range(first[s], s + 1)))
                                                     for s in range(101)]
     # NaN (x > 50) is left out by nanmean; a record of NaN only writes no point.
-    assert run["SACEvents/critic_value_loss/1"] == [
+    assert run["trainer/critic_value_loss/1"] == [
         (s, mean([v for v in range(first[s], s + 1) if v <= 50])) for s in range(60)]
-    assert run["SACEvents/buffer_size"] == [(s, 1.0) for s in (0, *range(2, 101, 2))]
+    assert run["trainer/buffer_size"] == [(s, 1.0) for s in (0, *range(2, 101, 2))]
 
 
 def test_rows_alternating_over_tags_join_one_batch(logdir, monkeypatch):

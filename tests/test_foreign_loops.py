@@ -91,13 +91,13 @@ def test_a_cleanrl_shaped_loop_reads_every_point_back(tmp_path):
             _, end = record(epoch_end)(global_step + 1)
             epoch.merge(end).write(writer, global_step)  # eager: reduced with NumPy
             epoch = epoch.reset()
-            expect("SACEvents/critic_value/0", global_step,
+            expect("trainer/critic_value/0", global_step,
                    np.mean(np.float32([u["q"] for u in window])))
-            expect("SACEvents/critic_value_loss/0", global_step,
+            expect("trainer/critic_value_loss/0", global_step,
                    np.mean(np.float32([u["loss"] for u in window])))
-            expect("SACEvents/policy_loss", global_step,
+            expect("trainer/policy_loss", global_step,
                    np.mean(np.float32([-u["q"] for u in window])))
-            expect("SACEvents/buffer_size", global_step, global_step + 1)
+            expect("trainer/buffer_size", global_step, global_step + 1)
             window = []  # the updates since the last write
     writer.add_hparams(args, {"charts/episodic_return": episodic_return}, global_step=200)
     expect("charts/episodic_return", 200, episodic_return)
@@ -112,7 +112,7 @@ def test_a_cleanrl_shaped_loop_reads_every_point_back(tmp_path):
                                    rtol=1e-5, atol=1e-6, err_msg=tag)
         assert lines[tag] == run[tag], tag
     assert_steps_increase(run)
-    assert len(run["SACEvents/critic_value_loss/0"]) == 18  # steps 30, 40, ..., 190 and 20
+    assert len(run["trainer/critic_value_loss/0"]) == 18  # steps 30, 40, ..., 190 and 20
 
 
 def written_out(path: str) -> dict[str, list[str]]:
