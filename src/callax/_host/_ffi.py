@@ -280,8 +280,9 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
 
     ``fn`` receives the operands as NumPy arrays and returns one array per result of
     ``ctx.avals_out``, of its dtype and shape. With a ``token`` (an ordered effect's) the
-    call takes it and returns the next one. The program keeps ``fn`` alive (a keepalive of
-    its lowering), the table only names it. For programs on one device (see
+    call takes it and returns the next one. The key table keeps ``fn`` alive (see
+    :func:`_anchor`; no keepalive on the executable, which ``serialize_executable`` would
+    try to pickle). For programs on one device (see
     ``_primitives._lower_call``)."""
     import dataclasses
 
@@ -292,7 +293,6 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
     except ImportError:  # pragma: no cover - depends on the JAX version
         from jax.core import abstract_token  # pyright: ignore[reportAttributeAccessIssue]
 
-    ctx.module_context.add_keepalive(fn)
     operands = list(operands)
     if token is not None:
         operands = [token, *operands]
