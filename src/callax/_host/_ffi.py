@@ -21,9 +21,11 @@ JAX's callbacks. Token operands and results (an ordered effect's token) are pass
   The C entry point and the table of functions live in an object reachable from :mod:`sys`
   (:func:`_anchor`), made once per process; re-importing this module (``importlib.reload``)
   only points the entry at the new code.
-- **What it keeps alive.** The table refers to functions weakly; each compiled program keeps
-  its own host functions alive (a keepalive of its lowering), so dropping the program
-  (``jax.clear_caches()``) frees them and what they close over.
+- **What it keeps alive.** The table keeps every host function it numbered for the life of
+  the process. A weak table (freed with the program) failed: a program still running after
+  its last Python reference went (a temporary ``jax.jit(lambda ...)(x)``, dispatched
+  asynchronously) called a function already dropped. Bounded retention on this path is open
+  (``tests/test_ffi.py``'s xfail tests); JAX's own callback path frees them.
 
 :func:`lower` emits the call; :data:`AVAILABLE` says whether callax lowers host calls on CPU
 to this handler: decided at import by :mod:`._ffi_path` (JAX's own path where JAX caches
