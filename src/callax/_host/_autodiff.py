@@ -144,4 +144,4 @@ def drop_writes_from_while_copies(primitive: Primitive, effect_type: type) -> No
         return (known, staged, *rest)
 
     pe.custom_partial_eval_rules[while_p] = rule
-    pe.partial_eval_jaxpr_custom_rules[while_p] = custom_rule
+    pe.partial_eval_jaxpr_custom_rules[while_p] = custom_rule  # pyright: ignore[reportArgumentType]

@@ -296,7 +296,7 @@ def install(effect_type: type) -> None:
 
     _BOOL = core.ShapedArray((), jnp.bool_)
     primitives = {"while": loops.while_p, "cond": conditionals.cond_p, "scan": loops.scan_p,
-                  "jit": getattr(pjit, "jit_p", None) or pjit.pjit_p,
+                  "jit": getattr(pjit, "jit_p", None) or pjit.pjit_p,  # pyright: ignore[reportAttributeAccessIssue]
                   "custom_vmap": custom_batching.custom_vmap_p}
     table = batching.fancy_primitive_batchers
     jax_rules = {name: table[p] for name, p in primitives.items()}  # KeyError: not this JAX

@@ -154,7 +154,7 @@ class ConsoleTableCallback(AbstractCallback[ConsoleTableState, ConsoleTableStepS
         """
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
-        self.stats_window_size = check_window_size(stats_window_size)
+        self.stats_window_size = check_window_size(stats_window_size)  # pyright: ignore[reportAttributeAccessIssue]
         handle = next(_handles)
         with _lock:
             _tables[handle] = _Table(stream)

@@ -137,7 +137,7 @@ def _ring_functions(size: int):
             # The ring is shared out over this batch, yet each element has envs of its own.
             raise ValueError(_SHARED_OVER_SEEDS)
         else:
-            out = _add_to_ring(*args, size)
+            out = _add_to_ring(*args, size)  # pyright: ignore[reportCallIssue]
         return out, (True, True, True)
 
     return empty, add
@@ -175,7 +175,7 @@ class EpisodeWindow(eqx.Module):
         ``vmap`` (e.g. per seed); its envs must then be a leading axis of the arrays given
         to :meth:`add`, not a ``vmap``.
         """
-        size = check_window_size(size)
+        size = check_window_size(size)  # pyright: ignore[reportAssignmentType]
         empty, _ = _ring_functions(size)
         if like is None:
             like = jnp.zeros((), jnp.int32)

@@ -281,7 +281,7 @@ def check_budget(value: Any, name: str, *, minimum: int) -> Any:
     if dtype is None or jnp.ndim(value) != 0 or not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(f"{name} must be a Python int or an integer scalar array, got "
                          f"{value!r}")
-    if not isinstance(value, jax.core.Tracer) and int(value) < minimum:
+    if not isinstance(value, jax.core.Tracer) and int(value) < minimum:  # pyright: ignore[reportAttributeAccessIssue]
         raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
     return jnp.asarray(value, jnp.int32)
 

@@ -235,9 +235,9 @@ class PPO(eqx.Module):
     def _optimizer(self, total_timesteps: int | Int[Array, ""]) -> optax.GradientTransformation:
         updates_per_iteration = self.n_epochs * (self.steps_per_iteration // self.batch_size)
         if self.anneal_lr and isinstance(total_timesteps, int):
-            learning_rate = optax.linear_schedule(
+            learning_rate = optax.linear_schedule(  # pyright: ignore[reportAssignmentType]
                 self.learning_rate, 0.0,
-                max(1, self.n_iterations(total_timesteps) * updates_per_iteration),
+                max(1, self.n_iterations(total_timesteps) * updates_per_iteration),  # pyright: ignore[reportArgumentType]
             )
         elif self.anneal_lr:
             # optax.linear_schedule's formula, for a number of updates that is traced.
@@ -248,7 +248,7 @@ class PPO(eqx.Module):
                 done = jnp.clip(count, 0, n_updates)
                 return initial * (1 - done / n_updates) ** 1 + 0.0
         else:
-            learning_rate = self.learning_rate
+            learning_rate = self.learning_rate  # pyright: ignore[reportAssignmentType]
 
         def make(learning_rate):
             return optax.chain(optax.clip_by_global_norm(self.max_grad_norm),
@@ -422,7 +422,7 @@ class PPO(eqx.Module):
         total_timesteps = check_budget(total_timesteps, "total_timesteps", minimum=1)
         check_hparams(self, hparams)
         hparams = None if hparams is None else dict(hparams)
-        return _learn(self, env, total_timesteps, key, callback, env_params, hparams)
+        return _learn(self, env, total_timesteps, key, callback, env_params, hparams)  # pyright: ignore[reportArgumentType]
 
 
 @eqx.filter_jit

@@ -585,7 +585,7 @@ class SAC(eqx.Module):
         self._spaces(env, env_params)  # fail on a discrete env before compiling anything
         check_hparams(self, hparams)
         hparams = None if hparams is None else dict(hparams)
-        return _learn(self, env, total_timesteps, key, callback, events, env_params, hparams)
+        return _learn(self, env, total_timesteps, key, callback, events, env_params, hparams)  # pyright: ignore[reportArgumentType]
 
     def _learn(self, env: Any, total_timesteps: int | Int[Array, ""], key: PRNGKeyArray,
                callback: Any, events: JITSummaryWriter | None, env_params: Any
