@@ -5,7 +5,7 @@ between jitted updates), text, and hyperparameters from a plain Python loop."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -17,8 +17,8 @@ from ._summary_steps import check_concrete_steps, host_step
 from ._summary_values import check_host_values, check_tag, tag_layout
 from ._writer._registry import write_text
 
-if TYPE_CHECKING:
-    from ._summary_writer import JITSummaryWriter
+# The writer, by name only: ``_summary_writer`` imports this module (no import cycle).
+JITSummaryWriter = Any
 
 __all__ = ["add_hparams", "add_text", "is_eager", "write_rows_eagerly"]
 
@@ -84,8 +84,8 @@ def add_text(writer: JITSummaryWriter, tag: str, text: str,
 def add_hparams(writer: JITSummaryWriter, hparams: Mapping[str, Any] | Any,
                 metrics: Mapping[str, Any] | None, global_step: Any = None) -> None:
     """[`JITSummaryWriter.add_hparams`][callax.JITSummaryWriter.add_hparams]."""
+    from ._hparams_of import hparams_of
     from ._writer._tensorboard import hparams_summaries
-    from .callbacks._hparams import hparams_of
 
     values = hparams_of(hparams)
     _, end = hparams_summaries(values)  # bad names or values fail here

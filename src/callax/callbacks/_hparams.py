@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import threading
@@ -28,33 +27,13 @@ from .._writer._tensorboard import hparams_summaries, trial_name
 
 __all__ = ["HParamsCallback", "hparams_of", "trial_name"]
 
-HParamValue = bool | int | float | str
+from .._hparams_of import HParamValue as HParamValue, hparams_of as hparams_of
 
 _START, _END = 0, 1
 _sessions: dict[int, dict[str, HParamValue]] = {}
 _lock = threading.Lock()
 _handles = itertools.count()
 
-
-
-def hparams_of(config: Any) -> dict[str, HParamValue]:
-    """The hyperparameters of a configuration: a mapping as it is, or the fields of a
-    dataclass / Equinox module (such as [`callax.train.PPO`][]) whose values are numbers,
-    booleans or strings (tuples and lists become strings, ``None`` and arrays are left out),
-    plus ``algorithm``: the class name."""
-    if isinstance(config, Mapping):
-        return dict(config)
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"hparams must be a mapping or a dataclass/Equinox module, got "
-                        f"{config!r}")
-    out: dict[str, HParamValue] = {"algorithm": type(config).__name__}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name, None)
-        if isinstance(value, tuple | list):
-            value = str(tuple(value))
-        if isinstance(value, bool | int | float | str):
-            out[field.name] = value
-    return out
 
 
 def _session(hparams: Mapping[str, HParamValue], group_name: str = ""

@@ -104,7 +104,7 @@ class TensorBoardCallbackStepState(AbstractCallbackStepState):
         """No steps, no finished episode (averages are ``NaN``); with `stats_window_size`, an
         empty window of that many episodes (per seed when `like`, any per-env array such
         as ``step_reset``'s key, is batched over the envs: see
-        [`EpisodeWindow.empty`][callax.callbacks._episodes.EpisodeWindow.empty])."""
+        `EpisodeWindow.empty`)."""
         window = (None if stats_window_size is None
                   else EpisodeWindow.empty(stats_window_size, like))
         return cls(0, 0.0, 0, False, jnp.nan, jnp.nan, window)

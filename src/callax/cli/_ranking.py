@@ -31,7 +31,7 @@ def _sweep_seeds(root: str, event_dirs: list[str]) -> dict[str, dict[str, list[s
 
 
 def _final_values(directories: list[str], tag: str | None) -> tuple[str | None, list[float]]:
-    from ._summary import read_scalars
+    from .._writer._read import read_run as read_scalars
 
     runs = [read_scalars(d) for d in directories]
     if tag is None:
