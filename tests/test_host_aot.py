@@ -102,3 +102,15 @@ def test_a_serialized_executable_loaded_in_another_process(tmp_path):
     with open(blob, "rb") as file:
         assert pickle.load(file)  # a real executable was stored
     assert read_run(str(tmp_path / "loaded")) == _want(range(3))
+
+
+def test_a_second_build_of_the_host_call_keeps_the_one_effect(logdir):
+    # Building the host call again (as the fallback tests do) used to make a second effect
+    # type, which an unpickled executable then named: the AOT rule, installed for the
+    # first, no longer matched and the loaded program's second call failed.
+    from callax._host import _primitives
+
+    effect = _primitives._ordered_effect()
+    _primitives._make_host_call()
+    assert _primitives._ordered_effect() is effect
+    test_a_serialized_executable_writes_at_every_call(logdir)

@@ -157,7 +157,13 @@ def _ordered_effect():
     :mod:`._autodiff`). Unlike ``io_callback``'s effect, ``while_loop`` and ``cond`` accept
     it under ``vmap`` (callax's calls are never batched: ``custom_vmap`` rules make one call
     for the whole batch).
+    The process has one such effect, whatever number of times the host call is built (a
+    second effect type would escape the rules installed for the first, and an unpickled
+    executable names the process's one instance).
     """
+    global _EFFECT
+    if _EFFECT is not None:
+        return _EFFECT
     from jax._src import effects
 
     class CallaxHostEffect(effects.Effect):
@@ -174,7 +180,6 @@ def _ordered_effect():
                  "control_flow_allowed_effects", "custom_derivatives_allowed_effects",
                  "remat_allowed_effects", "partial_eval_kept_effects"):
         getattr(effects, kind).add_type(CallaxHostEffect)
-    global _EFFECT
     _EFFECT = CallaxHostEffect()
     return _EFFECT
 
@@ -196,6 +201,30 @@ def _fallback_host_call(fn: Callable[..., None], *args) -> None:
         return ()
 
     io_callback(on_host, (), *args, ordered=True)
+
+
+_RULES_FOR: list = []  # the primitive whose rules are installed (once per process)
+
+
+def _install_rules(host_call_p, effect_type: type) -> None:
+    """What the host call needs from JAX's rule tables (:mod:`._autodiff`, :mod:`._gating`,
+    :mod:`._aot`), installed for the first direct host call built in the process: each wraps
+    JAX's rules, so a second install would stack a second wrapper."""
+    if _RULES_FOR:
+        return
+    _RULES_FOR.append(host_call_p)
+    try:
+        _autodiff.drop_writes_from_while_copies(host_call_p, effect_type)
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
+    try:
+        _gating.install(effect_type)
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # writes under a batched predicate are not gated
+    try:
+        _aot.no_fast_path_with(effect_type)
+    except (ImportError, AttributeError):  # pragma: no cover - JAX version
+        pass
 
 
 def _make_host_call() -> tuple[Callable[..., None], bool]:
@@ -235,18 +264,7 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         return []
 
     host_call_p.def_effectful_abstract_eval(lambda *args, fn: ([], {effect}))
-    try:
-        _autodiff.drop_writes_from_while_copies(host_call_p, type(effect))
-    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
-        pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
-    try:
-        _gating.install(type(effect))
-    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
-        pass  # writes under a batched predicate are not gated
-    try:
-        _aot.no_fast_path_with(type(effect))
-    except (ImportError, AttributeError):  # pragma: no cover - JAX version
-        pass
+    _install_rules(host_call_p, type(effect))
 
     def _jvp(primals, tangents, *, fn):
         del tangents
