@@ -2,8 +2,9 @@
 run, the statistics over seeds as runs (`seeds/mean`, `min`, `max`, under the seeds' tag
 names), the band run and the custom-scalars layout that puts the return's band first; and
 what its Time Series and Scalars tabs show first, for PPO with 3 seeds and SAC with 1
-(TensorBoard's frontend order: tests/tensorboard_order.py). Screenshots of the tabs:
-tests/dashboard_screens.py."""
+(TensorBoard's frontend order: tests/tensorboard_order.py), and the address `callax train`
+prints, which pins the return above every group (rendered in headless Chromium). Screenshots
+of the tabs: tests/dashboard_screens.py."""
 
 from __future__ import annotations
 
@@ -164,7 +165,8 @@ def test_sb3_groups_open_the_time_series_and_scalars_tabs(served):
 @pytest.mark.parametrize("prefix", ["ppo/", "sac/"])
 def test_the_return_is_the_second_card_of_the_first_row(served, prefix):
     # TensorBoard's sort puts SB3's ep_len_mean before ep_rew_mean (`l` < `r`), in both
-    # tabs; with one card per metric the return is the second card, in the first row.
+    # tabs; with one card per metric the return is the second card, in the first row (the
+    # address `callax train` prints pins it first in Time Series: tests at the end).
     time_series = tensorboard_order.time_series_groups(cards(served, prefix))
     assert time_series[0][1][:2] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
     runs = {run: served["scalars"][run] for run in served["runs"] if run.startswith(prefix)}
