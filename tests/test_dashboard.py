@@ -253,3 +253,18 @@ def test_rendered_time_series_draws_the_pinned_return_first(served):
     unpinned, _ = dashboard_screens.time_series_cards(
         dashboard_screens.rendered_dom(f"http://127.0.0.1:{served['port']}/#timeseries"))
     assert unpinned[:2] == [("groups", "rollout/ep_len_mean"), ("groups", "rollout/ep_rew_mean")]
+
+
+def test_dashboard_url_encodes_any_tag_as_one_link():
+    # Percent-encoded: no space, quote or bracket for a terminal to cut the link at; the
+    # query decodes to TensorBoard's pinnedCards JSON, for any tag and address.
+    from callax.cli._closing import dashboard_url
+
+    url = dashboard_url("http://127.0.0.1:7007/", 'my runs/"return" [x]&y#z')
+    assert not any(c in url for c in ' "[]{}') and url.count("#") == 1
+    parts = urllib.parse.urlsplit(url)
+    assert parts.netloc == "127.0.0.1:7007" and parts.fragment == "timeseries"
+    pins = json.loads(urllib.parse.parse_qs(parts.query, strict_parsing=True)["pinnedCards"][0])
+    assert pins == [{"plugin": "scalars", "tag": 'my runs/"return" [x]&y#z'}]
+    with pytest.raises(ValueError, match="must not be empty"):
+        dashboard_url(tag="")
