@@ -6,13 +6,17 @@
 Without ``--logdir`` it trains PPO on CartPole with 3 seeds and SAC on Pendulum with 1 seed
 (small budgets, ``python -m callax train``) into a temporary directory, one logdir per
 algorithm. It starts TensorBoard (the ``tensorboard`` of this interpreter) on 127.0.0.1 for
-each logdir and writes ``<algo>_<tab>.png`` (1600x1200) into ``--out``. Needs ``chromium``
-(``apt-get install -y chromium``). Not a test: a person looks at the pictures.
+each logdir and writes ``<algo>_<tab>.png`` (1600x1200) into ``--out``: ``timeseries``,
+``scalars``, ``custom_scalars`` and ``timeseries_pinned`` (the address ``callax train``
+prints, which pins the return above every group), and prints the first cards of that page.
+Needs ``chromium`` (``apt-get install -y chromium``). Not a test: a person looks at the
+pictures (tests/test_dashboard.py renders the pinned page and checks its first card).
 """
 
 from __future__ import annotations
 
 import argparse
+import html.parser
 import json
 import os
 import shutil
@@ -24,14 +28,14 @@ import time
 import urllib.parse
 import urllib.request
 
+from callax.cli._closing import dashboard_url
+
 # name -> (extra query, tab). forceSVG: Time Series draws its lines with WebGL, which headless
 # Chromium without a GPU leaves blank; TensorBoard's SVG renderer draws the same lines.
-# "timeseries_pinned": the return pinned by the URL (TensorBoard's pinnedCards parameter).
-PIN_RETURN = urllib.parse.quote(json.dumps([{"plugin": "scalars", "tag": "rollout/ep_rew_mean"}],
-                                           separators=(",", ":")))
-SHOTS = {"timeseries": ("", "timeseries"), "scalars": ("", "scalars"),
-         "custom_scalars": ("", "custom_scalars"),
-         "timeseries_pinned": (f"&pinnedCards={PIN_RETURN}", "timeseries")}
+# "timeseries_pinned": the address `callax train` prints (the return pinned by TensorBoard's
+# pinnedCards parameter), on this server.
+SHOTS = {"timeseries": "timeseries", "scalars": "scalars", "custom_scalars": "custom_scalars",
+         "timeseries_pinned": None}
 TRAIN = {
     "ppo": ["--algo", "ppo", "--env", "cartpole", "--seeds", "3", "--total-timesteps", "30000"],
     "sac": ["--algo", "sac", "--env", "pendulum", "--total-timesteps", "4000"],
@@ -77,15 +81,74 @@ def serve(logdir: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"TensorBoard did not serve {logdir}")
 
 
-def shoot(url: str, png: str, budget_ms: int) -> None:
-    """One screenshot of ``url`` with a fresh Chromium profile."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+def chromium() -> str | None:
+    """The Chromium on the path, if any."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(url: str, budget_ms: int, *action: str) -> bytes:
+    """Run headless Chromium on ``url`` with a fresh profile (no pins or settings saved by
+    an earlier page) and ``action`` (``--screenshot=...``, ``--dump-dom``); its stdout."""
+    found = chromium()
+    if found is None:
         raise SystemExit("no chromium: apt-get install -y chromium")
     with tempfile.TemporaryDirectory(prefix="callax-chromium-") as profile:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                        f"--virtual-time-budget={budget_ms}", f"--screenshot={png}", url],
-                       check=True, capture_output=True, timeout=300)
+        return subprocess.run([found, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", *action, url],
+                              check=True, capture_output=True, timeout=300).stdout
+
+
+def shoot(url: str, png: str, budget_ms: int) -> None:
+    """One screenshot of ``url``."""
+    _chromium(url, budget_ms, f"--screenshot={png}")
+
+
+def rendered_dom(url: str, budget_ms: int = 10000) -> str:
+    """The page's DOM once Chromium has run it for ``budget_ms`` of virtual time (time
+    that does not pass while requests to the server are pending)."""
+    return _chromium(url, budget_ms, "--dump-dom").decode()
+
+
+class _Cards(html.parser.HTMLParser):
+    """The Time Series cards of a rendered page, in document (drawing) order: each card's
+    heading is a ``tb-truncated-path`` whose title is the card's tag; the pinned cards are
+    inside ``metrics-pinned-view``, the groups inside ``metrics-card-groups``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.section: str | None = None
+        self.cards: list[tuple[str, str]] = []
+        self.text: dict[str, list[str]] = {"pinned": [], "groups": []}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "metrics-pinned-view":
+            self.section = "pinned"
+        elif tag == "metrics-card-groups":
+            self.section = "groups"
+        elif tag == "tb-truncated-path" and self.section is not None:
+            title = dict(attrs).get("title")
+            if title:
+                self.cards.append((self.section, title))
+
+    def handle_data(self, data: str) -> None:
+        if self.section is not None and data.strip():
+            self.text[self.section].append(data.strip())
+
+
+def time_series_cards(dom: str) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """``([(section, tag), ...], {section: [text, ...]})`` of a rendered Time Series page
+    (:func:`rendered_dom`): its cards in drawing order, ``section`` ``"pinned"`` or
+    ``"groups"``, and the text each section shows (card titles, run names, values)."""
+    parser = _Cards()
+    parser.feed(dom)
+    return parser.cards, parser.text
+
+
+def with_query(url: str, extra: str) -> str:
+    """``url`` with ``extra`` (``key=value``) added to its query."""
+    parts = urllib.parse.urlsplit(url)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             train(logdir, algo)
         server, port = serve(logdir)
         try:
-            for name, (query, tab) in SHOTS.items():
+            for name, tab in SHOTS.items():
                 png = os.path.join(args.out, f"{algo}_{name}.png")
-                shoot(f"http://127.0.0.1:{port}/?forceSVG=true{query}#{tab}", png,
-                      args.budget_ms)
+                url = (f"http://127.0.0.1:{port}/?forceSVG=true#{tab}" if tab else
+                       with_query(dashboard_url(f"http://127.0.0.1:{port}/"), "forceSVG=true"))
+                shoot(url, png, args.budget_ms)
                 print(png)
+            cards, _ = time_series_cards(rendered_dom(dashboard_url(f"http://127.0.0.1:{port}/")))
+            print(f"{algo}: the printed address draws first {cards[:3]}")
         finally:
             server.kill()
             server.wait()

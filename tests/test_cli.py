@@ -15,6 +15,7 @@ import jax
 import pytest
 
 from callax import cli
+from callax.cli._closing import dashboard_url
 from conftest import assert_steps_increase, read_run, run_dirs
 
 PPO_STEPS = 2048  # 8 iterations of PPO's default 4 envs x 64 steps
@@ -69,7 +70,9 @@ def test_train_writes_one_run_per_seed(ppo_run):
         assert f"seed {seed}: final ep_rew_mean {final:.1f} after {PPO_STEPS:,} steps" in out
     assert "steps/s" in out and "wall time" in out
     # TensorBoard is installed here; the run itself: its runs are named seed_0, seeds/mean...
-    assert lines[-3:] == ["next:", f"  tensorboard --logdir {root}", f"  callax summary {root}"]
+    assert lines[-4:] == ["next:", f"  tensorboard --logdir {root}",
+                          f"  then open {dashboard_url()}  (the return pinned first)",
+                          f"  callax summary {root}"]
     # progress went to stderr, with a final 100% line
     assert f"{PPO_STEPS:,}/{PPO_STEPS:,} steps (100%)" in err
     assert "2 seeds" in err
@@ -389,6 +392,7 @@ def test_each_writer_alone_finishes(tmp_path, writers):
     expected = []
     if "tensorboard" in writers:
         expected.append(f"  tensorboard --logdir {root}")
+        expected.append(f"  then open {dashboard_url()}  (the return pinned first)")
     expected.append(f"  callax summary {root}")
     if "wandb" in writers:  # the runs in seed order (their directory names are random)
         sync = steps.pop()

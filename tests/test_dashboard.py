@@ -2,17 +2,20 @@
 run, the statistics over seeds as runs (`seeds/mean`, `min`, `max`, under the seeds' tag
 names), the band run and the custom-scalars layout that puts the return's band first; and
 what its Time Series and Scalars tabs show first, for PPO with 3 seeds and SAC with 1
-(TensorBoard's frontend order: tests/tensorboard_order.py). Screenshots of the tabs:
-tests/dashboard_screens.py."""
+(TensorBoard's frontend order: tests/tensorboard_order.py), and the address `callax train`
+prints, which pins the return above every group (rendered in headless Chromium). Screenshots
+of the tabs: tests/dashboard_screens.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
 
 import numpy as np
 import pytest
 
+import dashboard_screens
 import tensorboard_order
 from callax.cli import _train as cli_train
 from conftest import get_json, settled, tensorboard_server
@@ -106,15 +109,19 @@ AGGREGATE_RUNS = [f"ppo/seeds/{s}" for s in ("max", "mean", "min")]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """``{"runs": [...], "scalars": {run: [tag]}, "histograms": {run: [tag]}}`` as the data
-    server lists them for a PPO run (3 seeds) and a SAC run (1 seed)."""
+    server lists them for a PPO run (3 seeds) and a SAC run (1 seed), with ``"printed"``
+    (``{"ppo": stdout, "sac": stdout}`` of the two trainings) and ``"port"`` (the server's,
+    alive while the module's tests run)."""
     logdir = tmp_path_factory.mktemp("dashboard")
+    printed = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-        run_main(["train", "--algo", "ppo", "--env", "cartpole", "--seeds", "3",
-                  "--total-timesteps", "512", "--logdir", str(logdir), "--name", "ppo",
-                  "--no-progress"])
-    run_main(["train", "--algo", "sac", "--env", "pendulum", "--total-timesteps", "2000",
-              "--logdir", str(logdir), "--name", "sac", "--no-progress"])
+        printed["ppo"], _ = run_main(["train", "--algo", "ppo", "--env", "cartpole", "--seeds",
+                                      "3", "--total-timesteps", "512", "--logdir", str(logdir),
+                                      "--name", "ppo", "--no-progress"])
+    printed["sac"], _ = run_main(["train", "--algo", "sac", "--env", "pendulum",
+                                  "--total-timesteps", "2000", "--logdir", str(logdir),
+                                  "--name", "sac", "--no-progress"])
     with tensorboard_server(str(logdir)) as (port, server):
         base = f"http://127.0.0.1:{port}/data"
 
@@ -127,7 +134,7 @@ def served(tmp_path_factory):
             ready = all(run in found["scalars"] and run in found["histograms"] for run in every)
             return found if ready else None
 
-        yield settled(fetch, server)
+        yield {**settled(fetch, server), "printed": printed, "port": port}
 
 
 def cards(served, prefix: str) -> list[str]:
@@ -158,7 +165,8 @@ def test_sb3_groups_open_the_time_series_and_scalars_tabs(served):
 @pytest.mark.parametrize("prefix", ["ppo/", "sac/"])
 def test_the_return_is_the_second_card_of_the_first_row(served, prefix):
     # TensorBoard's sort puts SB3's ep_len_mean before ep_rew_mean (`l` < `r`), in both
-    # tabs; with one card per metric the return is the second card, in the first row.
+    # tabs; with one card per metric the return is the second card, in the first row (the
+    # address `callax train` prints pins it first in Time Series: tests at the end).
     time_series = tensorboard_order.time_series_groups(cards(served, prefix))
     assert time_series[0][1][:2] == ["rollout/ep_len_mean", "rollout/ep_rew_mean"]
     runs = {run: served["scalars"][run] for run in served["runs"] if run.startswith(prefix)}
@@ -196,3 +204,67 @@ def test_one_card_per_metric_and_seeds_told_apart(served):
     assert len(groups["time"]) == 1
     assert len(groups["train"]) == len({t for run in SEED_RUNS for t in served["scalars"][run]
                                         if t.startswith("train/")})
+
+
+# --- The address `callax train` prints: Time Series with the return pinned first ------------
+
+def printed_address(stdout: str) -> str:
+    """The address after ``then open`` in the ``next:`` lines of ``callax train``."""
+    lines = stdout.splitlines()
+    steps = lines[lines.index("next:") + 1:]
+    found = [line.split()[2] for line in steps if line.startswith("  then open ")]
+    assert len(found) == 1, steps
+    assert steps.index(f"  then open {found[0]}  (the return pinned first)") == 1, steps
+    return found[0]
+
+
+@pytest.mark.parametrize("prefix", ["ppo/", "sac/"])
+def test_printed_address_pins_the_return_of_every_run(served, prefix):
+    # PPO with 3 seeds and SAC with 1: the address after `tensorboard --logdir` opens Time
+    # Series with one pinned scalar card, the return, a tag every run of the training has
+    # (every seed and the statistics over seeds, not the band run, which is Custom Scalars').
+    address = urllib.parse.urlsplit(printed_address(served["printed"][prefix.rstrip("/")]))
+    assert (address.scheme, address.netloc, address.path) == ("http", "localhost:6006", "/")
+    assert address.fragment == "timeseries"
+    query = urllib.parse.parse_qs(address.query, strict_parsing=True)
+    assert list(query) == ["pinnedCards"] and len(query["pinnedCards"]) == 1
+    pins = json.loads(query["pinnedCards"][0])
+    assert pins == [{"plugin": "scalars", "tag": "rollout/ep_rew_mean"}]
+    runs = [run for run in served["runs"] if run.startswith(prefix) and run != "ppo/seeds/band"]
+    assert runs == sorted([*AGGREGATE_RUNS, *SEED_RUNS] if prefix == "ppo/" else ["sac/seed_0"])
+    for run in runs:
+        assert pins[0]["tag"] in served["scalars"][run], (run, served["scalars"][run])
+
+
+def test_rendered_time_series_draws_the_pinned_return_first(served):
+    # The printed address on TensorBoard's own server, rendered by headless Chromium: the
+    # first card drawn is the return, pinned above every group, with every run's line in its
+    # table. Without the pin the first card is ep_len_mean (TensorBoard's sort).
+    if dashboard_screens.chromium() is None:
+        pytest.skip("chromium is not installed")
+    printed = printed_address(served["printed"]["ppo"])
+    assert printed == printed_address(served["printed"]["sac"])
+    local = printed.replace("http://localhost:6006/", f"http://127.0.0.1:{served['port']}/")
+    cards, text = dashboard_screens.time_series_cards(dashboard_screens.rendered_dom(local))
+    assert cards[:2] == [("pinned", "rollout/ep_rew_mean"), ("groups", "rollout/ep_len_mean")]
+    assert [card for card in cards if card[0] == "pinned"] == [cards[0]]
+    shown = [run for run in served["runs"] if run != "ppo/seeds/band"]
+    assert set(shown) <= set(text["pinned"]), text["pinned"]
+    unpinned, _ = dashboard_screens.time_series_cards(
+        dashboard_screens.rendered_dom(f"http://127.0.0.1:{served['port']}/#timeseries"))
+    assert unpinned[:2] == [("groups", "rollout/ep_len_mean"), ("groups", "rollout/ep_rew_mean")]
+
+
+def test_dashboard_url_encodes_any_tag_as_one_link():
+    # Percent-encoded: no space, quote or bracket for a terminal to cut the link at; the
+    # query decodes to TensorBoard's pinnedCards JSON, for any tag and address.
+    from callax.cli._closing import dashboard_url
+
+    url = dashboard_url("http://127.0.0.1:7007/", 'my runs/"return" [x]&y#z')
+    assert not any(c in url for c in ' "[]{}') and url.count("#") == 1
+    parts = urllib.parse.urlsplit(url)
+    assert parts.netloc == "127.0.0.1:7007" and parts.fragment == "timeseries"
+    pins = json.loads(urllib.parse.parse_qs(parts.query, strict_parsing=True)["pinnedCards"][0])
+    assert pins == [{"plugin": "scalars", "tag": 'my runs/"return" [x]&y#z'}]
+    with pytest.raises(ValueError, match="must not be empty"):
+        dashboard_url(tag="")

@@ -13,6 +13,7 @@ import venv
 
 import pytest
 
+from callax.cli._closing import dashboard_url
 from conftest import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,8 +58,9 @@ def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
     lines = train.stdout.strip().splitlines()
     # without TensorBoard the next step says how to install it and open the run
     root = os.path.join(tmp_path, "run")
-    assert lines[-3:] == ["next:",
+    assert lines[-4:] == ["next:",
                           f"  python -m pip install tensorboard && tensorboard --logdir {root}",
+                          f"  then open {dashboard_url()}  (the return pinned first)",
                           f"  callax summary {root}"]
     for seed in (0, 1):
         run = read_run(os.path.join(tmp_path, "run", f"seed_{seed}"))
