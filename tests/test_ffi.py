@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
 import weakref
 
@@ -29,6 +30,7 @@ import numpy as np
 import pytest
 
 import callax
+from callax import _host
 from callax._host import _ffi, _ffi_abi as abi, _ffi_path
 from conftest import read_run
 
@@ -268,19 +270,34 @@ def test_a_dropped_program_releases_its_host_function(handler_path):
 
 
 def test_a_temporary_program_still_running_finds_its_host_function(tmp_path):
-    # `jax.jit(lambda ...)(x)`: the jitted function (and its executable) may go before the
-    # asynchronously dispatched program has made its host calls.
-    import callax
-
+    # `jax.jit(f)(x)` with `f` dropped at once: the call returns before the program has run
+    # (a matrix product makes XLA:CPU dispatch it asynchronously), and its jitted function
+    # and executable are collected while the program waits in its first host call; its
+    # write after that must still find its host function.
     writer = callax.JITSummaryWriter(str(tmp_path))
-    for i in range(20):
-        jax.jit(lambda s, i=i: writer.add_scalar("t", s * 0 + i, global_step=s))(
-            jnp.int32(i))
-        gc.collect()
-    writer.close()
-    from callax._writer._read import read_run
+    gate = threading.Event()
+    waited: list[bool] = []
 
-    assert read_run(str(tmp_path))["t"] == [(i, float(i)) for i in range(20)]
+    def hold(seed, when, x):
+        del seed, when, x
+        waited.append(gate.wait(20))
+
+    for i in range(5):
+        gate.clear()
+
+        def program(s, i=i):
+            m = jnp.full((16, 16), 0.5, jnp.float32) * s
+            _host.send(hold, (m @ m)[0, :1])
+            writer.add_scalar("t", s * 0 + i, global_step=s)
+            return s
+
+        jax.jit(program)(jnp.int32(i))
+        del program
+        gc.collect()  # the executable is gone: only the running program needs `program`'s
+        gate.set()
+    writer.close()
+    assert waited == [True] * 5, "dispatch was synchronous: this test checks nothing"
+    assert read_run(str(tmp_path))["t"] == [(i, float(i)) for i in range(5)]
 
 
 def test_the_round_trip_compares_what_comes_back(monkeypatch, handler_path):
