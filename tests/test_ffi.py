@@ -248,11 +248,6 @@ def test_a_compiled_program_keeps_its_host_function_alive_and_only_it(handler_pa
     assert alive() is not None
 
 
-_STRONG_TABLE = ("the key table keeps host functions for good (_ffi._anchor: a weak table "
-                 "dropped functions of programs still running); bounded retention is open")
-
-
-@pytest.mark.xfail(strict=True, reason=_STRONG_TABLE)
 def test_a_dropped_program_releases_its_host_function(handler_path):
     def host(x):
         return (x + 1,)
@@ -373,15 +368,13 @@ def test_the_handler_outlives_a_reload_of_its_module(tmp_path):
     assert run["after"] == [(2, 2.0)]
 
 
-@pytest.mark.parametrize("path", [pytest.param("ffi", marks=pytest.mark.xfail(
-    strict=True, reason=_STRONG_TABLE)), "jax"])
+@pytest.mark.parametrize("path", ["ffi", "jax"])
 def test_retracing_new_host_functions_keeps_memory_flat(path):
     """300 traces, each with a new host function closing over 4 MB, then
     ``jax.clear_caches()``: the process keeps less than 50 MB of it (1.1 GB before)."""
     result = _child("retention", path, "300")
     assert result["calls"] == 305 and result["values_ok"], result
     assert result["after"] - result["before"] < 50, result
-    # At most the import's round trip's wrapper, which the key table keeps (_STRONG_TABLE).
-    assert result["live_wrappers"] <= 1, result
+    assert result["live_wrappers"] == 0, result
     # What callax's table still names: the round trip's function and module-level ones.
     assert result["live_keys"] <= 5 and result["checked_keys"] <= 5, result

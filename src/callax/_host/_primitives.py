@@ -29,7 +29,7 @@ from jax.core import ShapedArray
 from jax.experimental import io_callback
 
 from .._writer import _interrupt
-from . import _aot, _autodiff, _ffi, _gating
+from . import _aot, _autodiff, _ffi, _gating, _inflight
 from ._weak import weak_memo
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
@@ -247,6 +247,10 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         _aot.no_fast_path_with(type(effect))
     except (ImportError, AttributeError):  # pragma: no cover - JAX version
         pass
+    try:
+        _inflight.track(type(effect))
+    except (ImportError, AttributeError):  # pragma: no cover - JAX version
+        pass  # the FFI key table keeps the functions of dropped programs (see _inflight)
 
     def _jvp(primals, tangents, *, fn):
         del tangents
