@@ -264,35 +264,91 @@ def test_a_dropped_program_releases_its_host_function(handler_path):
     assert alive() is None  # nothing of callax kept it
 
 
-def test_a_temporary_program_still_running_finds_its_host_function(tmp_path):
-    # `jax.jit(f)(x)` with `f` dropped at once: the call returns before the program has run
-    # (a matrix product makes XLA:CPU dispatch it asynchronously), and its jitted function
-    # and executable are collected while the program waits in its first host call; its
-    # write after that must still find its host function.
-    writer = callax.JITSummaryWriter(str(tmp_path))
-    gate = threading.Event()
-    waited: list[bool] = []
+class _HeldPrograms:
+    """Temporary programs ``jax.jit(f)(i)`` that wait in a first host call (``hold``, a new
+    function per program) until :meth:`release`, then write ``i`` to tag ``t``. A matrix
+    product first makes XLA:CPU dispatch them asynchronously: the call returns at once."""
 
-    def hold(seed, when, x):
-        del seed, when, x
-        waited.append(gate.wait(20))
+    def __init__(self, logdir: str) -> None:
+        self.writer = callax.JITSummaryWriter(logdir)
+        self.gate = threading.Event()
+        self.waited: list[bool] = []  # True: the program waited for release()
+        self.holds: list[weakref.ref] = []
 
-    for i in range(5):
-        gate.clear()
+    def dispatch(self, i: int, keep: list | None = None) -> None:
+        """Dispatch program ``i``; its jitted function goes after the call, or into ``keep``."""
+        self.gate.clear()
 
-        def program(s, i=i):
+        def hold(seed, when, x):
+            del seed, when, x
+            self.waited.append(self.gate.wait(20))
+
+        def program(s):
             m = jnp.full((16, 16), 0.5, jnp.float32) * s
             _host.send(hold, (m @ m)[0, :1])
-            writer.add_scalar("t", s * 0 + i, global_step=s)
+            self.writer.add_scalar("t", s * 0 + i, global_step=s)
             return s
 
-        jax.jit(program)(jnp.int32(i))
-        del program
-        gc.collect()  # the executable is gone: only the running program needs `program`'s
-        gate.set()
-    writer.close()
-    assert waited == [True] * 5, "dispatch was synchronous: this test checks nothing"
-    assert read_run(str(tmp_path))["t"] == [(i, float(i)) for i in range(5)]
+        self.holds.append(weakref.ref(hold))
+        jitted = jax.jit(program)
+        jitted(jnp.int32(i))
+        if keep is not None:
+            keep.append(jitted)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def check(self, logdir: str, n: int) -> None:
+        """Every program waited and wrote; then none of their host functions is kept."""
+        self.writer.close()  # waits for every program (jax.effects_barrier)
+        assert self.waited == [True] * n, "dispatch was synchronous: this test checks nothing"
+        assert read_run(logdir)["t"] == [(i, float(i)) for i in range(n)]
+        jax.clear_caches()
+        gc.collect()
+        assert [ref() for ref in self.holds] == [None] * n  # released once they ended
+
+
+def test_a_temporary_program_still_running_finds_its_host_function(tmp_path):
+    # The jitted function and executable of `jax.jit(f)(x)` are collected while the program
+    # waits in its first host call; its later calls must still find their host functions.
+    programs = _HeldPrograms(str(tmp_path))
+    for i in range(5):
+        programs.dispatch(i)
+        gc.collect()  # the executable is gone: only the running program needs its functions
+        programs.release()
+    programs.check(str(tmp_path), 5)
+
+
+def test_a_program_running_in_another_thread_keeps_its_functions(tmp_path):
+    # Dispatched by another thread; this one drops its jitted function and every executable
+    # (`jax.clear_caches()`: the executable is collected in this thread, which has no token
+    # of its own in flight) and lowers another program while it still runs.
+    programs = _HeldPrograms(str(tmp_path))
+    errors: list[BaseException] = []
+    jitted: list = []
+    for i in range(3):
+        dispatched = threading.Event()
+
+        def run(i=i, dispatched=dispatched):
+            try:
+                programs.dispatch(i, keep=jitted)
+                dispatched.set()
+                jax.effects_barrier()  # this thread's programs (JAX's tokens are per thread)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+                dispatched.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert dispatched.wait(60)
+        jitted.clear()
+        jax.clear_caches()
+        gc.collect()
+        jax.jit(lambda x: _host.send(lambda *a: None, x))(jnp.float32(i))  # a lowering
+        programs.release()
+        thread.join()
+    assert not errors, errors
+    programs.check(str(tmp_path), 3)
 
 
 def test_the_round_trip_compares_what_comes_back(monkeypatch, handler_path):
