@@ -4,6 +4,9 @@
   small, another API major version, wrong results or a raising function, handed to the
   handler's C entry point: each returns an XLA error saying why, reads nothing past a
   struct and writes no result.
+- Retention: a program keeps its host functions; one dropped while still running (a
+  temporary ``jax.jit(f)(x)``, one dispatched by another thread) keeps them until it has
+  ended, and no longer.
 - In child processes (``tests/ffi_child.py``): callax imported with a struct definition
   drifted from XLA's (a field inserted, another API version reported) falls back to JAX's
   callback target with one warning, still writes every point, and a program forced onto the
