@@ -267,6 +267,27 @@ def test_a_dropped_program_releases_its_host_function(handler_path):
     assert alive() is None  # nothing of callax kept it
 
 
+def test_a_deserialized_executable_keeps_its_host_function_after_the_original_goes(
+        handler_path):
+    from jax.experimental import serialize_executable
+
+    def host(x):
+        return (x * 3,)
+
+    want = [jax.ShapeDtypeStruct((), jnp.int32)]
+    x = jax.device_put(np.int32(2), jax.devices("cpu")[0])
+    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    loaded = serialize_executable.deserialize_and_load(*serialize_executable.serialize(compiled))
+    alive = weakref.ref(host)
+    del host, compiled
+    jax.clear_caches()
+    gc.collect()
+    assert alive() is not None and int(loaded(x)[0]) == 6  # the loaded program holds it
+    del loaded
+    gc.collect()
+    assert alive() is None
+
+
 class _HeldPrograms:
     """Temporary programs ``jax.jit(f)(i)`` that wait in a first host call (``hold``, a new
     function per program) until :meth:`release`, then write ``i`` to tag ``t``. A matrix

@@ -21,11 +21,18 @@ JAX's callbacks. Token operands and results (an ordered effect's token) are pass
   The C entry point and the table of functions live in an object reachable from :mod:`sys`
   (:func:`_anchor`), made once per process; re-importing this module (``importlib.reload``)
   only points the entry at the new code.
-- **What it keeps alive.** The table keeps every host function it numbered for the life of
-  the process. A weak table (freed with the program) failed: a program still running after
-  its last Python reference went (a temporary ``jax.jit(lambda ...)(x)``, dispatched
-  asynchronously) called a function already dropped. Bounded retention on this path is open
-  (``tests/test_ffi.py``'s xfail tests); JAX's own callback path frees them.
+- **What it keeps alive.** The table only names functions (weakly). A lowered program keeps
+  its own host functions (:class:`_Held`, a keepalive JAX stores with the executable and
+  its ``Lowered``). When JAX drops the executable (its jitted function collected,
+  ``jax.clear_caches()``), an execution dispatched before may still be running: its
+  functions stay until every execution dispatched so far, on any thread, has ended (the
+  tokens of callax's ordered effect tell, :mod:`._inflight`), and go at the next lowering
+  of a host call or ``jax.effects_barrier()`` after that. A sweep retracing a new host
+  function each time keeps only those of programs alive or running. A function lowered
+  again after it was let go gets a new key: at worst a miss in JAX's persistent cache,
+  never another function. The calls without callax's effect (:func:`._ffi_path.bind`, the
+  host reads of :mod:`._primitives`) are not tracked: they call module-level functions, or
+  their program waits for its results.
 
 :func:`lower` emits the call; :data:`AVAILABLE` says whether callax lowers host calls on CPU
 to this handler: decided at import by :mod:`._ffi_path` (JAX's own path where JAX caches
