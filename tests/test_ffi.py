@@ -288,6 +288,35 @@ def test_a_deserialized_executable_keeps_its_host_function_after_the_original_go
     assert alive() is None
 
 
+def test_where_jax_cannot_report_running_programs_dropped_ones_keep_their_functions(
+        monkeypatch, handler_path):
+    # Another JAX whose token set callax cannot watch: nothing is freed early (kept instead).
+    from callax._host import _inflight
+
+    def another_jax():
+        raise AttributeError("RuntimeTokenSet")
+
+    monkeypatch.setattr(_inflight._STATE, "installed", False)
+    monkeypatch.setattr(_inflight._STATE, "unwatchable", False)
+    monkeypatch.setattr(_inflight, "_install", another_jax)
+
+    def host(x):
+        return (x - 1,)
+
+    want = [jax.ShapeDtypeStruct((), jnp.int32)]
+    x = jax.device_put(np.int32(1), jax.devices("cpu")[0])
+    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    alive = weakref.ref(host)
+    del host
+    assert int(compiled(x)[0]) == 0
+    del compiled
+    jax.clear_caches()
+    gc.collect()
+    assert alive() is not None and any(alive() in kept.values() for kept in
+                                       _inflight._STATE.kept)
+    assert _inflight._STATE.unwatchable and not _inflight.watch()
+
+
 class _HeldPrograms:
     """Temporary programs ``jax.jit(f)(i)`` that wait in a first host call (``hold``, a new
     function per program) until :meth:`release`, then write ``i`` to tag ``t``. A matrix

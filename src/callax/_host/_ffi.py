@@ -161,6 +161,7 @@ def _held_by(module_context) -> _Held:
     for kept in module_context.keepalives:
         if isinstance(kept, _Held):
             return kept
+    _inflight.watch()  # from now on JAX reports what runs (see _inflight)
     held = _Held()
     module_context.add_keepalive(held)
     return held

@@ -12,29 +12,31 @@ one token through all of them on a thread, from one execution to the next: each 
 takes the token of the call before and returns the next. The last token a thread got back
 is therefore ready only once every host call it dispatched before has returned.
 
-- :func:`track` makes JAX remember, per thread, the last token of callax's effect (one
-  dictionary store per dispatch of a program holding callax's host calls, in JAX's
-  ``RuntimeTokenSet.set_token_result``), and forget this thread's after
-  ``jax.effects_barrier()`` (which waits for them).
+- :func:`watch` makes JAX remember, per thread, the last token of callax's effect (named by
+  :func:`track`): one dictionary store per dispatch of a program holding callax's host
+  calls, in JAX's ``RuntimeTokenSet.set_token_result``, installed at the first lowering
+  of a call to callax's FFI handler. After ``jax.effects_barrier()`` (which waits for
+  them) this thread's token is forgotten.
 - :func:`retire`, when a program's executable is collected, keeps its host functions with
   the last tokens of every thread, or drops them at once where no thread has one left.
 - :func:`release_finished` drops the retired functions whose tokens are all ready: at every
   lowering of a host call (``_ffi.key_of``) and after ``jax.effects_barrier()``.
 
-Where JAX's internals differ (:func:`track` failed), retired functions are kept for the
+Where JAX's internals differ (:func:`watch` failed), retired functions are kept for the
 process's life. The state lives on :mod:`sys`, so a reload of this module shares it.
 """
 
 from __future__ import annotations
 
 import collections
+import inspect
 import sys
 import threading
 import types
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["release_finished", "retire", "track", "tracking"]
+__all__ = ["release_finished", "retire", "track", "watch"]
 
 _ANCHOR = "_callax_in_flight"  # the attribute of ``sys`` holding the state
 
@@ -42,11 +44,12 @@ _ANCHOR = "_callax_in_flight"  # the attribute of ``sys`` holding the state
 def _state() -> types.SimpleNamespace:
     """``latest`` (thread id -> the last token of callax's effect it got back), ``retired``
     (``(tokens, functions)`` pairs waiting for their tokens), ``kept`` (what is retired
-    while untracked), ``effect`` (callax's effect type, once tracked)."""
+    while untracked), ``effect`` (callax's effect type, see :func:`track`), ``installed``
+    (whether JAX's token set reports to ``latest``), ``unwatchable`` (it cannot)."""
     state = getattr(sys, _ANCHOR, None)
     if state is None:
         state = types.SimpleNamespace(latest={}, retired=collections.deque(), kept=[],
-                                      effect=None)
+                                      effect=None, installed=False, unwatchable=False)
         setattr(sys, _ANCHOR, state)
     return state
 
@@ -54,23 +57,38 @@ def _state() -> types.SimpleNamespace:
 _STATE = _state()
 
 
-def tracking() -> bool:
-    """Whether executions of programs with callax's effect are tracked (:func:`track`)."""
-    return _STATE.effect is not None
-
-
 def track(effect_type: type) -> None:
-    """Remember the last token of ``effect_type`` that each thread gets back from an
-    execution (once per process; a later call only names the effect type).
+    """Name the effect whose tokens tell which executions still run (callax's ordered
+    effect). JAX is asked to report them at the first program that needs it
+    (:func:`watch`)."""
+    _STATE.effect = effect_type
 
-    Raises ``ImportError``/``AttributeError`` where JAX's token set differs."""
+
+def watch() -> bool:
+    """Make JAX remember, per thread, the last token of callax's effect it got back from an
+    execution (once per process, at the lowering of the first program whose functions may
+    be retired; no cost where no such program is lowered). Whether it does."""
+    if _STATE.installed or _STATE.effect is None or _STATE.unwatchable:
+        return _STATE.installed
+    try:
+        _install()
+    except (ImportError, AttributeError, TypeError, ValueError):  # another JAX: untracked
+        _STATE.unwatchable = True
+        return False
+    _STATE.installed = True
+    return True
+
+
+def _install() -> None:
     from jax._src import dispatch
 
     tokens = dispatch.RuntimeTokenSet
     jax_set, jax_wait = tokens.set_token_result, tokens.block_until_ready
-    _STATE.effect = effect_type
-    if getattr(jax_set, "_callax", False):  # already wrapped (a reload)
+    if getattr(jax_set, "_callax", False):  # already wrapped (a reload of this module)
         return
+    if (list(inspect.signature(jax_set).parameters) != ["self", "eff", "token"]
+            or list(inspect.signature(jax_wait).parameters) != ["self"]):
+        raise TypeError("JAX's RuntimeTokenSet has other methods than callax wraps")
     state, latest, thread = _STATE, _STATE.latest, threading.get_ident
 
     def set_token_result(self, eff, token):
@@ -94,7 +112,7 @@ def retire(functions: Mapping[int, Any]) -> None:
     collection): only Python containers are touched here, never JAX."""
     if not functions:
         return
-    if _STATE.effect is None:  # untracked: kept for the process's life
+    if not _STATE.installed:  # untracked: kept for the process's life
         _STATE.kept.append(functions)
         return
     running = tuple(_STATE.latest.values())  # one step under the GIL

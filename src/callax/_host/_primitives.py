@@ -247,10 +247,7 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         _aot.no_fast_path_with(type(effect))
     except (ImportError, AttributeError):  # pragma: no cover - JAX version
         pass
-    try:
-        _inflight.track(type(effect))
-    except (ImportError, AttributeError):  # pragma: no cover - JAX version
-        pass  # the FFI key table keeps the functions of dropped programs (see _inflight)
+    _inflight.track(type(effect))  # its tokens tell which executions still run
 
     def _jvp(primals, tangents, *, fn):
         del tangents
