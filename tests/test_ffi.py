@@ -264,6 +264,7 @@ def test_a_dropped_program_releases_its_host_function(handler_path):
     del compiled
     jax.clear_caches()
     gc.collect()
+    jax.effects_barrier()  # where callax lets go of what programs that ended called
     assert alive() is None  # nothing of callax kept it
 
 
@@ -285,6 +286,7 @@ def test_a_deserialized_executable_keeps_its_host_function_after_the_original_go
     assert alive() is not None and int(loaded(x)[0]) == 6  # the loaded program holds it
     del loaded
     gc.collect()
+    jax.effects_barrier()
     assert alive() is None
 
 
@@ -358,7 +360,8 @@ class _HeldPrograms:
         assert read_run(logdir)["t"] == [(i, float(i)) for i in range(n)]
         jax.clear_caches()
         gc.collect()
-        assert [ref() for ref in self.holds] == [None] * n  # released once they ended
+        jax.effects_barrier()  # where callax lets go of what programs that ended called
+        assert [ref() for ref in self.holds] == [None] * n
 
 
 def test_a_temporary_program_still_running_finds_its_host_function(tmp_path):
