@@ -21,11 +21,18 @@ JAX's callbacks. Token operands and results (an ordered effect's token) are pass
   The C entry point and the table of functions live in an object reachable from :mod:`sys`
   (:func:`_anchor`), made once per process; re-importing this module (``importlib.reload``)
   only points the entry at the new code.
-- **What it keeps alive.** The table keeps every host function it numbered for the life of
-  the process. A weak table (freed with the program) failed: a program still running after
-  its last Python reference went (a temporary ``jax.jit(lambda ...)(x)``, dispatched
-  asynchronously) called a function already dropped. Bounded retention on this path is open
-  (``tests/test_ffi.py``'s xfail tests); JAX's own callback path frees them.
+- **What it keeps alive.** The table only names functions (weakly). A lowered program keeps
+  its own host functions (:class:`_Held`, a keepalive JAX stores with the executable and
+  its ``Lowered``). When JAX drops the executable (its jitted function collected,
+  ``jax.clear_caches()``), an execution dispatched before may still be running: its
+  functions stay until every execution dispatched so far, on any thread, has ended (the
+  tokens of callax's ordered effect tell, :mod:`._inflight`), and go at the next lowering
+  of a host call or ``jax.effects_barrier()`` after that. A sweep retracing a new host
+  function each time keeps only those of programs alive or running. A function lowered
+  again after it was let go gets a new key: at worst a miss in JAX's persistent cache,
+  never another function. The calls without callax's effect (:func:`._ffi_path.bind`, the
+  host reads of :mod:`._primitives`) are not tracked: they call module-level functions, or
+  their program waits for its results.
 
 :func:`lower` emits the call; :data:`AVAILABLE` says whether callax lowers host calls on CPU
 to this handler: decided at import by :mod:`._ffi_path` (JAX's own path where JAX caches
@@ -45,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._writer import _interrupt
-from . import _ffi_abi as abi
+from . import _ffi_abi as abi, _inflight
 from ._numbering import WeakNumbering
 
 TARGET = "callax_host"
@@ -75,17 +82,13 @@ _ANCHOR = "_callax_xla_ffi"  # the attribute of ``sys`` holding it
 def _anchor() -> types.SimpleNamespace:
     """The process's C entry point (``thunk``, the address XLA keeps), the function it
     forwards to (``dispatch``: this module's current :func:`_handle`), the table of host
-    functions by key and the keys whose names were checked. Made at the first import and
-    kept on :mod:`sys`, so that no reload or re-import frees what XLA calls."""
+    functions by key (weak: programs keep their functions, see :class:`_Held`) and the keys
+    whose names were checked. Made at the first import and kept on :mod:`sys`, so that no
+    reload or re-import frees what XLA calls."""
     anchor = getattr(sys, _ANCHOR, None)
     if anchor is None:
         checked: set[int] = set()
-        # Strong for now: a program still running when its last Python reference goes (a
-        # temporary `jax.jit(lambda ...)(x)`, dispatched asynchronously) calls its host
-        # functions after a weak table had dropped them ("no function under this key"). The
-        # program's keepalive lives on its Python executable, not on the running execution.
-        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard,
-                                                               weak=False),
+        anchor = types.SimpleNamespace(functions=WeakNumbering(on_forget=checked.discard),
                                        checked=checked, dispatch=None, registered=False,
                                        unreported=None)
 
@@ -108,13 +111,60 @@ def name_of(fn: Callable[..., Sequence[Any]]) -> str:
 
 def key_of(fn: Callable[..., Sequence[Any]]) -> int:
     """The key that names ``fn`` in compiled programs (the same live function, the same
-    key; a key is never given to another function)."""
+    key; a key is never given to another function). Lowering is when functions of programs
+    that have ended are let go (:func:`._inflight.release_finished`)."""
+    _inflight.release_finished()
     return _PROCESS.functions.number(fn)
 
 
 def function_of(key: int) -> Callable[..., Sequence[Any]] | None:
     """The live function under ``key`` in this process (``None``: freed, or never lowered)."""
     return _PROCESS.functions.get_item(key)
+
+
+class _Held:
+    """The host functions one lowered program calls, by key: a keepalive of its lowering,
+    which JAX keeps with the program's executable (and its ``Lowered``). When the executable
+    goes, they are retired (:func:`._inflight.retire`): kept until the executions
+    dispatched before have ended. ``serialize_executable`` pickles it as keys and names:
+    loaded in this process (or one that lowered the same program), it holds the same
+    functions again while they are alive."""
+
+    __slots__ = ("functions",)
+
+    def __init__(self) -> None:
+        self.functions: dict[int, Callable[..., Sequence[Any]]] = {}
+
+    def __reduce__(self):
+        return _held_again, (tuple((key, name_of(fn)) for key, fn in self.functions.items()),)
+
+    def __del__(self) -> None:
+        try:
+            _inflight.retire(self.functions)
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone
+            pass
+
+
+def _held_again(entries: tuple[tuple[int, str], ...]) -> _Held:
+    """A pickled :class:`_Held` in this process: the live functions under its keys that
+    still have their names (a key without one fails when called, as from the cache)."""
+    held = _Held()
+    for key, name in entries:
+        fn = function_of(key)
+        if fn is not None and name_of(fn) == name:
+            held.functions[key] = fn
+    return held
+
+
+def _held_by(module_context) -> _Held:
+    """The :class:`_Held` of the program being lowered (made at its first host call)."""
+    for kept in module_context.keepalives:
+        if isinstance(kept, _Held):
+            return kept
+    _inflight.watch()  # from now on JAX reports what runs (see _inflight)
+    held = _Held()
+    module_context.add_keepalive(held)
+    return held
 
 
 # ---- the handler ------------------------------------------------------------------------------
@@ -282,9 +332,8 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
 
     ``fn`` receives the operands as NumPy arrays and returns one array per result of
     ``ctx.avals_out``, of its dtype and shape. With a ``token`` (an ordered effect's) the
-    call takes it and returns the next one. The key table keeps ``fn`` alive (see
-    :func:`_anchor`; no keepalive on the executable, which ``serialize_executable`` would
-    try to pickle). For programs on one device (see
+    call takes it and returns the next one. The program keeps ``fn`` alive (its
+    :class:`_Held`), the key table only names it. For programs on one device (see
     ``_primitives._lower_call``)."""
     import dataclasses
 
@@ -300,8 +349,10 @@ def lower(ctx, fn: Callable[..., Sequence[Any]], token, operands: Sequence[Any])
         operands = [token, *operands]
         ctx = dataclasses.replace(ctx, avals_in=[abstract_token, *ctx.avals_in],
                                   avals_out=[abstract_token, *ctx.avals_out])
+    key = key_of(fn)
+    _held_by(ctx.module_context).functions[key] = fn
     call = jax.ffi.build_ffi_lowering_function(TARGET, has_side_effect=True)(
-        ctx, *operands, key=np.int64(key_of(fn)), name=name_of(fn))
+        ctx, *operands, key=np.int64(key), name=name_of(fn))
     results = list(call.results)
     if token is not None:
         token, *results = results

@@ -70,7 +70,11 @@ _call_p = None
 def bind(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
     """``fn(*args)`` on the host through callax's handler, from a program for the CPU
     device (traced: e.g. inside ``jax.jit``); ``avals`` (``jax.ShapeDtypeStruct``-like) are
-    its results' types. What the round trip runs, and tests of the handler."""
+    its results' types. What the round trip runs, and tests of the handler.
+
+    The call has no effect, so no token tracks its executions (:mod:`._inflight`): its
+    program must outlive them (wait for its results, as :func:`call` does) or ``fn`` must
+    live on (a module-level function)."""
     from jax.core import ShapedArray
 
     global _call_p
@@ -81,13 +85,15 @@ def bind(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
 
 
 def call(fn: Callable[..., Sequence[Any]], avals: Sequence[Any], *args) -> list:
-    """:func:`bind` in a jitted program run on the CPU device, on NumPy ``args``."""
+    """:func:`bind` in a jitted program run on the CPU device, on NumPy ``args``; its
+    results once ready (the temporary program, which keeps ``fn``, is alive till then)."""
     import jax
 
     cpu = jax.devices("cpu")[0]
     args = [jax.device_put(np.asarray(a), cpu) for a in args]
     with jax.disable_jit(False):  # a compiled program, also where jit is disabled
-        return jax.jit(lambda *xs: bind(fn, avals, *xs))(*args)
+        program = jax.jit(lambda *xs: bind(fn, avals, *xs))
+        return jax.block_until_ready(program(*args))
 
 
 def _echo(x: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

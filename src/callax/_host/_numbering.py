@@ -47,10 +47,8 @@ class WeakNumbering(Generic[U]):
     never handed out twice (a dead item's number names nothing). Items that cannot be
     weakly referenced are kept for good. ``on_forget(number)`` runs when an entry goes."""
 
-    def __init__(self, on_forget: Callable[[int], object] | None = None, *,
-                 weak: bool = True) -> None:
+    def __init__(self, on_forget: Callable[[int], object] | None = None) -> None:
         self._on_forget = on_forget
-        self._weak = weak  # False: every item is kept for good (numbers still never reused)
         self._lock = threading.RLock()  # re-entered by a collection inside ``number``
         self._numbers: dict[int, int] = {}  # id(item) -> number, while the item lives
         self._items: dict[int, Callable[[], U | None]] = {}  # number -> (weak) reference
@@ -66,10 +64,8 @@ class WeakNumbering(Generic[U]):
                 return found
             number, self._next = self._next, self._next + 1
             try:
-                if not self._weak:
-                    raise TypeError
                 ref = weakref.ref(item, functools.partial(self._forget, number, id(item)))
-            except TypeError:  # not weakly referenceable (or weak=False): kept
+            except TypeError:  # not weakly referenceable: kept
                 ref = functools.partial(_same, item)
             self._items[number] = ref
             self._numbers[id(item)] = number

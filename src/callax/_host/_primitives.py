@@ -29,7 +29,7 @@ from jax.core import ShapedArray
 from jax.experimental import io_callback
 
 from .._writer import _interrupt
-from . import _aot, _autodiff, _ffi, _gating
+from . import _aot, _autodiff, _ffi, _gating, _inflight
 from ._weak import weak_memo
 
 __all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
@@ -225,6 +225,7 @@ def _install_rules(host_call_p, effect_type: type) -> None:
         _aot.no_fast_path_with(effect_type)
     except (ImportError, AttributeError):  # pragma: no cover - JAX version
         pass
+    _inflight.track(effect_type)  # its tokens tell which executions still run
 
 
 def _make_host_call() -> tuple[Callable[..., None], bool]:

@@ -5,7 +5,8 @@ A ``functools.cache`` on a function of host functions keeps every host function 
 lowered, and everything it closes over, for the life of the process: a sweep that traces a
 new host function each time (a fresh closure per configuration) grew by the size of every
 closure, even after ``jax.clear_caches()``. :func:`weak_memo` remembers a wrapper only while
-the wrapper is alive; a compiled program keeps its wrappers alive (see ``_ffi.lower``).
+the wrapper is alive; a compiled program keeps its wrappers alive (see ``_ffi.lower``), and
+so does a dropped one still running (see ``_inflight``).
 """
 
 from __future__ import annotations
