@@ -218,6 +218,10 @@ def _install_rules(host_call_p, effect_type: type) -> None:
     except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
         pass  # a while_loop's copy under AD repeats its writes (JAX's own behaviour)
     try:
+        _autodiff.keep_writes_in_loops(effect_type)
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
+        pass  # a loop-invariant write in a scan body under AD runs once (as JAX's own)
+    try:
         _gating.install(effect_type)
     except (ImportError, AttributeError, KeyError):  # pragma: no cover - JAX version
         pass  # writes under a batched predicate are not gated
