@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import callax
-from conftest import read_run
+from conftest import JAX_VERSION, read_run
 
 P = np.arange(3.0, dtype=np.float32)
 
@@ -261,7 +261,10 @@ def _while_in_scan_loss(w):
     return loss
 
 
-@pytest.mark.parametrize("how", ["grad", "checkpoint", "linearize_and_apply", "hessian"])
+@pytest.mark.parametrize("how", ["grad", "checkpoint", "linearize_and_apply", pytest.param(
+    "hessian", marks=pytest.mark.skipif(
+        JAX_VERSION < (0, 10, 0), reason="JAX 0.8.2's while_loop JVP fails on this program "
+        "with or without writes (jax.debug.callback too: a cond jaxpr without arg names)"))])
 def test_a_while_loop_in_a_differentiated_scan_writes_once(logdir, how):
     w = callax.JITSummaryWriter(logdir)
     got = jax.jit(TRANSFORMS[how](_while_in_scan_loss(w)))(jnp.float32(0.0))
