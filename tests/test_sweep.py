@@ -49,7 +49,7 @@ def expected_return(config: int, key) -> float:
     return float(np.float32(EPISODE) * np.float32(reward))
 
 
-def run_sweep(log_dir, seeds=3, writers=("tensorboard", "jsonl"), **options):
+def run_sweep(log_dir, seeds=3, writers=("tensorboard", "jsonl"), close=False, **options):
     sweep = callax.Sweep(CONFIGS, seeds=seeds, **options)
     tb = callax.TensorBoardCallback(name="sweep", log_dir=log_dir, flush_every=2,
                                     writers=writers, sweep=sweep)
@@ -58,6 +58,8 @@ def run_sweep(log_dir, seeds=3, writers=("tensorboard", "jsonl"), **options):
     keys = jax.random.split(jax.random.key(0), seeds)
     iterations = jax.jit(sweep.vmap(train_fn(callback)))(keys)
     callax.flush_all()
+    if close:  # W&B finishes its runs (their files' exit records) at close
+        tb.tb_writer.close()
     return sweep, keys, iterations
 
 
@@ -137,10 +139,11 @@ def test_wandb_runs_grouped_by_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    _, keys, _ = run_sweep(str(tmp_path), seeds=2, writers=("jsonl", "wandb"))
+    _, keys, _ = run_sweep(str(tmp_path), seeds=2, writers=("jsonl", "wandb"), close=True)
     runs = wandb_runs(str(wandb_dir))
     assert sorted(runs) == sorted(f"sweep/{n}/seed_{s}" for n in NAMES for s in range(2))
     for c, name in enumerate(NAMES):
+        assert all(runs[f"sweep/{name}/seed_{s}"].finished for s in range(2))
         for s in range(2):
             run = runs[f"sweep/{name}/seed_{s}"]
             assert run.run.run_group == f"sweep/{name}"
