@@ -117,6 +117,9 @@ def wandb_runs(wandb_dir: str, timeout: float = 120.0) -> dict[str, WandbRun]:
     deadline = time.monotonic() + timeout
     while not all(_finished(p) for p in paths) and time.monotonic() < deadline:
         time.sleep(0.1)
+    unfinished = [p for p in paths if not _finished(p)]
+    assert not unfinished, f"W&B runs without an exit record after {timeout} s (was the " \
+        f"writer closed?): {unfinished}"
     out = {}
     for path in paths:
         run = WandbRun(path)
