@@ -333,9 +333,16 @@ class _HeldPrograms:
     def dispatch(self, i: int, keep: list | None = None) -> None:
         """Dispatch program ``i``; its jitted function goes after the call, or into ``keep``."""
         self.gate.clear()
+        dispatcher = threading.get_ident()
 
         def hold(seed, when, x):
             del seed, when, x
+            if threading.get_ident() == dispatcher:
+                # XLA:CPU ran this program inline in the dispatching call (a loaded machine
+                # does so at times): nothing can be dropped while it runs, so it probes
+                # nothing; waiting would only block the dispatch until the timeout.
+                self.waited.append(False)
+                return
             self.waited.append(self.gate.wait(20))
 
         def program(s):
@@ -354,9 +361,11 @@ class _HeldPrograms:
         self.gate.set()
 
     def check(self, logdir: str, n: int) -> None:
-        """Every program waited and wrote; then none of their host functions is kept."""
+        """Every program wrote (at least one of them while its executable was gone); then
+        none of their host functions is kept."""
         self.writer.close()  # waits for every program (jax.effects_barrier)
-        assert self.waited == [True] * n, "dispatch was synchronous: this test checks nothing"
+        assert len(self.waited) == n
+        assert any(self.waited), "every dispatch was synchronous: this test checked nothing"
         assert read_run(logdir)["t"] == [(i, float(i)) for i in range(n)]
         jax.clear_caches()
         gc.collect()
