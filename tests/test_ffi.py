@@ -234,6 +234,13 @@ def test_a_python_error_in_a_host_call_reaches_the_user_with_its_traceback(handl
     assert "ValueError: no good value: [0, 1]" in text, text
 
 
+def _compiled_int_program(host, value: int):
+    """``host`` (one int32 in, one out) compiled alone on the FFI path, and its operand."""
+    want = [jax.ShapeDtypeStruct((), jnp.int32)]
+    x = jax.device_put(np.int32(value), jax.devices("cpu")[0])
+    return jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile(), x
+
+
 def test_a_compiled_program_keeps_its_host_function_alive_and_only_it(handler_path):
     seen = []
 
@@ -241,9 +248,7 @@ def test_a_compiled_program_keeps_its_host_function_alive_and_only_it(handler_pa
         seen.append(int(x))
         return (x + 1,)
 
-    want = [jax.ShapeDtypeStruct((), jnp.int32)]
-    x = jax.device_put(np.int32(1), jax.devices("cpu")[0])
-    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    compiled, x = _compiled_int_program(host, 1)
     alive = weakref.ref(host)
     del host
     gc.collect()
@@ -255,9 +260,7 @@ def test_a_dropped_program_releases_its_host_function(handler_path):
     def host(x):
         return (x + 1,)
 
-    want = [jax.ShapeDtypeStruct((), jnp.int32)]
-    x = jax.device_put(np.int32(1), jax.devices("cpu")[0])
-    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    compiled, x = _compiled_int_program(host, 1)
     alive = weakref.ref(host)
     del host
     assert int(compiled(x)[0]) == 2
@@ -275,9 +278,7 @@ def test_a_deserialized_executable_keeps_its_host_function_after_the_original_go
     def host(x):
         return (x * 3,)
 
-    want = [jax.ShapeDtypeStruct((), jnp.int32)]
-    x = jax.device_put(np.int32(2), jax.devices("cpu")[0])
-    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    compiled, x = _compiled_int_program(host, 2)
     loaded = serialize_executable.deserialize_and_load(*serialize_executable.serialize(compiled))
     alive = weakref.ref(host)
     del host, compiled
@@ -305,9 +306,7 @@ def test_where_jax_cannot_report_running_programs_dropped_ones_keep_their_functi
     def host(x):
         return (x - 1,)
 
-    want = [jax.ShapeDtypeStruct((), jnp.int32)]
-    x = jax.device_put(np.int32(1), jax.devices("cpu")[0])
-    compiled = jax.jit(functools.partial(_ffi_path.bind, host, want)).lower(x).compile()
+    compiled, x = _compiled_int_program(host, 1)
     alive = weakref.ref(host)
     del host
     assert int(compiled(x)[0]) == 0
