@@ -474,6 +474,25 @@ def test_dangling_or_looping_symlink_log_dir_fails_at_construction(tmp_path, con
                                             else ["link", "other"])  # nothing created
 
 
+def test_a_run_directory_created_by_another_opener_meanwhile_is_not_a_broken_link(
+        tmp_path, monkeypatch):
+    # Seen in CI: two seeds' runs opened at once; the second saw the directory missing, then
+    # present (created by the first) and read it as a symlink leading nowhere.
+    from callax._writer import _paths
+
+    run = tmp_path / "run"
+    real_lexists = os.path.lexists
+
+    def created_meanwhile(path):
+        if os.fspath(path) == str(run):
+            run.mkdir(exist_ok=True)
+        return real_lexists(path)
+
+    monkeypatch.setattr(_paths.os.path, "lexists", created_meanwhile)
+    assert _paths.check_log_dir(run) == str(run)
+    assert _paths.check_log_dir(run / "seed_0") == str(run / "seed_0")
+
+
 # --------------------------------------------------------------------------------------------
 # Row 7: every exit wait is bounded, atexit included.
 

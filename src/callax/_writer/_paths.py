@@ -53,16 +53,26 @@ def check_run_name(name: object) -> str:
 
 
 def _broken_link(text: str, link: str) -> None:
-    """Raise for a symlink on the way to ``log_dir`` that leads nowhere."""
+    """Raise for a symlink on the way to ``log_dir`` that leads nowhere.
+
+    Returns quietly when ``link`` leads somewhere after all: another thread or process (a
+    second run opened at the same time) may create the path between the caller's checks.
+    """
     where = "" if os.path.abspath(text) == link else f" (on its way: {link!r})"
     try:
         os.stat(link)
+        return
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, f"log_dir {text!r}{where} is a symlink that loops "
-                          f"({os.readlink(link)!r})") from None
+        loops = error.errno == errno.ELOOP
+    try:
+        target = os.readlink(link)
+    except OSError:  # no longer a symlink: replaced meanwhile
+        return
+    if loops:
+        raise OSError(errno.ELOOP, f"log_dir {text!r}{where} is a symlink that loops "
+                      f"({target!r})") from None
     raise FileNotFoundError(errno.ENOENT, f"log_dir {text!r}{where} is a dangling symlink to "
-                            f"{os.readlink(link)!r}")
+                            f"{target!r}")
 
 
 def check_log_dir(path: str | os.PathLike) -> str:
@@ -104,7 +114,9 @@ def check_log_dir(path: str | os.PathLike) -> str:
     probe = directory
     while not os.path.exists(probe):
         if os.path.lexists(probe):  # a symlink whose target is missing or loops
-            _broken_link(text, probe)
+            _broken_link(text, probe)  # returns if the path was created meanwhile
+            if os.path.exists(probe):
+                break
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         what = "is a file" if probe == directory else f"is inside the file {probe!r}"
