@@ -215,7 +215,14 @@ def in_python_start_up(code: int, out: str, err: str) -> bool:
 
     package = os.path.dirname(os.path.abspath(callax.__file__))
     failed = "Fatal Python error" in err or err.rstrip().endswith("KeyboardInterrupt")
-    return code != 130 and failed and package not in err
+    # Frames in callax: none, or only `callax/__init__.py` at its first import, that of
+    # `_entry` itself (the interpreter still reading that module when the signal came).
+    lines = err.splitlines()
+    frames = [(i, line) for i, line in enumerate(lines) if package in line]
+    before_entry = all(
+        f'{os.path.join(package, "__init__.py")}"' in line and i + 1 < len(lines)
+        and "import _entry" in lines[i + 1] for i, line in frames)
+    return code != 130 and failed and before_entry
 
 
 def ctrl_c_train(command: list[str], log_dir: str, *, after: float | None = None,
