@@ -5,16 +5,15 @@ TensorBoard's data server), process-local data written once or per process."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import two_processes
 from callax.callbacks._seeds import read_statistics
-from conftest import free_port, get_json, read_run, run_dirs, settled, tensorboard_server
+from conftest import get_json, read_run, run_dirs, settled, tensorboard_server
 from test_scale import assert_points, expected, expected_seeds, gradient_descent_losses
 
 HERE = os.path.dirname(__file__)
@@ -23,21 +22,7 @@ HERE = os.path.dirname(__file__)
 @pytest.fixture(scope="module")
 def mp_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("scale_mp"))
-    port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "scale_mp_script.py"),
-                               str(port), str(p), root], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for p in range(2)]
-    try:
-        outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-4000:]
-        assert "DONE" in out
+    two_processes.run("scale_mp_script.py", root, timeout=240)
     return root
 
 

@@ -5,35 +5,19 @@ by the process that holds it, with its own values."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import free_port, read_run, run_dirs
+import two_processes
+from conftest import read_run, run_dirs
 from test_sweep_scale import EPISODE, ITERS, NAMES, SEEDS
 
 
 @pytest.fixture(scope="module")
 def mp_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep_mp"))
-    port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    here = os.path.dirname(__file__)
-    procs = [subprocess.Popen([sys.executable, os.path.join(here, "sweep_mp_script.py"),
-                               str(port), str(p), root], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for p in range(2)]
-    try:
-        outputs = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-4000:]
-        assert "DONE" in out
+    two_processes.run("sweep_mp_script.py", root, timeout=400)
     return root
 
 
