@@ -214,6 +214,44 @@ def test_eager_reset_is_the_traced_reset_and_compiles_once(logdir, compiles):
     assert "pjit" not in primitives and "jit" not in primitives, primitives
 
 
+def test_eager_record_and_merge_are_the_traced_ones(compiles):
+    """Issue 26: recording an epoch-level event eagerly and merging it into the epoch's
+    record (docs/foreign-loops.md's CleanRL recipe) ran a dozen (record) and ~40 (merge)
+    operations one by one at every write; each is now one program compiled once per
+    structure, with the same arrays as under jit (NaN skipped, several calls per slot,
+    slots of both records)."""
+    from callax.events import SACEvents, record
+
+    def several(x, size):
+        SACEvents.critic_value_loss(0, x)
+        SACEvents.critic_value_loss(0, jnp.nan)
+        SACEvents.critic_value_loss(0, 2.0 * x)
+        SACEvents.policy_loss(None, x)
+        SACEvents.buffer_size(size)
+
+    def other(x):
+        SACEvents.policy_loss(None, -x)
+        SACEvents.entropy_coef(None, x)
+
+    traced_merge, traced_record = jax.jit(lambda a, b: a.merge(b)), jax.jit(record(several))
+    for i in range(5):
+        if i == 2:
+            before = len(compiles)
+        x = jnp.float32(i)
+        _, eager = record(several)(x, i + 1)
+        _, traced = traced_record(x, i + 1)
+        assert eager.columns == traced.columns
+        _same_arrays(eager, traced)
+        _, end = record(other)(x)
+        merged = eager.merge(end)
+        _same_arrays(merged, traced_merge(eager, end))
+        assert merged.as_dict() == {"trainer/critic_value_loss/0": 1.5 * i,
+                                    "trainer/policy_loss": 0.0,  # mean of x and -x
+                                    "trainer/entropy_coef": float(i),
+                                    "trainer/buffer_size": float(i + 1)}
+    assert len(compiles) == before, f"{len(compiles) - before} compilations"
+
+
 def test_rows_alternating_over_tags_join_one_batch(logdir, monkeypatch):
     """Issue 26: a tight loop alternating over 6 tags (CleanRL's) queued one job, and one
     file write, per call, so the queue filled and each call waited for the writer thread.

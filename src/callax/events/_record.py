@@ -118,35 +118,13 @@ class EventRecord(eqx.Module):
             for column, value in zip(_columns_of(call.spec, call.key), call.values, strict=True):
                 column_values.setdefault(column, []).append(value)
         columns = tuple(sorted(column_values))
-        flat = [v for c in columns for v in column_values[c]]
-        ids = np.concatenate([np.full(len(column_values[c]), i, np.int32)
-                              for i, c in enumerate(columns)])
-        n = len(columns)
-        calls_np = np.bincount(ids, minlength=n).astype(np.int32)
-        last_index = np.cumsum(calls_np) - 1
-        nan_skipping = np.array([c.reducer == "nanmean" for c in columns])[ids]
-        values = jnp.stack(flat)
-        skip = jnp.isnan(values) & nan_skipping
-        kept = jnp.where(skip, 0.0, values)
-        if len(flat) == n:  # one call per column: no reduction needed
-            total, minimum, maximum, last = kept, values, values, values
-            count = (~skip).astype(jnp.float32)
-        else:
-            last = values[last_index]
-            total = jax.ops.segment_sum(kept, ids, n, indices_are_sorted=True)
-            count = jax.ops.segment_sum((~skip).astype(jnp.float32), ids, n,
-                                        indices_are_sorted=True)
-            minimum = _segment_nanprop(jax.ops.segment_min, values, ids, n)
-            maximum = _segment_nanprop(jax.ops.segment_max, values, ids, n)
-        return cls(
-            columns=columns,
-            calls=jnp.asarray(calls_np),
-            total=total,
-            count=count,
-            minimum=minimum,
-            maximum=maximum,
-            last=last,
-        )
+        flat = tuple(v for c in columns for v in column_values[c])
+        ids = tuple(i for i, c in enumerate(columns) for _ in column_values[c])
+        nan_columns = tuple(c.reducer == "nanmean" for c in columns)
+        eager = not under_trace() and not any(isinstance(v, Tracer) for v in flat)
+        # Eagerly: one program per structure (cached), not a dozen operations one by one.
+        stats = (_reduce_calls_program if eager else _reduce_calls)(flat, ids, nan_columns)
+        return cls(columns=columns, **dict(zip(_STATS, stats, strict=True)))
 
     # -- combination --
 
@@ -365,6 +343,35 @@ def _empty_stats(layout: tuple[tuple[tuple[int, ...], np.dtype], ...]) -> tuple[
     one program per layout, the eager ``reset``'s (a few constants, no inputs)."""
     return tuple(jnp.full(shape, fill, dtype)
                  for (shape, dtype), fill in zip(layout, _EMPTY_FILL, strict=True))
+
+
+def _reduce_calls(flat: tuple[jax.Array, ...], column_ids: tuple[int, ...],
+                  nan_columns: tuple[bool, ...]) -> tuple[jax.Array, ...]:
+    """The six arrays of a record from its calls' values, ``flat[i]`` for column
+    ``column_ids[i]`` (sorted); ``nan_columns``: which columns skip NaN (``nanmean``).
+    The values are packed in one vector and reduced per column with static segment ids."""
+    ids = np.asarray(column_ids, np.int32)
+    n = len(nan_columns)
+    calls_np = np.bincount(ids, minlength=n).astype(np.int32)
+    last_index = np.cumsum(calls_np) - 1
+    nan_skipping = np.asarray(nan_columns, bool)[ids]
+    values = jnp.stack(flat)
+    skip = jnp.isnan(values) & nan_skipping
+    kept = jnp.where(skip, 0.0, values)
+    if len(flat) == n:  # one call per column: no reduction needed
+        total, minimum, maximum, last = kept, values, values, values
+        count = (~skip).astype(jnp.float32)
+    else:
+        last = values[last_index]
+        total = jax.ops.segment_sum(kept, ids, n, indices_are_sorted=True)
+        count = jax.ops.segment_sum((~skip).astype(jnp.float32), ids, n,
+                                    indices_are_sorted=True)
+        minimum = _segment_nanprop(jax.ops.segment_min, values, ids, n)
+        maximum = _segment_nanprop(jax.ops.segment_max, values, ids, n)
+    return jnp.asarray(calls_np), total, count, minimum, maximum, last
+
+
+_reduce_calls_program = jax.jit(_reduce_calls, static_argnums=(1, 2))
 
 
 def _segment_nanprop(segment_fn, values, ids, n):
