@@ -257,9 +257,10 @@ class EventRecord(eqx.Module):
         Called eagerly (a Python loop writing the record its jitted updates returned), it
         reduces on the host with NumPy and hands the row to the writer thread: no program
         is compiled or run, whatever the record's slots. For 6 SAC events (7 slots):
-        0.45 ms median, 0.64 ms p90 per write, 1.1 ms with the ``reset`` after it, on a
-        loaded 2-core CPU machine (``python benchmarks/bench_eager.py --cases records``,
-        2026-12-07; see docs/performance.md, "Eager writes")."""
+        0.33-0.66 ms median per write (p90 0.52-1.04 ms), 0.76-1.32 ms with the ``reset``
+        after it, on a shared 2-core CPU machine (two runs of ``python
+        benchmarks/bench_eager.py --cases records``, 2026-12-07; docs/performance.md,
+        "Eager writes")."""
         if not self.columns:
             return
         if _write_eagerly(self, writer, step, when):
