@@ -3,6 +3,7 @@ do): callax's ``add_scalar``/``add_dict`` against tensorboardX's ``SummaryWriter
 in one process, interleaved rounds.
 
     python benchmarks/bench_eager.py [--rounds 7] [--calls 2000] [--scalars 4] [--writes 10000]
+                                     [--records 1000] [--cases scalars,records]
 
 Per round, each contender makes ``--calls`` calls (new steps every time):
 
@@ -23,6 +24,19 @@ point (``flush``), so a writer thread that falls behind shows in its time.
 calling thread with nothing else running, to encode and write 10,000 queued 6-tag rows
 (what the thread does with them). Below the calling loop's cost per call, the queue never
 fills and a call never waits for the thread.
+
+``records`` (issue 26): a CleanRL/sbx-style loop whose jitted update merges the
+``EventRecord`` of five SAC events (critic value and loss, policy loss, entropy
+coefficient, timing) into the epoch's, as docs/events.md's "From a Python loop" shows, and
+that writes and resets it eagerly after every update. Each write first records an
+epoch-level event (``buffer_size``) eagerly and merges it in, as docs/foreign-loops.md's
+CleanRL recipe does: 6 events, 7 slots. Per round ``--records`` writes; the update is not
+timed, and each step of the write is timed alone: ``record(epoch_end)``, ``merge``,
+``write`` (the host reduce and the hand-off to the writer thread), ``reset``; so are six
+tensorboardX ``add_scalar`` calls of Python floats (the same values would add their
+device-to-host copy). Prints the median and p90 over every write of every round, the
+per-round medians' min-max, and the ratio of the ``write``'s median to tensorboardX's six
+calls.
 """
 
 from __future__ import annotations
@@ -62,14 +76,106 @@ def writer_thread_cost(root: str, rows: int) -> float:
     return elapsed / rows * 1e6
 
 
+def record_writes(root: str, rounds: int, writes: int) -> None:
+    """The ``records`` case: eager ``EventRecord.write`` + ``reset`` per update, against
+    tensorboardX writing six scalars (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    from tensorboardX import SummaryWriter
+
+    import callax
+    from callax.events import SACEvents, discover, record
+
+    def train_step(x):
+        SACEvents.critic_value(0, x)
+        SACEvents.critic_value_loss(0, 2.0 * x)
+        SACEvents.policy_loss(None, x + 1.0)
+        SACEvents.entropy_coef(None, 0.5 * x)
+        SACEvents.time_backprob(0.01 * x, 25.0)
+        return x + 1.0
+
+    def epoch_end(buffer_size):
+        SACEvents.buffer_size(buffer_size)
+
+    @jax.jit
+    def update(x, epoch):
+        x, rec = record(train_step)(x)
+        return x, epoch.merge(rec)
+
+    tbx = SummaryWriter(os.path.join(root, "tbx-records"))
+    writer = callax.JITSummaryWriter(os.path.join(root, "callax-records"))
+    x, epoch = jnp.float32(0.0), discover(train_step, jnp.float32(0.0))
+    step = 0
+    names = ("record(epoch_end)", "merge", "write", "reset", "write + reset", "all four",
+             "tbx 6 scalars")
+    times: dict[str, list[list[float]]] = {name: [] for name in names}
+    for round_ in range(rounds + 1):  # round 0 warms up (the update, merge, reset compile)
+        per = {name: [] for name in times}
+        for _ in range(writes):
+            step += 1
+            x, epoch = update(x, epoch)
+            jax.block_until_ready(epoch)  # the update is not timed
+            t0 = time.perf_counter()
+            _, end = record(epoch_end)(step)
+            t1 = time.perf_counter()
+            full = epoch.merge(end)
+            t2 = time.perf_counter()
+            full.write(writer, step)
+            t3 = time.perf_counter()
+            epoch = epoch.reset()
+            t4 = time.perf_counter()
+            values = [float(step + i) for i in range(6)]
+            tbx_start = time.perf_counter()
+            for tag, value in zip(CLEANRL_TAGS, values, strict=True):
+                tbx.add_scalar(tag, value, step)
+            tbx_end = time.perf_counter()
+            for name, seconds in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t2,
+                                             t4 - t0, tbx_end - tbx_start), strict=True):
+                per[name].append(seconds * 1e3)
+        writer.flush()
+        tbx.flush()
+        if round_:
+            for name in times:
+                times[name].append(per[name])
+    writer.close()
+    tbx.close()
+    print(f"EventRecord.write (6 SAC events, 7 slots), {rounds} rounds x {writes} writes; "
+          "ms per call: median, p90 over all writes [per-round medians min-max]:")
+    flat = {name: sorted(t for r in rounds_ for t in r) for name, rounds_ in times.items()}
+    for name, all_ in flat.items():
+        medians = [statistics.median(r) for r in times[name]]
+        p90 = all_[int(0.9 * (len(all_) - 1))]
+        print(f"  {name:17s} median {statistics.median(all_):6.3f} ms  p90 {p90:6.3f} ms  "
+              f"[{min(medians):.3f}-{max(medians):.3f}]")
+    ratio = statistics.median(flat["write"]) / statistics.median(flat["tbx 6 scalars"])
+    print(f"EventRecord.write / tensorboardX 6 x add_scalar = {ratio:.2f}x (medians); "
+          f"write + reset: {statistics.median(flat['write + reset']):.3f} ms "
+          "(issue 26: at most 2 ms per write)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--scalars", type=int, default=4)
     parser.add_argument("--writes", type=int, default=10_000)
+    parser.add_argument("--records", type=int, default=1000,
+                        help="EventRecord writes per round (the records case)")
+    parser.add_argument("--cases", default="scalars,records",
+                        help="comma-separated: scalars (add_scalar/add_dict/6 tags), records")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    if not cases <= {"scalars", "records"}:
+        parser.error(f"unknown cases {sorted(cases - {'scalars', 'records'})}")
+    if "scalars" in cases:
+        scalar_writes(args)
+    if "records" in cases:
+        record_writes(tempfile.mkdtemp(prefix="callax-bench-records-"), args.rounds,
+                      args.records)
 
+
+def scalar_writes(args: argparse.Namespace) -> None:
+    """The ``scalars`` cases: add_scalar, add_dict and the 6-tag loop."""
     import jax
     from tensorboardX import SummaryWriter
 

@@ -160,6 +160,98 @@ def test_eagerly_written_event_records_compile_nothing_per_write(logdir, compile
     assert run["trainer/buffer_size"] == [(s, 1.0) for s in (0, *range(2, 101, 2))]
 
 
+def _same_arrays(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # NaN equals NaN
+
+
+def test_eager_reset_is_the_traced_reset_and_compiles_once(logdir, compiles):
+    """Issue 26: the docs' Python loop (the jitted update merges its record into the
+    epoch's; every N updates ``write`` then ``reset`` eagerly) compiles nothing after the
+    first epoch; the eager ``reset`` (one cached program per shape) returns what the traced
+    one does, unbatched and batched, and inside jit ``reset`` still traces to plain ops."""
+    from callax.events import EventRecord, SACEvents, discover, record
+
+    def train_step(x):
+        SACEvents.critic_value_loss(0, x)
+        SACEvents.policy_loss(None, 2.0 * x)
+        SACEvents.time_backprob(x, 50.0)
+        return x + 1.0
+
+    @jax.jit
+    def update(x, epoch):
+        x, rec = record(train_step)(x)
+        return x, epoch.merge(rec)
+
+    traced_reset = jax.jit(lambda r: r.reset())
+    writer = callax.JITSummaryWriter(logdir)
+    x, epoch = jnp.float32(0.0), discover(train_step, jnp.float32(0.0))
+    for step in range(1, 301):
+        if step == 4:
+            before = len(compiles)
+        x, epoch = update(x, epoch)
+        if step % 3 == 0:
+            epoch.write(writer, step)
+            reset = epoch.reset()
+            assert isinstance(reset, EventRecord) and reset.columns == epoch.columns
+            _same_arrays(reset, traced_reset(epoch))
+            epoch = reset
+    writer.flush()
+    assert len(compiles) == before, f"{len(compiles) - before} compilations in 99 epochs"
+    run = read_run(logdir)
+    # Epoch k (steps 3k-2 .. 3k) holds x = 3k-3, 3k-2, 3k-1: mean 3k-2.
+    assert run["trainer/critic_value_loss/0"] == [(s, float(s - 2)) for s in range(3, 301, 3)]
+    assert run["trainer/policy_loss"] == [(s, float(2 * (s - 2))) for s in range(3, 301, 3)]
+
+    # Batched (a vmapped update's record) and never-called slots: the same as traced.
+    _, batched = jax.vmap(record(train_step))(jnp.arange(3.0))
+    _same_arrays(batched.reset(), traced_reset(batched))
+    assert jnp.shape(batched.reset().calls) == (3, len(batched.columns))
+    _same_arrays(EventRecord.empty().reset(), traced_reset(EventRecord.empty()))
+    # Inside jit: the traced code (no nested program), as before.
+    primitives = {e.primitive.name for e in jax.make_jaxpr(lambda r: r.reset())(batched).eqns}
+    assert "pjit" not in primitives and "jit" not in primitives, primitives
+
+
+def test_eager_record_and_merge_are_the_traced_ones(compiles):
+    """Issue 26: recording an epoch-level event eagerly and merging it into the epoch's
+    record (docs/foreign-loops.md's CleanRL recipe) ran a dozen (record) and ~40 (merge)
+    operations one by one at every write; each is now one program compiled once per
+    structure, with the same arrays as under jit (NaN skipped, several calls per slot,
+    slots of both records)."""
+    from callax.events import SACEvents, record
+
+    def several(x, size):
+        SACEvents.critic_value_loss(0, x)
+        SACEvents.critic_value_loss(0, jnp.nan)
+        SACEvents.critic_value_loss(0, 2.0 * x)
+        SACEvents.policy_loss(None, x)
+        SACEvents.buffer_size(size)
+
+    def other(x):
+        SACEvents.policy_loss(None, -x)
+        SACEvents.entropy_coef(None, x)
+
+    traced_merge, traced_record = jax.jit(lambda a, b: a.merge(b)), jax.jit(record(several))
+    for i in range(5):
+        if i == 2:
+            before = len(compiles)
+        x = jnp.float32(i)
+        _, eager = record(several)(x, i + 1)
+        _, traced = traced_record(x, i + 1)
+        assert eager.columns == traced.columns
+        _same_arrays(eager, traced)
+        _, end = record(other)(x)
+        merged = eager.merge(end)
+        _same_arrays(merged, traced_merge(eager, end))
+        assert merged.as_dict() == {"trainer/critic_value_loss/0": 1.5 * i,
+                                    "trainer/policy_loss": 0.0,  # mean of x and -x
+                                    "trainer/entropy_coef": float(i),
+                                    "trainer/buffer_size": float(i + 1)}
+    assert len(compiles) == before, f"{len(compiles) - before} compilations"
+
+
 def test_rows_alternating_over_tags_join_one_batch(logdir, monkeypatch):
     """Issue 26: a tight loop alternating over 6 tags (CleanRL's) queued one job, and one
     file write, per call, so the queue filled and each call waited for the writer thread.

@@ -5,6 +5,7 @@ the signatures written out in the docs match the code."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 import callax
-from callax.events import SACEvents, discover, record
+from callax import events
+from callax.events import EventRecord, SACEvents, discover, record
 from callax.writers import read_jsonl
 from conftest import assert_steps_increase, read_run
 
@@ -133,3 +135,94 @@ def test_the_signatures_written_in_the_docs_are_the_code(path):
     code = {name: list(inspect.signature(getattr(SACEvents, name)).parameters)
             for name in SACEvents.events()}
     assert written_out(path) == code
+
+
+def _text_block(path: str, start: str) -> str:
+    """The lines of the ``text`` block of ``path`` from the line that starts with ``start``
+    to the end of the block."""
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    block = text[text.index("\n" + start) + 1:]
+    return block[:block.index("```")]
+
+
+_ENTRY = re.compile(r"^(?:EventRecord\.)?(\w+)(?:\((.*?)\))?(?:\s*->\s*(.+?))?$")
+
+
+def written_members(path: str) -> dict[str, tuple[str | None, str | None]]:
+    """``{member: (parameters, return)}`` of the ``class EventRecord`` block of a page: each
+    indented line, comment cut, holds ``;``-separated entries ``name(params) -> return``;
+    ``parameters`` is ``None`` for an attribute or property."""
+    block = _text_block(path, "class EventRecord")
+    found = {}
+    for line in block.splitlines()[1:]:
+        if not line.startswith("    "):
+            break
+        for entry in line.split("#")[0].split(";"):
+            match = _ENTRY.match(entry.strip())
+            assert match, f"{path}: cannot read {entry.strip()!r} in the EventRecord block"
+            name, params, returns = match.groups()
+            found[name] = (params, returns)
+    return found
+
+
+def _parameters(fn) -> str:
+    """``fn``'s parameters as the docs write them: names, ``*``, ``=default`` (no types)."""
+    out, star = [], False
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in ("self", "cls"):
+            continue
+        if p.kind is p.KEYWORD_ONLY and not star:
+            out.append("*")
+            star = True
+        prefix = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+        star = star or p.kind is p.VAR_POSITIONAL
+        default = "" if p.default is p.empty else f"={p.default!r}"
+        out.append(f"{prefix}{p.name}{default}")
+    return ", ".join(out)
+
+
+def _exact_return(annotation: str) -> str | None:
+    # Array returns are written with their shapes (f32[n]); other annotations as they are.
+    return None if "jax.Array" in annotation else annotation
+
+
+@pytest.mark.parametrize("path", ["docs/events.md", "docs/foreign-loops.md"])
+def test_the_event_record_written_in_the_docs_is_the_code(path):
+    """The ``class EventRecord`` block of the Markdown source lists every public method
+    and property of ``EventRecord`` with the code's parameters (names, keyword-only
+    marker, defaults) and return types; fails when the two drift."""
+    written = written_members(path)
+    fields = {f.name for f in dataclasses.fields(EventRecord)}
+    code = {}
+    for name in dir(EventRecord):
+        member = inspect.getattr_static(EventRecord, name)
+        if name.startswith("_") or name in fields:
+            continue
+        if isinstance(member, property):
+            code[name] = (None, member.fget.__annotations__["return"])
+        elif callable(member) or isinstance(member, classmethod | staticmethod):
+            fn = getattr(EventRecord, name)
+            code[name] = (_parameters(fn), inspect.signature(fn).return_annotation)
+    assert set(written) - fields == set(code), path
+    for name, (params, returns) in code.items():
+        assert written[name][0] == params, f"{path}: {name}({written[name][0]}) != ({params})"
+        if _exact_return(returns) is not None:
+            assert written[name][1] == returns, f"{path}: {name} -> {written[name][1]}"
+
+
+@pytest.mark.parametrize("path", ["docs/events.md", "docs/foreign-loops.md"])
+def test_the_event_functions_written_in_the_docs_are_the_code(path):
+    """The module-level functions of ``callax.events`` written at the start of a line of the
+    reference block (``record(fn) -> ...``, ``timestamp(after) -> ...``) have the code's
+    parameters."""
+    block = _text_block(path, "class SACEvents" if "foreign" in path else
+                        "class EventInterface")
+    written = {}
+    for line in block.splitlines():
+        for entry in line.split("#")[0].split(";"):
+            match = re.match(r"^\s*(\w+)\((.*?)\)\s*->", entry)
+            if match and not line.startswith(" ") and match.group(1) in events.__all__:
+                written[match.group(1)] = match.group(2)
+    assert {"record", "discover", "timestamp", "sequenced", "elapsed"} <= set(written), path
+    for name, params in written.items():
+        assert params == _parameters(getattr(events, name)), f"{path}: {name}({params})"

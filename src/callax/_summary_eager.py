@@ -47,7 +47,10 @@ def write_rows_eagerly(writer: JITSummaryWriter, tags: tuple[str, ...], steps: A
     values = check_host_values(tags, values)
     if values.ndim != 2 or values.shape[1] != len(tags):
         raise ValueError(f"values must have shape (K, {len(tags)}), got {values.shape}")
-    words = np.asarray(steps.words if isinstance(steps, Step) else _steps.as_words(steps))
+    if isinstance(steps, np.ndarray) and np.issubdtype(steps.dtype, np.integer):
+        words = _steps._numpy_words(steps)  # host steps stay on the host (no device copy)
+    else:
+        words = np.asarray(steps.words if isinstance(steps, Step) else _steps.as_words(steps))
     if words.shape != (values.shape[0], 2):
         raise ValueError(f"steps must have shape ({values.shape[0]},), got {words.shape[:-1]}")
     check_concrete_steps(words, tags)

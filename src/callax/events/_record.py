@@ -12,7 +12,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
+from .._host import under_trace
 from .._summary_eager import is_eager, write_rows_eagerly
 from .._summary_writer import JITSummaryWriter
 from ._declare import _REDUCER_CODE, EventSpec, _Call
@@ -42,6 +44,25 @@ def _columns_of(spec: EventSpec, key: tuple[int | str | None, ...]) -> list[_Col
                 spec.tag(field, key), reducer)
         for i, (field, reducer) in enumerate(zip(spec.fields, spec.reducers, strict=True))
     ]
+
+
+class _plain_method:
+    """A method whose bound form is a ``functools.partial``, not an Equinox module.
+
+    Equinox binds a method looked up on a module as a module of its own (``BoundMethod``,
+    ~0.07 ms to build), a sizeable part of an eager ``write``'s cost. Methods a Python loop
+    calls eagerly at every write (``merge``, ``write``, ``reset``) are bound plainly
+    instead; they are not meant to be passed through ``jax.jit`` as pytrees."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else functools.partial(self.fn, obj)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
 
 
 class EventRecord(eqx.Module):
@@ -97,35 +118,13 @@ class EventRecord(eqx.Module):
             for column, value in zip(_columns_of(call.spec, call.key), call.values, strict=True):
                 column_values.setdefault(column, []).append(value)
         columns = tuple(sorted(column_values))
-        flat = [v for c in columns for v in column_values[c]]
-        ids = np.concatenate([np.full(len(column_values[c]), i, np.int32)
-                              for i, c in enumerate(columns)])
-        n = len(columns)
-        calls_np = np.bincount(ids, minlength=n).astype(np.int32)
-        last_index = np.cumsum(calls_np) - 1
-        nan_skipping = np.array([c.reducer == "nanmean" for c in columns])[ids]
-        values = jnp.stack(flat)
-        skip = jnp.isnan(values) & nan_skipping
-        kept = jnp.where(skip, 0.0, values)
-        if len(flat) == n:  # one call per column: no reduction needed
-            total, minimum, maximum, last = kept, values, values, values
-            count = (~skip).astype(jnp.float32)
-        else:
-            last = values[last_index]
-            total = jax.ops.segment_sum(kept, ids, n, indices_are_sorted=True)
-            count = jax.ops.segment_sum((~skip).astype(jnp.float32), ids, n,
-                                        indices_are_sorted=True)
-            minimum = _segment_nanprop(jax.ops.segment_min, values, ids, n)
-            maximum = _segment_nanprop(jax.ops.segment_max, values, ids, n)
-        return cls(
-            columns=columns,
-            calls=jnp.asarray(calls_np),
-            total=total,
-            count=count,
-            minimum=minimum,
-            maximum=maximum,
-            last=last,
-        )
+        flat = tuple(v for c in columns for v in column_values[c])
+        ids = tuple(i for i, c in enumerate(columns) for _ in column_values[c])
+        nan_columns = tuple(c.reducer == "nanmean" for c in columns)
+        eager = not under_trace() and not any(isinstance(v, Tracer) for v in flat)
+        # Eagerly: one program per structure (cached), not a dozen operations one by one.
+        stats = (_reduce_calls_program if eager else _reduce_calls)(flat, ids, nan_columns)
+        return cls(columns=columns, **dict(zip(_STATS, stats, strict=True)))
 
     # -- combination --
 
@@ -147,12 +146,21 @@ class EventRecord(eqx.Module):
             **{f: put(getattr(empty, f), getattr(self, f)) for f in _STATS},
         )
 
+    @_plain_method
     def merge(self, other: EventRecord) -> EventRecord:
         """Both records' calls together (``other``'s calls count as later for ``last``).
 
-        Records over different slots merge into one over the union of their slots."""
+        Records over different slots merge into one over the union of their slots. Eagerly
+        (outside any trace) it runs one program compiled once per pair of structures."""
         if not isinstance(other, EventRecord):
             raise TypeError(f"can only merge an EventRecord, got {type(other).__name__}")
+        if _concrete(self) and _concrete(other):  # eagerly: one cached program, not op by op
+            return _merge_program(self, other)
+        return _merge(self, other)
+
+    # -- (merge's body: traced as it is inside jit, compiled once per structure eagerly) --
+
+    def _merged(self, other: EventRecord) -> EventRecord:
         columns = self.columns
         if other.columns != columns:
             columns = tuple(sorted(set(self.columns) | set(other.columns)))
@@ -176,10 +184,19 @@ class EventRecord(eqx.Module):
             **{f: jnp.where(pred, getattr(self, f), getattr(empty, f)) for f in _STATS},
         )
 
+    @_plain_method
     def reset(self) -> EventRecord:
-        """The same slots with no calls (start of the next epoch)."""
-        return jax.tree.map(lambda x, e: jnp.broadcast_to(e, jnp.shape(x)).astype(x.dtype),
-                            self, EventRecord.empty(self.columns))
+        """The same slots with no calls (start of the next epoch).
+
+        Eagerly (outside any trace) the empty arrays come from one cached program per
+        shape: ~0.05 ms, where the traced code run op by op costs ~2 ms."""
+        if not _concrete(self):
+            return jax.tree.map(
+                lambda x, e: jnp.broadcast_to(e, jnp.shape(x)).astype(x.dtype),
+                self, EventRecord.empty(self.columns))
+        stats = tuple(self.__dict__[f] for f in _STATS)
+        empty = _empty_stats(tuple((np.shape(x), np.dtype(x.dtype)) for x in stats))
+        return jax.tree.unflatten(jax.tree.structure(self), empty)
 
     def fold(self, axis: int = 0) -> EventRecord:
         """Merge the records stacked along ``axis`` (e.g. returned by a ``lax.scan``), in
@@ -210,7 +227,7 @@ class EventRecord(eqx.Module):
     @property
     def tags(self) -> tuple[str, ...]:
         """The tag of every column, in order: ``<interface>/<event>[/<field>][/<key>...]``."""
-        return tuple(c.tag for c in self.columns)
+        return _tags(self.columns)
 
     @property
     def reducers(self) -> tuple[str, ...]:
@@ -231,6 +248,7 @@ class EventRecord(eqx.Module):
         valid = (self.calls > 0) & (~nanmean | (self.count > 0))
         return values, valid
 
+    @_plain_method
     def write(self, writer: JITSummaryWriter, step: Any, *, when: Any = True) -> None:
         """Write every valid column's reduced value at ``step`` in one host call (nothing for
         columns without calls). Works eagerly and inside jit/scan/vmap (under ``vmap`` over
@@ -238,7 +256,11 @@ class EventRecord(eqx.Module):
 
         Called eagerly (a Python loop writing the record its jitted updates returned), it
         reduces on the host with NumPy and hands the row to the writer thread: no program
-        is compiled or run, whatever the record's slots (~0.1 ms per write)."""
+        is compiled or run, whatever the record's slots. For 6 SAC events (7 slots):
+        0.33-0.66 ms median per write (p90 0.52-1.04 ms), 0.76-1.32 ms with the ``reset``
+        after it, on a shared 2-core CPU machine (two runs of ``python
+        benchmarks/bench_eager.py --cases records``, 2026-12-07; docs/performance.md,
+        "Eager writes")."""
         if not self.columns:
             return
         if _write_eagerly(self, writer, step, when):
@@ -278,8 +300,9 @@ def _write_eagerly(record: EventRecord, writer: JITSummaryWriter, step: Any, whe
 
 def _host_reduce(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
     """``record.reduce()`` of a concrete record, with NumPy (nothing compiled)."""
+    # np.asarray per field: jax.device_get's tree walk costs more than the six copies.
     calls, total, count, minimum, maximum, last = (
-        np.asarray(x) for x in jax.device_get(tuple(record.__dict__[f] for f in _STATS)))
+        np.asarray(record.__dict__[f]) for f in _STATS)
     code = _reducer_codes(record.columns)
     mean = total / np.maximum(count, 1.0)
     choices = [mean, mean, minimum, maximum, total, calls.astype(np.float32), last]
@@ -289,11 +312,67 @@ def _host_reduce(record: EventRecord) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
+def _tags(columns: tuple[_Column, ...]) -> tuple[str, ...]:
+    return tuple(c.tag for c in columns)
+
+
+@functools.cache
 def _reducer_codes(columns: tuple[_Column, ...]) -> np.ndarray:
     return np.array([_REDUCER_CODE[c.reducer] for c in columns], np.int32)
 
 
 _STATS = ("calls", "total", "count", "minimum", "maximum", "last")
+
+
+def _concrete(record: EventRecord) -> bool:
+    """Whether ``record`` is used outside any trace, with concrete arrays."""
+    return not under_trace() and not any(isinstance(record.__dict__[f], Tracer)
+                                         for f in _STATS)
+
+
+def _merge(a: EventRecord, b: EventRecord) -> EventRecord:
+    return a._merged(b)
+
+
+_merge_program = jax.jit(_merge)
+_EMPTY_FILL = (0, 0.0, 0.0, np.inf, -np.inf, np.nan)  # EventRecord.empty's, per field
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _empty_stats(layout: tuple[tuple[tuple[int, ...], np.dtype], ...]) -> tuple[jax.Array, ...]:
+    """The six arrays of a record with no calls, each of ``(shape, dtype)`` in ``layout``:
+    one program per layout, the eager ``reset``'s (a few constants, no inputs)."""
+    return tuple(jnp.full(shape, fill, dtype)
+                 for (shape, dtype), fill in zip(layout, _EMPTY_FILL, strict=True))
+
+
+def _reduce_calls(flat: tuple[jax.Array, ...], column_ids: tuple[int, ...],
+                  nan_columns: tuple[bool, ...]) -> tuple[jax.Array, ...]:
+    """The six arrays of a record from its calls' values, ``flat[i]`` for column
+    ``column_ids[i]`` (sorted); ``nan_columns``: which columns skip NaN (``nanmean``).
+    The values are packed in one vector and reduced per column with static segment ids."""
+    ids = np.asarray(column_ids, np.int32)
+    n = len(nan_columns)
+    calls_np = np.bincount(ids, minlength=n).astype(np.int32)
+    last_index = np.cumsum(calls_np) - 1
+    nan_skipping = np.asarray(nan_columns, bool)[ids]
+    values = jnp.stack(flat)
+    skip = jnp.isnan(values) & nan_skipping
+    kept = jnp.where(skip, 0.0, values)
+    if len(flat) == n:  # one call per column: no reduction needed
+        total, minimum, maximum, last = kept, values, values, values
+        count = (~skip).astype(jnp.float32)
+    else:
+        last = values[last_index]
+        total = jax.ops.segment_sum(kept, ids, n, indices_are_sorted=True)
+        count = jax.ops.segment_sum((~skip).astype(jnp.float32), ids, n,
+                                    indices_are_sorted=True)
+        minimum = _segment_nanprop(jax.ops.segment_min, values, ids, n)
+        maximum = _segment_nanprop(jax.ops.segment_max, values, ids, n)
+    return jnp.asarray(calls_np), total, count, minimum, maximum, last
+
+
+_reduce_calls_program = jax.jit(_reduce_calls, static_argnums=(1, 2))
 
 
 def _segment_nanprop(segment_fn, values, ids, n):
