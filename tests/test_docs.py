@@ -1,5 +1,7 @@
 """Docs that run: every Python block of README.md and docs/ is a complete program, run here
-(training blocks with few steps, through ``CALLAX_DOCS_TIMESTEPS``), or starts with a
+(training blocks with few steps, through ``CALLAX_DOCS_TIMESTEPS``; XLA compiling without
+its expensive optimizations, through ``JAX_DISABLE_MOST_OPTIMIZATIONS``, see ``DOC_ENV``), or
+starts with a
 ``# fragment:`` line and really is incomplete (it uses names it never defines). Snippet
 blocks (``--8<-- "file:section"``) name sections that exist in files the scaling tests run;
 ``pycon`` sessions run as doctests."""
@@ -22,6 +24,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FENCE = re.compile(r"^(\s*)```(\w+)")
 DOC_STEPS = "2048"  # env steps of a training block under test
+# What a block's process sees besides the caller's environment. A block is a program a
+# reader runs as shown; the test proves it runs (and its own asserts hold), not how fast it
+# trains, so XLA skips its expensive optimization passes: JAX's own flag, read from
+# ``JAX_DISABLE_MOST_OPTIMIZATIONS``. XLA:CPU compiling the PPO program of
+# docs/sb3-callbacks.md took 53 s with them and 13 s without (machine loaded), most of what
+# a training block costs here; the blocks themselves stay plain.
+DOC_ENV = {"CALLAX_DOCS_TIMESTEPS": DOC_STEPS, "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
@@ -99,10 +109,20 @@ def test_a_complete_block_runs(where, source, tmp_path):
         name = module[0] or module[1]
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{where} needs {name}, not installed here")
-    env = dict(os.environ, CALLAX_DOCS_TIMESTEPS=DOC_STEPS, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, **DOC_ENV)
     done = subprocess.run([sys.executable, "-c", source], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{where} failed:\n{done.stderr[-3000:]}"
+
+
+def test_the_block_environment_names_flags_jax_reads():
+    """``DOC_ENV``'s JAX variable is a flag of the installed JAX (JAX reads ``JAX_<FLAG>``
+    from the environment for each of its flags), so it really applies to the blocks."""
+    import jax
+
+    for name in DOC_ENV:
+        if name.startswith("JAX_"):
+            assert name.lower() in jax.config.values, name
 
 
 def test_free_names_finds_what_a_block_lacks():

@@ -3,6 +3,8 @@ eager / jit / vmap; and ``ProgressBarCallback`` driven by it."""
 
 from __future__ import annotations
 
+import os
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -194,8 +196,37 @@ def train(key, stop_low=N_ITERS + 5, stop_high=N_ITERS + 5, extra=()):
     )
 
 
+class ActiveWriter(AbstractStepStatelessCallback, AbstractTrainingPassthroughCallback,
+                   AbstractContinuingCallback):
+    """Writes one point per iteration, only for seeds still training (``locals["active"]``)."""
+
+    writer: callax.JITSummaryWriter
+
+    def reset(self, ctx: ResetContext, *, key: Key[Array, ""]):
+        return callax.EmptyCallbackState()
+
+    def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]):
+        self.writer.write_rows(("iteration",), jnp.asarray(ctx.locals["num_timesteps"])[None],
+                               jnp.asarray(ctx.iteration_count, jnp.float32)[None, None],
+                               when=ctx.locals["active"])
+        return ctx.state
+
+
+def train_written(key, stop_low, stop_high, writer):
+    return train(key, stop_low, stop_high, extra=(ActiveWriter(writer),))
+
+
 train_jit = jax.jit(train)
-train_vmap = jax.jit(jax.vmap(train, in_axes=(0, None, None)))
+# One program for every vmapped test: the writer is an argument, so a new one (another run
+# directory) reuses it.
+train_vmap = jax.jit(jax.vmap(train_written, in_axes=(0, None, None, None)))
+
+
+def check_points_of_active_seeds(log_dir, stops):
+    """Each seed wrote one point per iteration it trained (``locals["active"]``), no more."""
+    for i, stop in enumerate(stops):
+        points = read_run(os.path.join(log_dir, f"seed_{i}"))["iteration"]
+        assert points == [((n + 1) * N_ENVS * N_STEPS, float(n + 1)) for n in range(stop)]
 
 
 def check_full_run(result, iterations=N_ITERS):
@@ -248,10 +279,13 @@ def test_hooks_jit_no_retrace():
         once(jax.random.key(seed), [EpisodeCounter(), HookRecorder(9, 9)])
 
 
-def test_hooks_vmap():
-    result = train_vmap(jax.random.split(jax.random.key(2), 6), N_ITERS + 5, N_ITERS + 5)
+def test_hooks_vmap(tmp_path):
+    writer = callax.JITSummaryWriter(str(tmp_path / "full"))
+    result = train_vmap(jax.random.split(jax.random.key(2), 6), N_ITERS + 5, N_ITERS + 5,
+                        writer)
     for i in range(6):
         check_full_run(jax.tree.map(lambda x: x[i], result))
+    check_points_of_active_seeds(str(tmp_path / "full"), [N_ITERS] * 6)
 
 
 @pytest.mark.parametrize("stop", [0, 1, 2])
@@ -260,30 +294,14 @@ def test_early_stop(stop):
     check_full_run(result, iterations=stop)
 
 
-def test_early_stop_per_seed_under_vmap():
+def test_early_stop_per_seed_under_vmap(tmp_path):
     """Seeds stop at different iterations; each keeps exactly its own count."""
     keys = jax.random.split(jax.random.key(4), 6)
-    result = train_vmap(keys, 1, 3)
+    result = train_vmap(keys, 1, 3, callax.JITSummaryWriter(str(tmp_path / "early")))
     stops = np.asarray(result.callback_state.states[1].stop_after)
     assert len(set(stops.tolist())) > 1
     for i in range(6):
         check_full_run(jax.tree.map(lambda x: x[i], result), iterations=int(stops[i]))
-
-
-class ActiveWriter(AbstractStepStatelessCallback, AbstractTrainingPassthroughCallback,
-                   AbstractContinuingCallback):
-    """Writes one point per iteration, only for seeds still training (``locals["active"]``)."""
-
-    writer: callax.JITSummaryWriter
-
-    def reset(self, ctx: ResetContext, *, key: Key[Array, ""]):
-        return callax.EmptyCallbackState()
-
-    def on_iteration(self, ctx: IterationContext, *, key: Key[Array, ""]):
-        self.writer.write_rows(("iteration",), jnp.asarray(ctx.locals["num_timesteps"])[None],
-                               jnp.asarray(ctx.iteration_count, jnp.float32)[None, None],
-                               when=ctx.locals["active"])
-        return ctx.state
 
 
 def test_active_flag_masks_stopped_seeds(tmp_path):
@@ -291,12 +309,10 @@ def test_active_flag_masks_stopped_seeds(tmp_path):
     callbacks with host effects to skip them, so each seed writes exactly its own points."""
     writer = callax.JITSummaryWriter(str(tmp_path / "active"))
     keys = jax.random.split(jax.random.key(4), 6)
-    result = jax.jit(jax.vmap(lambda k: train(k, 1, 3, extra=(ActiveWriter(writer),))))(keys)
+    result = train_vmap(keys, 1, 3, writer)
     stops = np.asarray(result.callback_state.states[1].stop_after)
     assert len(set(stops.tolist())) > 1
-    for i, stop in enumerate(stops.tolist()):
-        points = read_run(str(tmp_path / "active" / f"seed_{i}"))["iteration"]
-        assert points == [((n + 1) * N_ENVS * N_STEPS, float(n + 1)) for n in range(stop)]
+    check_points_of_active_seeds(str(tmp_path / "active"), stops.tolist())
 
 
 def test_stop_on_iteration_count_stateless():
