@@ -30,10 +30,6 @@ from callax.envs import AbstractEnv, Box, Pendulum, make
 from callax.train._sac import SAC, td_target
 from conftest import assert_steps_increase, read_run, run_dirs
 
-# One xdist worker runs this whole file (pyproject: --dist loadgroup): its module-scoped
-# fixtures compile or spawn once per suite, not once per worker.
-pytestmark = pytest.mark.xdist_group("sac")
-
 # ---- the small jitted run shared by most tests --------------------------------------------------
 
 CAPACITY, BATCH, N_STEPS, STARTS, TOTAL, SEEDS = 120, 32, 50, 50, 250, 2
