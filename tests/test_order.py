@@ -42,6 +42,7 @@ from order_model import (
     show,
     writers_of,
 )
+from session_once import once_per_session
 
 HERE = os.path.dirname(__file__)
 
@@ -191,10 +192,7 @@ def _device_programs() -> dict[str, tuple[dict, int]]:
     return programs
 
 
-@pytest.fixture(scope="module")
-def device_runs(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("order_devices"))
-    programs = _device_programs()
+def _run_order_script(programs: dict, root: str) -> dict:
     path = os.path.join(root, "programs.json")
     with open(path, "w") as file:
         json.dump(programs, file)
@@ -204,7 +202,15 @@ def device_runs(tmp_path_factory):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    return programs, json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def device_runs(tmp_path_factory):
+    programs = _device_programs()
+    # One subprocess for the session, whichever xdist workers run this file's tests.
+    return programs, once_per_session(tmp_path_factory, "order_devices",
+                                      lambda root: _run_order_script(programs, root))
 
 
 @pytest.mark.parametrize("layout", sorted(DEVICE_LAYOUTS))

@@ -16,6 +16,7 @@ import pytest
 
 import callax
 from conftest import OLD_JAX_PSUM_INVARIANT_UNDER_VMAP
+from session_once import once_per_session
 from test_episodes import sb3_means
 
 HERE = os.path.dirname(__file__)
@@ -63,9 +64,7 @@ def assert_points(actual, want) -> None:
                                    err_msg=tag)
 
 
-@pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("scale"))
+def run_scale_script(root: str) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, os.path.join(HERE, "scale_script.py"), root],
@@ -73,6 +72,12 @@ def layouts(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    # One subprocess for the session, whichever xdist workers run this file's tests.
+    return once_per_session(tmp_path_factory, "scale", run_scale_script)
 
 
 def expected_seeds(n_seeds: int) -> dict[str, list[tuple[int, float]]]:
