@@ -26,30 +26,28 @@ SB3_TAGS = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps", "train/lea
             "train/value_loss", "train/approx_kl"}
 
 
-def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-    run_main(["train", "--algo", "ppo", "--env", "cartpole", "--seeds", "3",
-              "--total-timesteps", "512", "--logdir", str(tmp_path), "--name", "tiny",
-              "--no-progress"])
-    seed_runs = [f"tiny/seed_{i}" for i in range(3)]
-    with tensorboard_server(str(tmp_path)) as (port, server):
+def test_data_server_serves_sb3_tags_seeds_run_and_layout(served):
+    # The PPO run of `served` (`callax train --seeds 3`), alone under its own server.
+    seed_runs = [f"seed_{i}" for i in range(3)]
+    root = os.path.join(served["logdir"], "ppo")
+    with tensorboard_server(root) as (port, server):
         base = f"http://127.0.0.1:{port}/data/plugin"
 
-        statistics = [f"tiny/seeds/{s}" for s in ("mean", "min", "max")]
+        statistics = [f"seeds/{s}" for s in ("mean", "min", "max")]
 
         def tags():
             found = get_json(f"{base}/scalars/tags")
-            wanted = {*seed_runs, *statistics, "tiny/seeds/band"}
+            wanted = {*seed_runs, *statistics, "seeds/band"}
             return found if wanted <= set(found) else None
 
-        served = settled(tags, server)
+        listed = settled(tags, server)
         for run in seed_runs:
-            assert SB3_TAGS <= set(served[run]), (run, sorted(served[run]))
-            assert not any(t.startswith("episode/") for t in served[run])
+            assert SB3_TAGS <= set(listed[run]), (run, sorted(listed[run]))
+            assert not any(t.startswith("episode/") for t in listed[run])
         headline = {"rollout/ep_rew_mean", "rollout/ep_len_mean"}
         for run in statistics:  # the seeds' own tag names: one card per metric
-            assert set(served[run]) == headline, (run, served[run])
-        assert set(served["tiny/seeds/band"]) == {
+            assert set(listed[run]) == headline, (run, listed[run])
+        assert set(listed["seeds/band"]) == {
             f"~seed_band/{t}/{s}" for t in ("ep_rew_mean", "ep_len_mean")
             for s in ("mean", "min", "max")}
 
@@ -65,7 +63,7 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
             values = np.array([p[step] for p in per_seed], np.float64)
             assert value == pytest.approx(values.mean(), rel=1e-6)
             assert (low[step], high[step]) == (values.min(), values.max())
-        band = points("tiny/seeds/band", "~seed_band/ep_rew_mean/mean")
+        band = points("seeds/band", "~seed_band/ep_rew_mean/mean")
         assert band == mean
 
         layout = get_json(f"{base}/custom_scalars/layout")
@@ -75,20 +73,22 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(tmp_path, monkeypatch)
         assert margin == {"value": "~seed_band/ep_rew_mean/mean",
                           "lower": "~seed_band/ep_rew_mean/min",
                           "upper": "~seed_band/ep_rew_mean/max"}
-    assert os.path.isdir(tmp_path / "tiny" / "seeds" / "mean")
+    assert os.path.isdir(os.path.join(root, "seeds", "mean"))
 
 
-def test_train_writes_histograms_by_default(tmp_path, monkeypatch):
+def test_train_writes_histograms_by_default(served, tmp_path, monkeypatch):
+    """``callax train`` writes the rollout's histograms unless ``--no-histograms``: the
+    PPO run of `served` (the default) has them; a run with the flag has none."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-    base = ["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "256",
-            "--no-progress", "--logdir"]
-    run_main([*base, str(tmp_path / "on"), "--name", "h"])
-    run_main([*base, str(tmp_path / "off"), "--name", "h", "--no-histograms"])
+    run_main(["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "256",
+              "--no-progress", "--no-histograms", "--logdir", str(tmp_path / "off"),
+              "--name", "h"])
     found = {}
-    for which in ("on", "off"):
-        accumulator = EventAccumulator(str(tmp_path / which / "h" / "seed_0"))
+    for which, directory in (("on", os.path.join(served["logdir"], "ppo", "seed_0")),
+                             ("off", str(tmp_path / "off" / "h" / "seed_0"))):
+        accumulator = EventAccumulator(directory)
         accumulator.Reload()
         found[which] = accumulator.Tags()["histograms"]
     assert set(found["on"]) == {"rollout_histograms/actions", "rollout_histograms/rewards",
@@ -110,8 +110,8 @@ AGGREGATE_RUNS = [f"ppo/seeds/{s}" for s in ("max", "mean", "min")]
 def served(tmp_path_factory):
     """``{"runs": [...], "scalars": {run: [tag]}, "histograms": {run: [tag]}}`` as the data
     server lists them for a PPO run (3 seeds) and a SAC run (1 seed), with ``"printed"``
-    (``{"ppo": stdout, "sac": stdout}`` of the two trainings) and ``"port"`` (the server's,
-    alive while the module's tests run)."""
+    (``{"ppo": stdout, "sac": stdout}`` of the two trainings), ``"port"`` (the server's,
+    alive while the module's tests run) and ``"logdir"`` (where the runs are)."""
     logdir = tmp_path_factory.mktemp("dashboard")
     printed = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -134,7 +134,8 @@ def served(tmp_path_factory):
             ready = all(run in found["scalars"] and run in found["histograms"] for run in every)
             return found if ready else None
 
-        yield {**settled(fetch, server), "printed": printed, "port": port}
+        yield {**settled(fetch, server), "printed": printed, "port": port,
+               "logdir": str(logdir)}
 
 
 def cards(served, prefix: str) -> list[str]:

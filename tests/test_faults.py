@@ -581,12 +581,13 @@ def test_write_error_in_on_training_end_inside_jit_returns_normally(tmp_path, mo
 def test_callax_train_on_a_full_disk_finishes_and_prints_one_line(small_fs, tmp_path):
     # `callax train` (two seeds) whose log directory is a 64 KiB file system with 16 KiB
     # left: the training runs to its end and reports its result, then one line says what
-    # was not written; exit status 1, no traceback.
+    # was not written; exit status 1, no traceback. (tests/test_cli.py's options, progress
+    # on: its program, loaded from the session's compilation cache.)
     with open(os.path.join(small_fs, "other"), "wb") as other:
         other.write(b"\0" * 48 * 1024)
     done = subprocess.run(
         [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
-         "--seeds", "2", "--total-timesteps", "8192", "--no-progress",
+         "--seeds", "2", "--total-timesteps", "8192",
          "--logdir", os.path.join(small_fs, "runs")],
         capture_output=True, text=True, timeout=900, cwd=str(tmp_path),
         env=dict(os.environ, JAX_PLATFORMS="cpu"))

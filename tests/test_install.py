@@ -52,9 +52,11 @@ def test_core_install_has_no_extras(core_env):
 def test_main_job_and_summary_on_the_core_install(core_env, tmp_path):
     bin_dir, env = core_env
     callax = os.path.join(bin_dir, "callax")
+    # tests/test_cli.py's options (progress on, two seeds): the program of its runs, found in
+    # the session's compilation cache (tests/conftest.py) when the versions of JAX match.
     train = _run([callax, "train", "--algo", "ppo", "--env", "cartpole", "--seeds", "2",
-                  "--total-timesteps", str(STEPS), "--logdir", str(tmp_path), "--name", "run",
-                  "--no-progress"], env=env, cwd=tmp_path)
+                  "--total-timesteps", str(STEPS), "--logdir", str(tmp_path), "--name", "run"],
+                 env=env, cwd=tmp_path)
     lines = train.stdout.strip().splitlines()
     # without TensorBoard the next step says how to install it and open the run
     root = os.path.join(tmp_path, "run")

@@ -102,27 +102,44 @@ def test_cli_sweep_arguments():
             parse(["train", "--algo", "ppo", "--env", "cartpole", *bad], touch=False)
 
 
+# 48 iterations of the command's PPO (4 envs x 64 steps, 20 epochs). With --seed 0, 1 and 2
+# the IQMs were about 140 / 50 / 23 (1e-2 / 3e-4 / 1e-6), each CI of 3e-4 above 1e-6's; at
+# 8192 steps 3e-4 was 25-27, too close to 1e-6's 21-23 to rank it last every time.
+SWEEP_STEPS = 12_288
+
+
 @pytest.mark.slow
 def test_ppo_cartpole_sweep_ranks_the_tiny_learning_rate_last(tmp_path, capsys):
-    """A lean PPO on CartPole, learning rates {1e-2, 3e-4, 1e-6} x 3 seeds in one program:
-    ``callax summary`` ranks 1e-6 (which barely moves the policy) last."""
+    """``callax train --sweep learning_rate=1e-2,3e-4,1e-6 --seeds 3``: the grid and the
+    seeds in one compiled program (the command's PPO for CartPole), one run per
+    configuration and seed, the closing lines naming each configuration, and ``callax
+    summary`` ranking 1e-6 (which barely moves the policy) last, its CI apart from the
+    best's."""
     from callax import cli
 
-    ppo = PPO(n_envs=4, n_steps=64, batch_size=128, n_epochs=4, anneal_lr=False)
-    sweep = callax.Sweep({"learning_rate": [1e-2, 3e-4, 1e-6]}, seeds=3)
-    tb = callax.TensorBoardCallback(name="lr", log_dir=tmp_path, sweep=sweep,
-                                    writers=("jsonl",))
-    env = callax.envs.make("cartpole")
-
-    def train(config, key):
-        return ppo.learn(env, total_timesteps=40_000, key=key, callback=tb, hparams=config)
-
-    jax.jit(sweep.vmap(train))(jax.random.split(jax.random.key(0), 3))
-    callax.flush_all()
-    assert cli.main(["summary", str(tmp_path / "lr"), "--json"]) == 0
+    names = ["learning_rate=0.01", "learning_rate=3e-4", "learning_rate=1e-6"]
+    assert cli.main(["train", "--algo", "ppo", "--env", "cartpole", "--sweep",
+                     "learning_rate=1e-2,3e-4,1e-6", "--seeds", "3", "--total-timesteps",
+                     str(SWEEP_STEPS), "--writer", "jsonl", "--logdir", str(tmp_path),
+                     "--name", "lr", "--no-progress", "--no-histograms"]) == 0
+    jax.effects_barrier()
+    out, err = capsys.readouterr()
+    assert "3 configuration(s) x 3 seed(s)" in err
+    root = tmp_path / "lr"
+    for name in names:
+        for seed in range(3):
+            finals = read_jsonl(str(root / name / f"seed_{seed}"))["rollout/ep_rew_mean"]
+            assert finals[-1][0] == SWEEP_STEPS
+            # the closing lines: each configuration's seeds by name, with the final return
+            assert (f"{name} seed {seed}: final ep_rew_mean {finals[-1][1]:.1f} after "
+                    f"{SWEEP_STEPS:,} steps") in out.splitlines()
+            assert hparams_line(str(root / name / f"seed_{seed}"))["learning_rate"] == (
+                pytest.approx(float(name.partition("=")[2])))
+    assert cli.main(["summary", str(root), "--json"]) == 0
     ranking = json.loads(capsys.readouterr().out)["sweeps"]["."]
     print("\n" + "\n".join(f"{r['rank']} {r['configuration']} IQM {r['iqm']:.1f} "
                            f"[{r['ci95_low']:.1f}, {r['ci95_high']:.1f}]" for r in ranking))
+    assert sorted(r["configuration"] for r in ranking) == sorted(names)
     assert [r["seeds"] for r in ranking] == [3, 3, 3]
     assert ranking[-1]["configuration"] == "learning_rate=1e-6"
     assert not ranking[-1]["overlaps_best"]
