@@ -114,9 +114,8 @@ def check_log_dir(path: str | os.PathLike) -> str:
     probe = directory
     while not os.path.exists(probe):
         if os.path.lexists(probe):  # a symlink whose target is missing or loops
-            _broken_link(text, probe)  # returns if the path was created meanwhile
-            if os.path.exists(probe):
-                break
+            _broken_link(text, probe)
+            continue  # it returned: the path was created meanwhile (the loop's test sees it)
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         what = "is a file" if probe == directory else f"is inside the file {probe!r}"

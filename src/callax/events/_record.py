@@ -121,9 +121,9 @@ class EventRecord(eqx.Module):
         flat = tuple(v for c in columns for v in column_values[c])
         ids = tuple(i for i, c in enumerate(columns) for _ in column_values[c])
         nan_columns = tuple(c.reducer == "nanmean" for c in columns)
-        eager = not under_trace() and not any(isinstance(v, Tracer) for v in flat)
         # Eagerly: one program per structure (cached), not a dozen operations one by one.
-        stats = (_reduce_calls_program if eager else _reduce_calls)(flat, ids, nan_columns)
+        reduce = _reduce_calls_program if _untraced(*flat) else _reduce_calls
+        stats = reduce(flat, ids, nan_columns)
         return cls(columns=columns, **dict(zip(_STATS, stats, strict=True)))
 
     # -- combination --
@@ -324,10 +324,14 @@ def _reducer_codes(columns: tuple[_Column, ...]) -> np.ndarray:
 _STATS = ("calls", "total", "count", "minimum", "maximum", "last")
 
 
+def _untraced(*arrays: Any) -> bool:
+    """Whether ``arrays`` are used outside any trace, all of them concrete."""
+    return not under_trace() and not any(isinstance(x, Tracer) for x in arrays)
+
+
 def _concrete(record: EventRecord) -> bool:
     """Whether ``record`` is used outside any trace, with concrete arrays."""
-    return not under_trace() and not any(isinstance(record.__dict__[f], Tracer)
-                                         for f in _STATS)
+    return _untraced(*(record.__dict__[f] for f in _STATS))
 
 
 def _merge(a: EventRecord, b: EventRecord) -> EventRecord:
