@@ -177,11 +177,14 @@ def time_on_iteration(n_envs: int, n_steps: int, rounds: int, callback,
 
     @jax.jit
     def loop(state, step_state):
+        del state  # each call a run of its own (reset inside), so its steps start again
+
         def body(state, i):  # steps increase from one iteration to the next
             later = eqx.tree_at(lambda s: s.step, step_state, step_state.step + i * n_steps)
             return one(state, later), None
 
-        return jax.lax.scan(body, state, jnp.arange(1, per_loop + 1))[0]
+        fresh = callback.reset(ResetContext(), key=key)
+        return jax.lax.scan(body, fresh, jnp.arange(1, per_loop + 1))[0]
 
     def median(fn, calls, divide):
         jax.block_until_ready(fn(state, step_state))
