@@ -37,6 +37,13 @@ tensorboardX ``add_scalar`` calls of Python floats (the same values would add th
 device-to-host copy). Prints the median and p90 over every write of every round, the
 per-round medians' min-max, and the ratio of the ``write``'s median to tensorboardX's six
 calls.
+
+``in-jit``: where a Python loop should write a jitted update's loss. Per update (interleaved
+rounds of ``--calls`` updates of a toy update over ``--leaves`` parameter arrays): the update
+alone, the update returning its loss written eagerly (``add_scalar`` outside the jit), and
+the update calling ``add_scalar`` inside the jit. A jitted program that holds a host call has
+effects, and JAX dispatches any program with effects through its Python path, not its C++
+fast path, at a cost that grows with the number of argument and result arrays.
 """
 
 from __future__ import annotations
@@ -161,17 +168,82 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=10_000)
     parser.add_argument("--records", type=int, default=1000,
                         help="EventRecord writes per round (the records case)")
+    parser.add_argument("--leaves", type=int, default=20,
+                        help="parameter arrays of the in-jit case's update")
     parser.add_argument("--cases", default="scalars,records",
-                        help="comma-separated: scalars (add_scalar/add_dict/6 tags), records")
+                        help="comma-separated: scalars (add_scalar/add_dict/6 tags), records, "
+                             "in-jit")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
-    if not cases <= {"scalars", "records"}:
-        parser.error(f"unknown cases {sorted(cases - {'scalars', 'records'})}")
+    known = {"scalars", "records", "in-jit"}
+    if not cases <= known:
+        parser.error(f"unknown cases {sorted(cases - known)}")
     if "scalars" in cases:
         scalar_writes(args)
     if "records" in cases:
         record_writes(tempfile.mkdtemp(prefix="callax-bench-records-"), args.rounds,
                       args.records)
+    if "in-jit" in cases:
+        writes_in_jit(tempfile.mkdtemp(prefix="callax-bench-in-jit-"), args.rounds,
+                      args.calls, args.leaves)
+
+
+def writes_in_jit(root: str, rounds: int, calls: int, leaves: int) -> None:
+    """The ``in-jit`` case: a Python loop's jitted update, its loss written eagerly after
+    the call or by ``add_scalar`` inside the jitted update, against no writes."""
+    import jax
+    import jax.numpy as jnp
+
+    import callax
+
+    writer = callax.JITSummaryWriter(os.path.join(root, "in-jit"))
+    params = [jnp.full(64, float(i)) for i in range(leaves)]
+
+    def update(params):
+        new = [p * 0.99 + 0.01 for p in params]
+        return new, sum(jnp.mean(p) for p in new)
+
+    def update_writing(params, step):
+        new, loss = update(params)
+        writer.add_scalar("inside/loss", loss, step)
+        return new, loss
+
+    plain, inside = jax.jit(update), jax.jit(update_writing)
+    step = 0
+
+    def no_write():
+        return plain(params)
+
+    def eager_write():
+        nonlocal step
+        step += 1
+        new, loss = plain(params)
+        writer.add_scalar("eager/loss", loss, step)  # the device-to-host copy included
+        return new
+
+    def write_inside():
+        nonlocal step
+        step += 1
+        return inside(params, step)
+
+    arms = {"no write": no_write, "eager add_scalar": eager_write,
+            "add_scalar inside jit": write_inside}
+    for fn in arms.values():  # compile
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(rounds):
+        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            fn = arms[name]
+            start = time.perf_counter()
+            for _ in range(calls):
+                jax.block_until_ready(fn())
+            times[name].append((time.perf_counter() - start) / calls * 1e3)
+    writer.close()
+    base = statistics.median(times["no write"])
+    print(f"in-jit ({leaves} parameter arrays, {calls} updates x {rounds} rounds):")
+    for name, ms in times.items():
+        print(f"  {name:22s} {statistics.median(ms):.3f} ms/update "
+              f"[{min(ms):.3f}-{max(ms):.3f}] | {statistics.median(ms) / base:.2f}x no write")
 
 
 def scalar_writes(args: argparse.Namespace) -> None:
