@@ -43,7 +43,8 @@ ERROR = 4242  # what the fake API table's error_create returns
 
 
 def _child(*args: str, timeout: float = 600) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # No speed is measured in the children: XLA skips its expensive passes.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     done = subprocess.run([sys.executable, CHILD, *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
     assert done.returncode == 0, (done.returncode, done.stderr[-4000:])  # -11: a crash
