@@ -31,7 +31,8 @@ def _start(mode: str, log_dir: str) -> subprocess.Popen:
                             "user_handler": "user_handler"}.get(mode, "loop")
     if mode in ("stuck", "fork"):
         child_mode = mode
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # No speed is measured in the children: XLA skips its expensive passes.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     # Output goes to files: everything the child printed before it died stays readable.
     with open(log_dir + ".out", "w") as out, open(log_dir + ".err", "w") as err:
         return subprocess.Popen([sys.executable, CHILD, child_mode, log_dir],

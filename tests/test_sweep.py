@@ -63,8 +63,27 @@ def run_sweep(log_dir, seeds=3, writers=("tensorboard", "jsonl"), close=False, *
     return sweep, keys, iterations
 
 
-def test_one_run_per_configuration_and_seed(logdir):
-    sweep, keys, iterations = run_sweep(logdir)
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One sweep of 2 configurations x 3 seeds into every writer (TensorBoard, JSON lines and
+    offline W&B), compiled once for the tests that read its runs back: ``(log_dir,
+    wandb_dir, keys, iterations)``."""
+    root = tmp_path_factory.mktemp("sweep")
+    wandb_dir = root / "wandb_home"
+    wandb_dir.mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_DIR", str(wandb_dir))
+        env.setenv("WANDB_SILENT", "true")
+        env.delenv("WANDB_API_KEY", raising=False)
+        log_dir = str(root / "runs")
+        _, keys, iterations = run_sweep(log_dir, writers=("tensorboard", "jsonl", "wandb"),
+                                        close=True)
+    return log_dir, str(wandb_dir), keys, iterations
+
+
+def test_one_run_per_configuration_and_seed(shared):
+    logdir, _, keys, iterations = shared
     assert iterations.shape == (2, 3) and (iterations == N_ITERS).all()
     runs = [r for r in run_dirs(logdir) if "/seeds/" not in r]
     assert runs == [f"sweep/{n}/seed_{s}" for n in NAMES for s in range(3)]
@@ -101,13 +120,13 @@ def test_one_run_per_configuration_and_seed(logdir):
     assert [r["configuration"] for r in ranking] == NAMES and ranking[0]["seeds"] == 3
 
 
-def test_hparams_dashboard_one_trial_per_configuration_and_seed(logdir):
+def test_hparams_dashboard_one_trial_per_configuration_and_seed(shared):
     from test_hparams import tensorboard_session_groups
 
-    run_sweep(logdir, seeds=2)
-    groups = {g["name"]: g for g in tensorboard_session_groups(logdir, expected=4)}
+    logdir = shared[0]
+    groups = {g["name"]: g for g in tensorboard_session_groups(logdir, expected=6)}
     expected = {f"seed {s} · {name} · {os.path.basename(logdir)}/sweep": (c, s)
-                for c, name in enumerate(NAMES) for s in range(2)}
+                for c, name in enumerate(NAMES) for s in range(3)}
     assert sorted(groups) == sorted(expected)
     for trial, (c, s) in expected.items():
         group = groups[trial]
@@ -130,27 +149,21 @@ def test_seeds_outer_axis(logdir):
                 expected_return(c, keys[s]))
 
 
-def test_wandb_runs_grouped_by_configuration(tmp_path, monkeypatch):
+def test_wandb_runs_grouped_by_configuration(shared):
     from wandb_records import wandb_runs
 
-    wandb_dir = tmp_path / "wandb_home"
-    wandb_dir.mkdir()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    _, keys, _ = run_sweep(str(tmp_path), seeds=2, writers=("jsonl", "wandb"), close=True)
-    runs = wandb_runs(str(wandb_dir))
-    assert sorted(runs) == sorted(f"sweep/{n}/seed_{s}" for n in NAMES for s in range(2))
+    log_dir, wandb_dir, keys, _ = shared
+    runs = wandb_runs(wandb_dir)
+    assert sorted(runs) == sorted(f"sweep/{n}/seed_{s}" for n in NAMES for s in range(3))
     for c, name in enumerate(NAMES):
-        assert all(runs[f"sweep/{name}/seed_{s}"].finished for s in range(2))
-        for s in range(2):
+        assert all(runs[f"sweep/{name}/seed_{s}"].finished for s in range(3))
+        for s in range(3):
             run = runs[f"sweep/{name}/seed_{s}"]
             assert run.run.run_group == f"sweep/{name}"
             for key, values in CONFIGS.items():
                 assert run.config[key] == pytest.approx(values[c])
             assert run.config["seed"] == s and run.config["algorithm"] == "mine"
-            directory = os.path.join(tmp_path, "sweep", name, f"seed_{s}")
+            directory = os.path.join(log_dir, "sweep", name, f"seed_{s}")
             assert run.scalars()["rollout/ep_rew_mean"] == read_jsonl(directory)[
                 "rollout/ep_rew_mean"]
             assert run.scalars()["rollout/ep_rew_mean"][-1][1] == pytest.approx(

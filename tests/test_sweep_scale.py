@@ -20,8 +20,9 @@ ITERS, STEPS, ENVS, EPISODE, SEEDS = 3, 4, 2, 4, 4
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep_scale"))
+    # No speed is measured in the child: XLA skips its expensive passes (compiles faster).
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     done = subprocess.run([sys.executable, os.path.join(HERE, "sweep_scale_script.py"), root],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

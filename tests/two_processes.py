@@ -21,7 +21,8 @@ def run(script: str, root: str, *, timeout: float) -> None:
     from conftest import free_port  # not at import: the scripts import this module first
 
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # No speed is measured in the processes: XLA skips its expensive passes.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, script), str(port), str(p),
                                root], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for p in range(2)]
