@@ -3,16 +3,16 @@ TensorBoard callback's event files."""
 
 from __future__ import annotations
 
-import io
+import os
 import re
+import subprocess
+import sys
 
-import jax
 import pytest
 
-from callax import ConsoleTableCallback, TensorBoardCallback
+from callax import ConsoleTableCallback
 from callax.callbacks import format_table
-from conftest import read_run, run_dirs
-from tiny_ppo import TINY, learn_vmap
+from conftest import callax_train, child_env, read_run, run_dirs
 
 
 def parse(text: str) -> list[dict[str, list[str]]]:
@@ -36,15 +36,37 @@ def parse(text: str) -> list[dict[str, list[str]]]:
     return tables
 
 
+# tests/tiny_ppo.py's jitted PPO (2 seeds) with the table on stdout and a TensorBoard
+# callback, in a child process that compiles without XLA's expensive optimizations
+# (tests/conftest.py's child_env): its last line names the run directory.
+TABLE_SCRIPT = """
+import sys
+
+import jax
+
+sys.path.insert(0, sys.argv[2])
+from callax import ConsoleTableCallback, TensorBoardCallback, flush_all
+from tiny_ppo import learn_vmap
+
+tb = TensorBoardCallback(log_dir=sys.argv[1])
+learn_vmap(jax.random.split(jax.random.key(0), 2), [tb, ConsoleTableCallback(every=2)])
+jax.effects_barrier()
+flush_all()
+print("log_dir", tb.tb_writer.log_dir, flush=True)
+"""
+
+
 def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
-    stream = io.StringIO()
-    tb = TensorBoardCallback(log_dir=logdir)
-    learn_vmap(jax.random.split(jax.random.key(0), 2),
-               [tb, ConsoleTableCallback(every=2, stream=stream)])
-    jax.effects_barrier()
-    tables = parse(stream.getvalue())
+    done = subprocess.run([sys.executable, "-c", TABLE_SCRIPT, logdir,
+                           os.path.dirname(os.path.abspath(__file__))],
+                          capture_output=True, text=True, env=child_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed, last = done.stdout.rstrip().rsplit("\n", 1)
+    assert last.startswith("log_dir ")
+    log_dir = last.removeprefix("log_dir ")
+    tables = parse(printed)
     assert len(tables) == 2
-    assert re.search(r"\|\s+\| seed 0\s+\| seed 1\s+\|", stream.getvalue())
+    assert re.search(r"\|\s+\| seed 0\s+\| seed 1\s+\|", printed)
     for table, step in zip(tables, (64, 128), strict=True):
         assert table["time/total_timesteps"] == [str(step)] * 2
         assert table["time/iterations"] == [str(step // 32)] * 2
@@ -53,7 +75,7 @@ def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
         assert table["rollout/ep_rew_mean"] == table["rollout/ep_len_mean"]
         assert all(0 < float(v) <= 20 for v in table["rollout/ep_len_mean"])
     for seed in (0, 1):
-        run = read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")
+        run = read_run(f"{log_dir}/seed_{seed}")
         # The table shows 3 significant digits; the dashboard has the same numbers.
         for tag in ("train/loss", "train/learning_rate", "rollout/ep_rew_mean",
                     "rollout/ep_len_mean"):
@@ -77,15 +99,17 @@ def test_format_table_groups_keys_like_sb3():
         ConsoleTableCallback(every=0)
 
 
-def test_callax_train_table(tmp_path, monkeypatch):
-    from callax.cli import _train as cli_train
-    from test_cli import run_main
+def test_callax_train_table(tmp_path):
+    # `python -m callax train --table` in a child (tests/conftest.py's callax_train: XLA's
+    # expensive optimizations off; the table's numbers are checked above, in-process).
+    from callax.train import PPO
 
-    monkeypatch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-    out, _ = run_main(["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps",
-                       "256", "--logdir", str(tmp_path), "--no-progress", "--table"])
-    tables = parse(out)  # a short run: four tables (every 2 of 8 iterations)
-    assert [t["time/total_timesteps"] for t in tables] == [["64"], ["128"], ["192"], ["256"]]
+    out = callax_train(["--algo", "ppo", "--env", "cartpole", "--total-timesteps", "2048",
+                        "--logdir", str(tmp_path), "--no-progress", "--table"]).stdout
+    # a short run: four tables (every 2 of 8 iterations of 4 envs x 64 steps)
+    tables = parse(out)
+    assert [t["time/total_timesteps"] for t in tables] == [["512"], ["1024"], ["1536"],
+                                                           ["2048"]]
     assert all("train/loss" in t and "time/fps" in t for t in tables)
     # The run is linked to the algorithm's hyperparameters (parsed by TensorBoard's hparams
     # plugin from what its event accumulator loaded).
@@ -99,4 +123,4 @@ def test_callax_train_table(tmp_path, monkeypatch):
     hparams = metadata.parse_session_start_info_plugin_data(content).hparams
     assert hparams["algorithm"].string_value == "PPO" and hparams["env"].string_value == (
         "cartpole")
-    assert hparams["n_steps"].number_value == TINY.n_steps
+    assert hparams["n_steps"].number_value == PPO().n_steps
