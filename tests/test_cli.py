@@ -23,6 +23,7 @@ from conftest import FAST_COMPILE, assert_steps_increase, callax_train, read_run
 
 PPO_STEPS = 2048  # 8 iterations of PPO's default 4 envs x 64 steps
 STATISTIC_RUNS = ["seeds/band", "seeds/max", "seeds/mean", "seeds/min"]
+SAC_STEPS = 2000  # two SAC iterations of 1000 steps; tests/test_dashboard.py's SAC run too
 
 
 @pytest.fixture(scope="module")
@@ -248,13 +249,14 @@ def test_train_ppo_pendulum(tmp_path):
 def test_train_sac_pendulum_records_sac_events(tmp_path):
     """SAC through the command line: TensorBoard scalars and SACEvents in the same run."""
     # tests/test_dashboard.py's SAC training: one program, from the session's cache.
-    out = callax_train(["--algo", "sac", "--env", "pendulum", "--total-timesteps", "2000",
-                        "--logdir", str(tmp_path), "--name", "sac", "--no-progress"]).stdout
+    out = callax_train(["--algo", "sac", "--env", "pendulum", "--total-timesteps",
+                        str(SAC_STEPS), "--logdir", str(tmp_path), "--name", "sac",
+                        "--no-progress"]).stdout
     run = read_run(os.path.join(tmp_path, "sac", "seed_0"))
     assert_steps_increase(run)
     assert "rollout/ep_rew_mean" in run and "train/critic_loss" in run
     assert any(tag.startswith("trainer/") for tag in run)
-    assert run["rollout/ep_rew_mean"][-1][0] == 2000
+    assert run["rollout/ep_rew_mean"][-1][0] == SAC_STEPS
     # the first chart a user sees: the layout's first category is the returns
     assert "rollout/ep_rew_mean" in str(custom_scalars_layout(
         os.path.join(tmp_path, "sac", "seed_0")).category[0])

@@ -28,7 +28,7 @@ TIMED = ("time/", "trainer/time", "trainer/timing", "fps")
 
 def _train(tmp_path, cache: str, name: str) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "callax", "train", "--algo", "sac", "--env", "pendulum",
-            "--total-timesteps", "1500", "--no-progress", "--no-histograms",
+            "--total-timesteps", "1000", "--no-progress", "--no-histograms",
             "--logdir", str(tmp_path / "runs"), "--name", name,
             "--compilation-cache", cache]
     done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=900)

@@ -18,6 +18,7 @@ import pytest
 import dashboard_screens
 import tensorboard_order
 from conftest import callax_train, get_json, settled, tensorboard_server
+from test_cli import SAC_STEPS
 
 SB3_TAGS = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps", "train/learning_rate",
             "train/value_loss", "train/approx_kl"}
@@ -116,7 +117,7 @@ def served(tmp_path_factory):
     for name, argv in (("ppo", ["--algo", "ppo", "--env", "cartpole", "--seeds", "3",
                                 "--total-timesteps", "512"]),
                        ("sac", ["--algo", "sac", "--env", "pendulum", "--total-timesteps",
-                                "2000"])):
+                                str(SAC_STEPS)])):
         printed[name] = callax_train([*argv, "--logdir", str(logdir), "--name", name,
                                       "--no-progress"]).stdout
     with tensorboard_server(str(logdir)) as (port, server):
