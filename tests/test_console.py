@@ -3,16 +3,16 @@ TensorBoard callback's event files."""
 
 from __future__ import annotations
 
-import os
+import io
 import re
-import subprocess
-import sys
 
+import jax
 import pytest
 
-from callax import ConsoleTableCallback
+from callax import ConsoleTableCallback, TensorBoardCallback
 from callax.callbacks import format_table
-from conftest import callax_train, child_env, read_run, run_dirs
+from conftest import callax_train, read_run, run_dirs
+from tiny_ppo import learn_vmap
 
 
 def parse(text: str) -> list[dict[str, list[str]]]:
@@ -36,37 +36,15 @@ def parse(text: str) -> list[dict[str, list[str]]]:
     return tables
 
 
-# tests/tiny_ppo.py's jitted PPO (2 seeds) with the table on stdout and a TensorBoard
-# callback, in a child process that compiles without XLA's expensive optimizations
-# (tests/conftest.py's child_env): its last line names the run directory.
-TABLE_SCRIPT = """
-import sys
-
-import jax
-
-sys.path.insert(0, sys.argv[2])
-from callax import ConsoleTableCallback, TensorBoardCallback, flush_all
-from tiny_ppo import learn_vmap
-
-tb = TensorBoardCallback(log_dir=sys.argv[1])
-learn_vmap(jax.random.split(jax.random.key(0), 2), [tb, ConsoleTableCallback(every=2)])
-jax.effects_barrier()
-flush_all()
-print("log_dir", tb.tb_writer.log_dir, flush=True)
-"""
-
-
 def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
-    done = subprocess.run([sys.executable, "-c", TABLE_SCRIPT, logdir,
-                           os.path.dirname(os.path.abspath(__file__))],
-                          capture_output=True, text=True, env=child_env(), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    printed, last = done.stdout.rstrip().rsplit("\n", 1)
-    assert last.startswith("log_dir ")
-    log_dir = last.removeprefix("log_dir ")
-    tables = parse(printed)
+    stream = io.StringIO()
+    tb = TensorBoardCallback(log_dir=logdir)
+    learn_vmap(jax.random.split(jax.random.key(0), 2),
+               [tb, ConsoleTableCallback(every=2, stream=stream)])
+    jax.effects_barrier()
+    tables = parse(stream.getvalue())
     assert len(tables) == 2
-    assert re.search(r"\|\s+\| seed 0\s+\| seed 1\s+\|", printed)
+    assert re.search(r"\|\s+\| seed 0\s+\| seed 1\s+\|", stream.getvalue())
     for table, step in zip(tables, (64, 128), strict=True):
         assert table["time/total_timesteps"] == [str(step)] * 2
         assert table["time/iterations"] == [str(step // 32)] * 2
@@ -75,7 +53,7 @@ def test_table_every_n_iterations_per_seed_matches_event_files(logdir):
         assert table["rollout/ep_rew_mean"] == table["rollout/ep_len_mean"]
         assert all(0 < float(v) <= 20 for v in table["rollout/ep_len_mean"])
     for seed in (0, 1):
-        run = read_run(f"{log_dir}/seed_{seed}")
+        run = read_run(f"{tb.tb_writer.log_dir}/seed_{seed}")
         # The table shows 3 significant digits; the dashboard has the same numbers.
         for tag in ("train/loss", "train/learning_rate", "rollout/ep_rew_mean",
                     "rollout/ep_len_mean"):
