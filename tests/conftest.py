@@ -27,11 +27,41 @@ JAX_VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0)
 OLD_JAX_PSUM_INVARIANT_UNDER_VMAP = JAX_VERSION < (0, 9, 1)
 
 # `callax train` keeps compiled programs in ~/.cache/callax/jax by default: not the tests (a
-# directory of this session instead, inherited by the child processes tests start).
+# directory of this session instead, inherited by the child processes tests start). The
+# pytest-xdist workers inherit the controller's directory (made when it loaded this file) and
+# keep it, so that a program one test file's `callax train` compiled is found by another's.
+_SESSION_CACHE = "CALLAX_TESTS_CACHE_HOME"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
+    if not os.path.isdir(os.environ.get(_SESSION_CACHE, "")):
+        import tempfile
 
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="callax-tests-cache-")
+        os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="callax-tests-cache-")
+    os.environ["XDG_CACHE_HOME"] = os.environ[_SESSION_CACHE]
+
+# What a child process (`python -m callax train`, a test's script) needs in its environment
+# when its test checks no learning number (signals, exit codes, files, the printed lines, the
+# tags): XLA skips its expensive optimization passes (JAX's own flag, read from the
+# environment; the PPO program compiles ~4x faster). Part of the persistent compilation
+# cache's key, so children with it share programs among themselves only. Never set in the
+# test process itself: JAX's in-memory jit cache does not key on it.
+FAST_COMPILE = {"JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment with :data:`FAST_COMPILE` and ``extra``, for a child."""
+    return {**os.environ, **FAST_COMPILE, **extra}
+
+
+def callax_train(argv: list[str], *, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m callax train *argv`` in a child with :data:`FAST_COMPILE` (``env``:
+    that environment instead, ``cwd`` and the rest: ``subprocess.run``'s); it must exit 0
+    without a traceback. Returns the finished process (text stdout and stderr)."""
+    kwargs.setdefault("env", child_env())
+    done = subprocess.run([sys.executable, "-m", "callax", "train", *argv], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
 
 
 def tensorboard_command() -> list[str]:

@@ -1,4 +1,7 @@
-"""The ``callax`` command line, run in-process through ``callax.cli.main``."""
+"""The ``callax`` command line: ``callax summary`` and bad input in-process through
+``callax.cli.main``; ``callax train`` in child processes (``python -m callax train``, with
+XLA's expensive optimizations off: these tests check files, tags and printed lines, not how
+well the agent learns; tests/conftest.py's ``callax_train``)."""
 
 from __future__ import annotations
 
@@ -16,20 +19,22 @@ import pytest
 
 from callax import cli
 from callax.cli._closing import dashboard_url
-from conftest import assert_steps_increase, read_run, run_dirs
+from conftest import FAST_COMPILE, assert_steps_increase, callax_train, read_run, run_dirs
 
 PPO_STEPS = 2048  # 8 iterations of PPO's default 4 envs x 64 steps
 STATISTIC_RUNS = ["seeds/band", "seeds/max", "seeds/mean", "seeds/min"]
+SAC_STEPS = 2000  # two SAC iterations of 1000 steps; tests/test_dashboard.py's SAC run too
 
 
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory):
-    """``callax train --algo ppo --env cartpole --seeds 2`` with a few thousand steps."""
+    """``callax train --algo ppo --env cartpole --seeds 2`` with a few thousand steps, in a
+    child process: ``(logdir, stdout, stderr)``."""
     logdir = tmp_path_factory.mktemp("cli")
-    out, err = run_main(["train", "--algo", "ppo", "--env", "cartpole",
-                         "--total-timesteps", str(PPO_STEPS), "--seeds", "2",
-                        "--logdir", str(logdir), "--name", "ppo_run"])
-    return logdir, out, err
+    done = callax_train(["--algo", "ppo", "--env", "cartpole", "--total-timesteps",
+                         str(PPO_STEPS), "--seeds", "2", "--logdir", str(logdir), "--name",
+                         "ppo_run"])
+    return logdir, done.stdout, done.stderr
 
 
 def run_main(argv):
@@ -233,9 +238,8 @@ def test_summary_json_matches_event_files(ppo_run):
 
 def test_train_ppo_pendulum(tmp_path):
     """Continuous PPO through the command line (its own preset)."""
-    out, _ = run_main(["train", "--algo", "ppo", "--env", "pendulum",
-                                    "--total-timesteps", "2048", "--logdir", str(tmp_path),
-                                    "--name", "pend", "--no-progress"])
+    out = callax_train(["--algo", "ppo", "--env", "pendulum", "--total-timesteps", "2048",
+                        "--logdir", str(tmp_path), "--name", "pend", "--no-progress"]).stdout
     run = read_run(os.path.join(tmp_path, "pend", "seed_0"))
     assert "train/std" in run and "rollout/ep_rew_mean" in run
     assert run["train/std"][-1][0] == 2048
@@ -244,13 +248,15 @@ def test_train_ppo_pendulum(tmp_path):
 
 def test_train_sac_pendulum_records_sac_events(tmp_path):
     """SAC through the command line: TensorBoard scalars and SACEvents in the same run."""
-    out, _ = run_main(["train", "--algo", "sac", "--env", "pendulum", "--total-timesteps",
-                       "2000", "--logdir", str(tmp_path), "--name", "sac", "--no-progress"])
+    # tests/test_dashboard.py's SAC training: one program, from the session's cache.
+    out = callax_train(["--algo", "sac", "--env", "pendulum", "--total-timesteps",
+                        str(SAC_STEPS), "--logdir", str(tmp_path), "--name", "sac",
+                        "--no-progress"]).stdout
     run = read_run(os.path.join(tmp_path, "sac", "seed_0"))
     assert_steps_increase(run)
     assert "rollout/ep_rew_mean" in run and "train/critic_loss" in run
     assert any(tag.startswith("trainer/") for tag in run)
-    assert run["rollout/ep_rew_mean"][-1][0] == 2000
+    assert run["rollout/ep_rew_mean"][-1][0] == SAC_STEPS
     # the first chart a user sees: the layout's first category is the returns
     assert "rollout/ep_rew_mean" in str(custom_scalars_layout(
         os.path.join(tmp_path, "sac", "seed_0")).category[0])
@@ -331,8 +337,9 @@ def test_summary_defaults_to_runs(ppo_run, tmp_path, monkeypatch):
 # --- each writer alone, through the real command line in a fresh process ----------------------
 
 # Another budget than PPO_STEPS, and otherwise `ppo_run`'s options (progress and histograms
-# on, two seeds): the same compiled program, loaded from the session's compilation cache
-# (tests/conftest.py) by each fresh process instead of compiled four times more.
+# on, two seeds, FAST_COMPILE): the same compiled program, loaded from the session's
+# compilation cache (tests/conftest.py) by each fresh process instead of compiled four times
+# more.
 WRITER_STEPS = 1024
 
 
@@ -350,7 +357,7 @@ def train_in_a_process(tmp_path, writers):
     for writer in writers:
         argv += ["--writer", writer]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    env.update(FAST_COMPILE, WANDB_MODE="offline", WANDB_SILENT="true")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path,
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]

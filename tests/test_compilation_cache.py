@@ -3,7 +3,9 @@
 Each test runs fresh processes that share one cache directory: the first compiles and stores
 the program, the second loads it; both must write the same points (read back with
 TensorBoard's reader), which proves that the loaded executable's host calls reach the second
-process's functions."""
+process's functions. Both processes of a test compile without XLA's expensive optimizations
+(tests/conftest.py's ``child_env``): the setting is part of the cache's key, so the second
+finds what the first stored only because they share it."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from callax._host import _ffi, _primitives
-from conftest import read_run, run_dirs
+from conftest import child_env, read_run, run_dirs
 
 # Scalars that depend on time, not on the computation.
 TIMED = ("time/", "trainer/time", "trainer/timing", "fps")
@@ -26,11 +28,10 @@ TIMED = ("time/", "trainer/time", "trainer/timing", "fps")
 
 def _train(tmp_path, cache: str, name: str) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "callax", "train", "--algo", "sac", "--env", "pendulum",
-            "--total-timesteps", "1500", "--no-progress", "--no-histograms",
+            "--total-timesteps", "1000", "--no-progress", "--no-histograms",
             "--logdir", str(tmp_path / "runs"), "--name", name,
             "--compilation-cache", cache]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -83,11 +84,10 @@ _SCRIPT = textwrap.dedent("""
 
 def test_a_users_jitted_loop_runs_from_the_cache_in_program_order(tmp_path):
     cache = str(tmp_path / "cache")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     outputs = []
     for name in ("first", "second"):
         done = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / name), cache],
-                              capture_output=True, text=True, env=env, timeout=300)
+                              capture_output=True, text=True, env=child_env(), timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(done.stdout)
     assert "hits 0" in outputs[0] and "hits 0" not in outputs[1], outputs

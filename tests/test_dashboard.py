@@ -17,10 +17,8 @@ import pytest
 
 import dashboard_screens
 import tensorboard_order
-from callax.cli import _train as cli_train
-from conftest import get_json, settled, tensorboard_server
-from test_cli import run_main
-from tiny_ppo import TINY
+from conftest import callax_train, get_json, settled, tensorboard_server
+from test_cli import SAC_STEPS
 
 SB3_TAGS = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "time/fps", "train/learning_rate",
             "train/value_loss", "train/approx_kl"}
@@ -76,15 +74,14 @@ def test_data_server_serves_sb3_tags_seeds_run_and_layout(served):
     assert os.path.isdir(os.path.join(root, "seeds", "mean"))
 
 
-def test_train_writes_histograms_by_default(served, tmp_path, monkeypatch):
+def test_train_writes_histograms_by_default(served, tmp_path):
     """``callax train`` writes the rollout's histograms unless ``--no-histograms``: the
     PPO run of `served` (the default) has them; a run with the flag has none."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-    run_main(["train", "--algo", "ppo", "--env", "cartpole", "--total-timesteps", "256",
-              "--no-progress", "--no-histograms", "--logdir", str(tmp_path / "off"),
-              "--name", "h"])
+    callax_train(["--algo", "ppo", "--env", "cartpole", "--total-timesteps", "256",
+                  "--no-progress", "--no-histograms", "--logdir", str(tmp_path / "off"),
+                  "--name", "h"])
     found = {}
     for which, directory in (("on", os.path.join(served["logdir"], "ppo", "seed_0")),
                              ("off", str(tmp_path / "off" / "h" / "seed_0"))):
@@ -111,17 +108,18 @@ def served(tmp_path_factory):
     """``{"runs": [...], "scalars": {run: [tag]}, "histograms": {run: [tag]}}`` as the data
     server lists them for a PPO run (3 seeds) and a SAC run (1 seed), with ``"printed"``
     (``{"ppo": stdout, "sac": stdout}`` of the two trainings), ``"port"`` (the server's,
-    alive while the module's tests run) and ``"logdir"`` (where the runs are)."""
+    alive while the module's tests run) and ``"logdir"`` (where the runs are). The trainings
+    are ``python -m callax train`` children that compile without XLA's expensive
+    optimizations (tests/conftest.py's ``callax_train``): these tests read tags, runs and
+    layouts, not how well the agents learn. The SAC one is tests/test_cli.py's."""
     logdir = tmp_path_factory.mktemp("dashboard")
     printed = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_train, "make_algo", lambda algo, env: TINY)
-        printed["ppo"], _ = run_main(["train", "--algo", "ppo", "--env", "cartpole", "--seeds",
-                                      "3", "--total-timesteps", "512", "--logdir", str(logdir),
-                                      "--name", "ppo", "--no-progress"])
-    printed["sac"], _ = run_main(["train", "--algo", "sac", "--env", "pendulum",
-                                  "--total-timesteps", "2000", "--logdir", str(logdir),
-                                  "--name", "sac", "--no-progress"])
+    for name, argv in (("ppo", ["--algo", "ppo", "--env", "cartpole", "--seeds", "3",
+                                "--total-timesteps", "512"]),
+                       ("sac", ["--algo", "sac", "--env", "pendulum", "--total-timesteps",
+                                str(SAC_STEPS)])):
+        printed[name] = callax_train([*argv, "--logdir", str(logdir), "--name", name,
+                                      "--no-progress"]).stdout
     with tensorboard_server(str(logdir)) as (port, server):
         base = f"http://127.0.0.1:{port}/data"
 

@@ -26,7 +26,7 @@ import callax
 from callax import _writer as host
 from callax._writer import _registry
 from callax._writer._event_file import EventFile
-from conftest import read_run
+from conftest import child_env, read_run
 from minimal_loop import drive
 
 HERE = os.path.dirname(__file__)
@@ -582,15 +582,15 @@ def test_callax_train_on_a_full_disk_finishes_and_prints_one_line(small_fs, tmp_
     # `callax train` (two seeds) whose log directory is a 64 KiB file system with 16 KiB
     # left: the training runs to its end and reports its result, then one line says what
     # was not written; exit status 1, no traceback. (tests/test_cli.py's options, progress
-    # on: its program, loaded from the session's compilation cache.)
+    # on, XLA's expensive optimizations off: its program, loaded from the session's
+    # compilation cache.)
     with open(os.path.join(small_fs, "other"), "wb") as other:
         other.write(b"\0" * 48 * 1024)
     done = subprocess.run(
         [sys.executable, "-m", "callax", "train", "--algo", "ppo", "--env", "cartpole",
          "--seeds", "2", "--total-timesteps", "8192",
          "--logdir", os.path.join(small_fs, "runs")],
-        capture_output=True, text=True, timeout=900, cwd=str(tmp_path),
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=child_env())
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("callax: error:")]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from callax._writer._read import read_scalars
-from conftest import default_sigint, free_port
+from conftest import child_env, default_sigint, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "interrupt_child.py")
@@ -25,10 +25,13 @@ MP_CHILD = os.path.join(HERE, "interrupt_mp_child.py")
 def interrupt(mode: str, log_dir: str, *, signals: int = 1, gap: float = 0.2,
               trigger: str = "ready", delay: float = 0.0, timeout: float = 600):
     """Run the child, send ``signals`` SIGINTs ``gap`` s apart once it prints ``trigger``
-    (after ``delay`` s); return ``(returncode, stdout, stderr)``."""
+    (after ``delay`` s); return ``(returncode, stdout, stderr)``. The child compiles without
+    XLA's expensive optimizations (tests/conftest.py's ``child_env``), but in ``compile``
+    mode, whose long compilation is what the signal must interrupt."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu") if mode == "compile" else child_env()
     proc = subprocess.Popen([sys.executable, CHILD, mode, log_dir], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                            env=env)
     guard = threading.Timer(timeout, proc.kill)  # a child that never gets ready ends too
     guard.start()
     lines = []
@@ -139,6 +142,7 @@ def test_ctrl_c_inside_a_gc_callback_is_never_swallowed(tmp_path):
 def test_callax_train_stops_on_sigint_with_status_130(tmp_path):
     # The real CLI: the first Ctrl-C ends the jitted PPO at an iteration boundary; the run so
     # far is on disk, the summary printed, and the status is 130 (as a shell's after Ctrl-C).
+    # (Compiled without XLA's expensive optimizations: tests/conftest.py's child_env.)
     seed_dir = str(tmp_path / "run" / "seed_0")
     planned = 3_000_000
     proc = subprocess.Popen(
@@ -146,7 +150,7 @@ def test_callax_train_stops_on_sigint_with_status_130(tmp_path):
          "--total-timesteps", str(planned), "--no-progress", "--logdir", str(tmp_path),
          "--name", "run", "--no-compilation-cache"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        env=child_env())
     guard = threading.Timer(600, proc.kill)  # a hang guard only
     guard.start()
     try:
@@ -325,8 +329,7 @@ def test_two_processes_stop_at_the_same_iteration(tmp_path):
         with open(tmp_path / f"stderr_{p}", "w") as stderr:
             procs.append(subprocess.Popen(
                 [sys.executable, MP_CHILD, str(port), str(p), log_dir], stdout=subprocess.PIPE,
-                stderr=stderr, text=True, preexec_fn=default_sigint,
-                env=dict(os.environ, JAX_PLATFORMS="cpu")))
+                stderr=stderr, text=True, preexec_fn=default_sigint, env=child_env()))
     guards = [threading.Timer(600, proc.kill) for proc in procs]  # hang guards only
     for guard in guards:
         guard.start()
