@@ -1,10 +1,10 @@
 """Docs that run: every Python block of README.md and docs/ is a complete program, run here
-(training blocks with few steps, through ``CALLAX_DOCS_TIMESTEPS``; XLA compiling without
-its expensive optimizations, through ``JAX_DISABLE_MOST_OPTIMIZATIONS``, see ``DOC_ENV``), or
-starts with a
-``# fragment:`` line and really is incomplete (it uses names it never defines). Snippet
-blocks (``--8<-- "file:section"``) name sections that exist in files the scaling tests run;
-``pycon`` sessions run as doctests."""
+in a fresh process of its own (training blocks with few steps, through
+``CALLAX_DOCS_TIMESTEPS``; XLA compiling without its expensive optimizations, see ``DOC_ENV``;
+the process forked from tests/doc_runner.py, which has imported JAX, see ``BlockRunner``), or
+starts with a ``# fragment:`` line and really is incomplete (it uses names it never defines).
+Snippet blocks (``--8<-- "file:section"``) name sections that exist in files the scaling
+tests run; ``pycon`` sessions run as doctests."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import builtins
 import doctest
 import glob
 import importlib.util
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FENCE = re.compile(r"^(\s*)```(\w+)")
-DOC_STEPS = "2048"  # env steps of a training block under test
+DOC_STEPS = "1000"  # env steps of a training block under test (SAC: one iteration)
 # What a block's process sees besides the caller's environment. A block is a program a
 # reader runs as shown; the test proves it runs (and its own asserts hold), not how fast it
 # trains, so XLA skips its expensive optimization passes: JAX's own flag, read from
@@ -32,6 +34,71 @@ DOC_STEPS = "2048"  # env steps of a training block under test
 # a training block costs here; the blocks themselves stay plain.
 DOC_ENV = {"CALLAX_DOCS_TIMESTEPS": DOC_STEPS, "JAX_PLATFORMS": "cpu",
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+# And XLA:CPU emits fused loops with its older emitters, not its MLIR fusion emitters (an
+# XLA flag, added to the caller's ``XLA_FLAGS``): the same programs, faster to build. The
+# process of docs/trainers.md's first block, compile-bound, took 12-14 s of CPU with it and
+# 19-22 s without (interleaved runs, machine loaded).
+DOC_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def doc_env() -> dict[str, str]:
+    """The environment of a block's process: the caller's, ``DOC_ENV`` and ``DOC_XLA_FLAGS``."""
+    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} {DOC_XLA_FLAGS}".strip()
+    return dict(os.environ, **DOC_ENV, XLA_FLAGS=xla_flags)
+
+
+class BlockRunner:
+    """Runs a block as ``python -c`` would, with ``DOC_ENV``, in a process forked from
+    tests/doc_runner.py (which has imported JAX, Equinox and tensorboardX, not callax)."""
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen | None = None
+
+    def start(self) -> subprocess.Popen:
+        if self.server is None or self.server.poll() is not None:
+            self.server = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "tests", "doc_runner.py")],
+                env=doc_env(), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        return self.server
+
+    def run(self, source: str, cwd, timeout: float) -> tuple[int, str]:
+        """``(exit status, stderr)`` of `source` run in `cwd`."""
+        import select
+
+        server = self.start()
+        assert server.stdin is not None and server.stdout is not None
+        out, err = os.path.join(cwd, ".stdout"), os.path.join(cwd, ".stderr")
+        request = {"source": source, "cwd": str(cwd), "stdout": out, "stderr": err}
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        if not select.select([server.stdout], [], [], timeout)[0]:
+            self.close()
+            pytest.fail(f"the block ran for more than {timeout} s")
+        line = server.stdout.readline()
+        assert line, "the block runner exited"
+        with open(err, encoding="utf-8", errors="replace") as file:
+            return int(line), file.read()
+
+    def close(self, kill: bool = True) -> None:
+        if self.server is None or self.server.poll() is not None:
+            return
+        if not kill:
+            self.server.stdin.close()  # the runner's loop ends
+            try:
+                self.server.wait(timeout=60)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(self.server.pid, signal.SIGKILL)  # the runner and a block it forked
+        self.server.wait()
+
+
+@pytest.fixture(scope="module")
+def block_runner():
+    runner = BlockRunner()
+    yield runner
+    runner.close(kill=False)
 
 
 def blocks(language: str) -> list[tuple[str, str]]:
@@ -102,17 +169,42 @@ def test_a_fragment_is_really_incomplete(where, source):
 
 
 @pytest.mark.parametrize("where, source", COMPLETE, ids=[w for w, _ in COMPLETE])
-def test_a_complete_block_runs(where, source, tmp_path):
+def test_a_complete_block_runs(where, source, tmp_path, block_runner):
     missing = free_names(source)
     assert not missing, f"{where} uses {sorted(missing)} without defining them"
     for module in re.findall(r"^import (\w+)|^from (\w+)", source, re.M):
         name = module[0] or module[1]
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{where} needs {name}, not installed here")
-    env = dict(os.environ, **DOC_ENV)
-    done = subprocess.run([sys.executable, "-c", source], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{where} failed:\n{done.stderr[-3000:]}"
+    status, stderr = block_runner.run(source, tmp_path, timeout=600)
+    assert status == 0, f"{where} failed ({status}):\n{stderr[-3000:]}"
+
+
+def test_the_block_runner_runs_a_block_as_python_c_would(block_runner, tmp_path):
+    """A block starts in a fresh ``__main__`` in its own directory, with ``python -c``'s
+    ``sys.argv`` and ``sys.path[0]``, ``DOC_ENV`` and no callax imported yet (each block's
+    own import of callax runs); its exit status, output, exceptions and atexit handlers are
+    those of a process of its own."""
+    source = textwrap.dedent("""
+        import atexit, os, sys
+        assert "callax" not in sys.modules and "jax" in sys.modules
+        assert __name__ == "__main__" and "block_runner" not in globals()
+        print(os.getcwd(), sys.argv, repr(sys.path[0]), os.environ["CALLAX_DOCS_TIMESTEPS"],
+              os.environ["XLA_FLAGS"].split()[-1])
+        atexit.register(lambda: open("atexit", "w").close())
+        sys.exit(int(open("code").read()))
+    """)
+    (tmp_path / "code").write_text("3")
+    assert block_runner.run(source, tmp_path, timeout=60) == (3, "")
+    assert (tmp_path / ".stdout").read_text().split() == [str(tmp_path), "['-c']", "''",
+                                                          DOC_STEPS, DOC_XLA_FLAGS]
+    assert (tmp_path / "atexit").exists()
+    status, stderr = block_runner.run("x = 1\nraise ValueError('from the block')\n",
+                                      tmp_path, timeout=60)
+    assert status == 1 and stderr.rstrip().endswith("ValueError: from the block")
+    status, _ = block_runner.run("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+                                 tmp_path, timeout=60)
+    assert status == -signal.SIGTERM
 
 
 def test_the_block_environment_names_flags_jax_reads():

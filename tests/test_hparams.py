@@ -60,8 +60,10 @@ def tensorboard_session_groups(logdir: str, expected: int) -> list[dict]:
 # XLA options of the one program below: what ``jax_disable_most_optimizations`` sets, given
 # to this compilation only (no global flag, nothing left in a jit cache). The test reads what
 # the callbacks wrote, not how fast the program runs; XLA:CPU's optimization passes were
-# most of its compile time (44 s -> 20 s, machine loaded).
-FEW_XLA_PASSES = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# most of its compile time (44 s -> 20 s, machine loaded). XLA:CPU's older loop emitters
+# (not its MLIR fusion emitters) build the same program faster still.
+FEW_XLA_PASSES = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                  "xla_cpu_use_fusion_emitters": False}
 
 
 def test_hparams_dashboard_shows_each_runs_hparams_and_final_metrics(logdir):

@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+OLD_LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def test_ruff_is_clean():
@@ -50,12 +51,13 @@ def test_logging_benchmark_runs():
     # A smoke run (tiny shapes, two rounds, one pinned process): the benchmark must keep
     # working and report one host call per flush; its timings are not asserted, so XLA
     # skips its expensive optimization passes (JAX's flag; compiling the PPO-like programs
-    # is most of what the run costs).
+    # is most of what the run costs), and with XLA:CPU's older loop emitters (faster to build).
     result = subprocess.run(
         [sys.executable, os.path.join("benchmarks", "bench_logging.py"), "--quick",
          "--rounds", "2", "--processes", "1", "--cores", "1", "--cases", "ppo,writer"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1"),
+        env=dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+                 XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {OLD_LOOP_EMITTERS}"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
