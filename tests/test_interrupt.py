@@ -291,15 +291,20 @@ def test_ctrl_c_at_any_moment_of_callax_train(tmp_path, form):
     # `site` to the import system finding callax): 20-40 ms unloaded, but 90-120 ms for
     # `python -c pass` at a load of 8 on 2 cores. So the first SIGINT comes at 0.1 s, or
     # when a trivial program started the same way reaches its first line, if that is later;
-    # and if it still came before any callax code ran, once more in a new process.
+    # and if it still came before any callax code ran, again in a new process (up to three
+    # tries; a moment whose every try fell in Python's start-up, seen at a load of 8-12 on
+    # 2 cores, is left out: it says nothing about callax).
     first = max(0.1, python_start_up(command, tmp_path))
     results = {}
     for after in (first, 0.5, 1.0, 2.0, 4.0):
-        for _ in range(2):
+        for _ in range(3):
             results[after] = ctrl_c_train(command, str(tmp_path / f"logs_{after}"),
                                           after=after)
             if not in_python_start_up(*results[after]):
                 break
+        else:
+            del results[after]
+    assert len(results) >= 4, f"only {sorted(results)} got past Python's start-up"
     results["compiling"] = ctrl_c_train(command, str(tmp_path / "logs_c"), trigger=0.5)
     for when, (code, out, err) in results.items():
         try:
