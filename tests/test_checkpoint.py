@@ -12,6 +12,7 @@ import pytest
 from callax import CheckpointCallback, load_checkpoint
 from callax.envs import CartPoleParams, make
 from callax.train import PPO
+from quick_jit import quick_jit
 
 CARTPOLE = make("cartpole")
 SHORT = CartPoleParams(max_steps_in_episode=20)
@@ -24,7 +25,7 @@ def learn(key, callback):
                       env_params=SHORT)
 
 
-learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
+learn_vmap = quick_jit(jax.vmap(learn, in_axes=(0, None)))
 
 
 def assert_same(a, b):
@@ -36,7 +37,7 @@ def assert_same(a, b):
 
 def test_saves_every_save_freq_steps_and_restores(tmp_path):
     cb = CheckpointCallback(save_freq=64, save_path=tmp_path / "ckpt", name_prefix="ppo")
-    result = jax.jit(learn)(jax.random.key(0), cb)
+    result = quick_jit(learn)(jax.random.key(0), cb)
     jax.effects_barrier()
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["ppo_128_steps.eqx", "ppo_64_steps.eqx"]
     assert int(result.callback_state.saves) == 2

@@ -21,6 +21,7 @@ from callax import (
 from callax.envs import CartPoleParams, make
 from callax.train import PPO
 from conftest import read_run, run_dirs
+from quick_jit import quick_jit
 
 CARTPOLE = make("cartpole")
 SHORT = CartPoleParams(max_steps_in_episode=20)
@@ -32,9 +33,6 @@ TOTAL = 8 * PER_ITERATION
 def learn(key, callback):
     return TINY.learn(CARTPOLE, total_timesteps=TOTAL, key=key, callback=callback,
                       env_params=SHORT)
-
-
-learn_vmap = jax.jit(jax.vmap(learn, in_axes=(0, None)))
 
 
 def eval_callback(logdir, stopper=None, after_eval=None, **kwargs):
@@ -54,7 +52,7 @@ def left(policy, obs, key, deterministic):
 
 
 def test_evaluate_policy_counts_each_episode_until_it_ends():
-    returns, lengths = jax.jit(lambda k: evaluate_policy(
+    returns, lengths = quick_jit(lambda k: evaluate_policy(
         None, CARTPOLE, k, n_eval_episodes=4, act=left, env_params=SHORT))(jax.random.key(0))
     lengths = np.asarray(lengths)
     assert lengths.shape == (4,) and np.all((lengths > 3) & (lengths < 20)), lengths
@@ -67,7 +65,8 @@ def test_evaluate_policy_counts_each_episode_until_it_ends():
 def test_eval_every_n_steps_logs_means_and_saves_best_model(tmp_path):
     cb = eval_callback(tmp_path, *never_stop())
     # The list structure of the stopping tests: one compilation for all of them.
-    result = jax.jit(learn)(jax.random.key(1), [cb, ProgressBarCallback(TOTAL, min_interval=60.0)])
+    result = quick_jit(learn)(jax.random.key(1),
+                              [cb, ProgressBarCallback(TOTAL, min_interval=60.0)])
     run = read_run(str(tmp_path / "run"))
     assert set(run) == {"eval/mean_reward", "eval/mean_ep_length"}
     steps = [s for s, _ in run["eval/mean_reward"]]
@@ -95,7 +94,7 @@ def test_reward_threshold_stops_at_first_evaluation_and_progress_bar_says_so(tmp
     callbacks = [eval_callback(tmp_path, StopTrainingOnRewardThreshold(1.0),
                                StopTrainingOnNoModelImprovement(10_000)),
                  ProgressBarCallback(TOTAL, every=1, min_interval=0.0)]
-    result = jax.jit(learn)(jax.random.key(2), callbacks)
+    result = quick_jit(learn)(jax.random.key(2), callbacks)
     assert int(result.iterations) == 2 and int(result.total_timesteps) == 64
     assert [s for s, _ in read_run(str(tmp_path / "run"))["eval/mean_reward"]] == [64]
     lines = capsys.readouterr().err.strip().splitlines()
@@ -109,7 +108,7 @@ def test_no_improvement_stops_after_patience_and_full_run_reaches_total(tmp_path
                                StopTrainingOnNoModelImprovement(0, min_evals=1,
                                                                 min_delta=1e9)),
                  ProgressBarCallback(TOTAL, every=1, min_interval=0.0)]
-    result = jax.jit(learn)(jax.random.key(3), callbacks)
+    result = quick_jit(learn)(jax.random.key(3), callbacks)
     assert int(result.total_timesteps) == 128
     assert int(result.callback_state.states[0].after_eval.no_improvement_evals) == 1
     assert [s for s, _ in read_run(str(tmp_path / "run"))["eval/mean_reward"]] == [64, 128]
@@ -118,7 +117,7 @@ def test_no_improvement_stops_after_patience_and_full_run_reaches_total(tmp_path
     # Without a stop, the bar's total is reached exactly.
     callbacks = [eval_callback(tmp_path / "full", *never_stop()),
                  ProgressBarCallback(TOTAL, every=1, min_interval=0.0)]
-    jax.jit(learn)(jax.random.key(3), callbacks)
+    quick_jit(learn)(jax.random.key(3), callbacks)
     callax.flush_all()
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"callax: {TOTAL}/{TOTAL} steps (100%)")
@@ -133,7 +132,7 @@ def test_vmapped_seeds_evaluate_and_stop_independently(tmp_path):
         return learn(key, eqx.tree_at(lambda c: c.callback_on_new_best.reward_threshold, cb,
                                       threshold))
 
-    result = jax.jit(jax.vmap(run))(keys, jnp.array([1.0, 1e9], jnp.float32))
+    result = quick_jit(jax.vmap(run))(keys, jnp.array([1.0, 1e9], jnp.float32))
     assert np.asarray(result.total_timesteps).tolist() == [64, TOTAL]
     assert run_dirs(str(tmp_path / "run")) == ["seed_0", "seed_1"]
     assert [s for s, _ in read_run(str(tmp_path / "run" / "seed_0"))["eval/mean_reward"]] == [64]

@@ -15,6 +15,7 @@ from callax.callbacks import _histogram
 from callax.envs import CartPoleParams, make
 from callax.train import PPO
 from conftest import run_dirs, sync
+from quick_jit import quick_jit
 
 
 def histograms(directory):
@@ -129,8 +130,10 @@ def test_histogram_callback_logs_rollout_actions_and_values(logdir):
     ppo = PPO(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden_sizes=(8,))
     cb = HistogramCallback(logdir, every=2, bins=4)
     callax.flush_all()
-    ppo.learn(make("cartpole"), total_timesteps=4 * 32, key=jax.random.key(0), callback=cb,
-              env_params=CartPoleParams(max_steps_in_episode=20))
+    quick_jit(lambda key: ppo.learn(make("cartpole"), total_timesteps=4 * 32, key=key,
+                                    callback=cb,
+                                    env_params=CartPoleParams(max_steps_in_episode=20)))(
+        jax.random.key(0))
     found = histograms(logdir)
     assert set(found) == {"rollout/actions", "rollout/rewards", "rollout/values"}
     for tag in found:

@@ -16,6 +16,7 @@ from callax import TensorBoardCallback
 from callax.envs import CartPoleParams, make
 from callax.train import PPO, PPOPolicy, Rollout
 from conftest import assert_steps_increase, read_run, run_dirs
+from quick_jit import quick_jit
 
 CARTPOLE = make("cartpole")
 PENDULUM = make("pendulum")
@@ -31,7 +32,7 @@ def tiny_learn(key, callback=None, ppo=TINY, env=CARTPOLE, env_params=SHORT_EPIS
                      env_params=env_params)
 
 
-tiny_learn_vmap = jax.jit(jax.vmap(tiny_learn, in_axes=(0, None)))
+tiny_learn_vmap = quick_jit(jax.vmap(tiny_learn, in_axes=(0, None)))
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +169,8 @@ def test_continuous_pendulum(tmp_path):
     ppo = PPO(n_envs=2, n_steps=16, batch_size=32, n_epochs=2, hidden_sizes=(16,),
               normalize_obs=True, clip_range_vf=0.2, log_std_init=-0.5, ent_coef=0.01)
     callback = TensorBoardCallback(name="pendulum", log_dir=tmp_path)
-    result = jax.jit(jax.vmap(lambda k: ppo.learn(PENDULUM, total_timesteps=96, key=k,
-                                                  callback=callback)))(
+    result = quick_jit(jax.vmap(lambda k: ppo.learn(PENDULUM, total_timesteps=96, key=k,
+                                                    callback=callback)))(
         jax.random.split(jax.random.key(0), 2))
     assert result.iterations.tolist() == [3, 3]
     policy = jax.tree.map(lambda x: x[0], result.policy)

@@ -29,6 +29,7 @@ from callax.callbacks import find_learning_rate
 from callax.envs import AbstractEnv, Box, Pendulum, make
 from callax.train._sac import SAC, td_target
 from conftest import assert_steps_increase, read_run, run_dirs
+from quick_jit import quick_jit
 
 # ---- the small jitted run shared by most tests --------------------------------------------------
 
@@ -74,14 +75,14 @@ def jitted(tmp_path_factory):
     keys = jax.random.split(jax.random.key(0), SEEDS)
 
     def train(events):
-        return jax.jit(jax.vmap(lambda k: SMALL.learn(env, total_timesteps=TOTAL, key=k,
-                                                      callback=tb, events=events)))
+        return quick_jit(jax.vmap(lambda k: SMALL.learn(env, total_timesteps=TOTAL, key=k,
+                                                        callback=tb, events=events)))
 
     start = time.perf_counter()
     with_events = jax.block_until_ready(train(tb.tb_writer)(keys))
     print(f"small SAC run with events, compile + run: {time.perf_counter() - start:.1f} s")
     tb_plain = callax.TensorBoardCallback(name="plain", log_dir=logdir)
-    without = jax.block_until_ready(jax.jit(jax.vmap(
+    without = jax.block_until_ready(quick_jit(jax.vmap(
         lambda k: SMALL.learn(env, total_timesteps=TOTAL, key=k, callback=tb_plain)))(keys))
     runs = [read_run(os.path.join(logdir, "run", f"seed_{i}")) for i in range(SEEDS)]
     return {"logdir": logdir, "result": with_events, "without": without, "runs": runs}
@@ -323,7 +324,7 @@ def countdown_learn():
         return COUNTDOWN_SAC.learn(Countdown(), total_timesteps=200, key=key,
                                    callback=[Tally(stop_after), tb], events=tb.tb_writer)
 
-    return jax.jit(jax.vmap(learn, in_axes=(0, 0, None)))
+    return quick_jit(jax.vmap(learn, in_axes=(0, 0, None)))
 
 
 def test_hooks_early_stop_raw_rewards_and_termination(countdown_learn, logdir):
