@@ -63,16 +63,18 @@ def _write_in_a_loop(logdir: str, tag: str, n: int) -> None:
 
 
 def drift(struct: str, logdir: str) -> dict:
-    """Import callax with a drifted struct: the round trip must fail cleanly, JAX's path
-    must be chosen with one warning, and points must still arrive. Then force the handler:
-    a program using it must fail with an error, not crash."""
+    """Import callax with a drifted struct: at the first host call (the decision's first
+    read) the round trip must fail cleanly, JAX's path must be chosen with one warning, and
+    points must still arrive. Then force the handler: a program using it must fail with an
+    error, not crash."""
     _install_drifted_abi(struct)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         import callax
         from callax._host import _ffi
+
+        available, reason = _ffi.AVAILABLE, _ffi.REASON
     ours = [str(w.message) for w in caught if "callax: host calls use" in str(w.message)]
-    available, reason = _ffi.AVAILABLE, _ffi.REASON
     _write_in_a_loop(os.path.join(logdir, "fallback"), "x", 5)
 
     _ffi.AVAILABLE = True  # as if no round trip had run
@@ -143,6 +145,7 @@ def retention(path: str, n: int) -> dict:
     from callax import _host
     from callax._host import _ffi, _primitives
 
+    assert _ffi.AVAILABLE or path != "ffi", _ffi.REASON  # (reading it registers the handler)
     _ffi.AVAILABLE = path == "ffi"  # which lowering the programs below get
     seen: list[float] = []
 

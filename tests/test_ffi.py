@@ -34,7 +34,7 @@ import pytest
 
 import callax
 from callax import _host
-from callax._host import _ffi, _ffi_abi as abi, _ffi_path
+from callax._host import _ffi, _ffi_abi as abi, _ffi_path, _primitives
 from conftest import read_run
 
 CHILD = os.path.join(os.path.dirname(__file__), "ffi_child.py")
@@ -172,8 +172,10 @@ def test_the_api_version_reported_is_callaxs_own_not_the_runtimes():
         version = metadata.api_version
         assert (version.major_version, version.minor_version) == abi.API_VERSION == (0, 2)
         assert metadata.traits == 0
-    # XLA itself accepted that version: the handler is registered and used here.
-    assert _ffi._PROCESS.registered == _ffi.AVAILABLE
+    # XLA itself accepted that version: the handler is registered and used here (the
+    # decision, made at the first read of AVAILABLE, registers it).
+    available = _ffi.AVAILABLE
+    assert _ffi._PROCESS.registered == available
 
 
 def test_an_api_table_too_small_to_report_an_error_is_never_called():
@@ -209,6 +211,10 @@ def test_results_are_written_only_after_their_dtype_and_shape_are_checked(return
 def handler_path():
     if not _ffi.AVAILABLE:
         pytest.skip(f"callax's FFI handler is not used here: {_ffi.REASON}")
+    # These tests lower the FFI path directly (``_ffi_path.bind``). In a program the first
+    # write builds callax's host call before any function of the program reaches the
+    # handler, and names the effect whose tokens tell what still runs (``_inflight``).
+    _primitives.direct_host_call()
 
 
 def test_wrong_results_from_a_real_program_raise_instead_of_overflowing(handler_path):

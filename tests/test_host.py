@@ -26,7 +26,7 @@ def _collect():
 def test_direct_path_is_active():
     # The fast path must be in use with the JAX this project pins; if a JAX upgrade removes
     # an internal it relies on, this test says so (the fallback still works, only slower).
-    assert _host.DIRECT_HOST_CALL
+    assert _host.direct_host_call()
 
 
 def test_operands_arrive_as_numpy_arrays_eager_and_jitted():
@@ -185,3 +185,42 @@ def test_operands_of_every_common_dtype_arrive_with_their_dtype():
     for a, b in zip(arrays, got, strict=True):
         assert isinstance(b, np.ndarray) and b.dtype == a.dtype and b.shape == a.shape
         np.testing.assert_array_equal(b, np.asarray(a))
+
+
+IMPORT_STARTS_NO_BACKEND = """
+import sys
+from jax._src import xla_bridge
+import callax, callax.callbacks, callax.cli, callax.envs, callax.events, callax.train
+import callax.writers
+assert not xla_bridge._backends, f"import callax started {list(xla_bridge._backends)}"
+import jax, jax.numpy as jnp
+# What must come before any backend starts still works after `import callax`:
+jax.config.update("jax_num_cpu_devices", 2)
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{sys.argv[1]}", num_processes=1,
+                           process_id=0)
+writer = callax.JITSummaryWriter(sys.argv[2])
+
+@jax.jit
+def step(x):
+    writer.add_scalar("loss", x, 7)
+    return x + 1
+
+step(jnp.float32(0.5))
+writer.close()
+assert len(jax.devices()) == 2, jax.devices()
+jax.distributed.shutdown()
+"""
+
+
+def test_import_callax_starts_no_backend(tmp_path):
+    """``import callax`` (and its subpackages) starts none of JAX's backends: its host-call
+    probes and the FFI handler's round trip run at the first host call. So a program may
+    import callax first, then call ``jax.distributed.initialize`` and set backend options
+    (``jax_num_cpu_devices``), which JAX refuses once a backend started."""
+    from conftest import free_port
+
+    done = subprocess.run([sys.executable, "-c", IMPORT_STARTS_NO_BACKEND, str(free_port()),
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_run(str(tmp_path / "run")) == {"loss": [(7, 0.5)]}

@@ -160,7 +160,7 @@ _CROSSING_MODULES = ("jax.debug", "jax._src.callback", "jax._src.debugging",
                      "jax.experimental.host_callback", "jax.ffi", "jax.extend.ffi")
 # ``callax._host``'s own host-call primitive and unbatched helpers: other modules use its
 # public, seed-numbering functions (``emit``, ``send``, ``clock``, ``flush``, ...) instead.
-_HOST_INTERNALS = frozenset({"callback", "host_call_p", "DIRECT_HOST_CALL", "_emit",
+_HOST_INTERNALS = frozenset({"callback", "host_call_p", "direct_host_call", "_host_call", "_emit",
                              "_sender", "_make_host_call", "read_clock", "read_stop",
                              "_primitives", "_ffi"})
 

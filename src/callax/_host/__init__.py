@@ -35,7 +35,7 @@ from ._packing import (
     layout_tags as layout_tags,
     register_layout as register_layout,
 )
-from ._primitives import DIRECT_HOST_CALL as DIRECT_HOST_CALL, callback as callback
+from ._primitives import callback as callback, direct_host_call as direct_host_call
 from ._runs import open_run as open_run
 from ._seeds import (
     REDUCE_MODES as REDUCE_MODES,

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable, Sequence
@@ -373,5 +374,20 @@ def decide() -> tuple[bool, str]:
 
 from . import _ffi_path  # noqa: E402 - decides with the functions above
 
-AVAILABLE, REASON = decide()
-"""Whether callax's host calls on CPU lower to this handler, and why (or why not)."""
+_DECIDING = threading.Lock()
+
+
+def __getattr__(name: str) -> object:
+    """``AVAILABLE`` (whether callax's host calls on CPU lower to this handler) and
+    ``REASON`` (why, or why not), decided at their first read: the first lowering of a host
+    call. Deciding runs a round trip through the handler on the CPU backend, which starts
+    JAX's backends, so it must not happen at ``import callax``: ``jax.distributed.initialize``
+    and backend options (``jax_platforms``, ``jax_num_cpu_devices``) must come before any
+    backend starts."""
+    if name not in ("AVAILABLE", "REASON"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _DECIDING:
+        if "AVAILABLE" not in globals():
+            available, reason = decide()
+            globals().update(AVAILABLE=available, REASON=reason)
+    return globals()[name]

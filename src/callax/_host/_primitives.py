@@ -32,7 +32,7 @@ from .._writer import _interrupt
 from . import _aot, _autodiff, _ffi, _gating, _inflight
 from ._weak import weak_memo
 
-__all__ = ["DIRECT_HOST_CALL", "callback", "read_clock", "read_stop"]
+__all__ = ["callback", "direct_host_call", "read_clock", "read_stop"]
 
 
 def _on_cpu(ctx) -> bool:
@@ -309,16 +309,40 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
         del fn, args
 
     try:  # lowering needs the internals' current signatures (a TypeError on older JAX)
-        jax.jit(lambda x: host_call(probe, x)).lower(jnp.zeros((), jnp.int32))
+        jax.jit(lambda x: host_call(probe, x)).lower(np.zeros((), np.int32))
     except Exception:  # noqa: BLE001 - any failure: use the public path
         return _fallback_host_call, False
     return host_call, True
 
 
-callback, DIRECT_HOST_CALL = _make_host_call()
-callback.__doc__ = """``callback(fn, *arrays)``: call ``fn`` on the host with the arrays' values as
-NumPy arrays, eagerly or from inside ``jit``/``scan``/``cond``, in program order (an ordered
-effect; never batched: callers wrap it in a ``custom_vmap`` rule)."""
+_BUILT: list[tuple[Callable[..., None], bool]] = []
+_BUILDING = threading.Lock()
+
+
+def _host_call() -> tuple[Callable[..., None], bool]:
+    """:func:`_make_host_call`'s result, built at the first host call, not at ``import
+    callax``: its probe lowers a program, which starts JAX's backends, and
+    ``jax.distributed.initialize`` and backend options (``jax_platforms``,
+    ``jax_num_cpu_devices``) only work before any backend started."""
+    if not _BUILT:
+        with _BUILDING:
+            if not _BUILT:
+                with jax.ensure_compile_time_eval():  # the probe also from inside a trace
+                    _BUILT.append(_make_host_call())
+    return _BUILT[0]
+
+
+def callback(fn: Callable[..., None], *arrays) -> None:
+    """Call ``fn`` on the host with the arrays' values as NumPy arrays, eagerly or from
+    inside ``jit``/``scan``/``cond``, in program order (an ordered effect; never batched:
+    callers wrap it in a ``custom_vmap`` rule)."""
+    _host_call()[0](fn, *arrays)
+
+
+def direct_host_call() -> bool:
+    """Whether :func:`callback` is the direct path (see :func:`_make_host_call`), not
+    JAX's public callbacks."""
+    return _host_call()[1]
 
 
 # ---- reads: values from the host -----------------------------------------------------------
@@ -344,7 +368,8 @@ def _public_read(on_host: Callable[[object], tuple[np.ndarray]], aval: ShapedArr
 
 def _make_read() -> Reader:
     """``read(on_host, aval, token)``: a value of ``aval`` from the host (``on_host``) once
-    ``token`` is computed; one primitive for every read, probed once at import.
+    ``token`` is computed; one primitive for every read, probed at the first read (see
+    :func:`_host_call` for why not at import).
 
     ``jax.pure_callback`` copies its operand into a new ``jax.Array`` first, which inside a
     busy program waits for the runtime's worker threads (as for writes, see
@@ -380,7 +405,7 @@ def _make_read() -> Reader:
         return read_p.bind(token, on_host=on_host, aval=aval)
 
     try:  # the internals' signatures: a TypeError on other JAX releases
-        jax.jit(functools.partial(read, _stop_on_host, _STOP)).lower(jnp.zeros((), jnp.int32))
+        jax.jit(functools.partial(read, _stop_on_host, _STOP)).lower(np.zeros((), np.int32))
     except Exception:  # noqa: BLE001 - any failure: the public path
         return _public_read
     return read
@@ -388,7 +413,18 @@ def _make_read() -> Reader:
 
 _STOP = ShapedArray((), jnp.bool_)
 _CLOCK = ShapedArray((2,), jnp.int32)
-_read = _make_read()
+_READ: list[Reader] = []
+
+
+def _read(on_host: Callable[[object], tuple[np.ndarray]], aval: ShapedArray,
+          token: jax.Array) -> jax.Array:
+    """:func:`_make_read`'s reader, built at the first read (as :func:`_host_call`)."""
+    if not _READ:
+        with _BUILDING:
+            if not _READ:
+                with jax.ensure_compile_time_eval():
+                    _READ.append(_make_read())
+    return _READ[0](on_host, aval, token)
 
 
 @custom_batching.custom_vmap
