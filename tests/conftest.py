@@ -33,9 +33,13 @@ OLD_JAX_PSUM_INVARIANT_UNDER_VMAP = JAX_VERSION < (0, 9, 1)
 _SESSION_CACHE = "CALLAX_TESTS_CACHE_HOME"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     if not os.path.isdir(os.environ.get(_SESSION_CACHE, "")):
+        import atexit
+        import shutil
         import tempfile
 
         os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="callax-tests-cache-")
+        # Removed by the process that made it, at its exit (the controller, after its workers).
+        atexit.register(shutil.rmtree, os.environ[_SESSION_CACHE], True)
     os.environ["XDG_CACHE_HOME"] = os.environ[_SESSION_CACHE]
 
 # What a child process (`python -m callax train`, a test's script) needs in its environment
