@@ -162,6 +162,43 @@ def compare_sweep(name, n_envs, n_steps, n_iters, rounds, *, logdir):
     return med
 
 
+def compare_parts(name, n_envs, n_steps, n_iters, rounds, *, logdir):
+    """Where logging's cost goes in the ``ppo`` loop: interleaved rounds of no logging, the
+    default ``TensorBoardCallback``, the same without SB3's episode window
+    (``stats_window_size=None``), the same without ``on_step`` (``on_iteration`` and the
+    flushes only), and PureJaxRL's ``LogWrapper`` state with its stacked ``info`` (no
+    callax). Prints each arm's ratio of medians to no logging, and callax / LogWrapper."""
+    arms = {
+        "none": (make_train(n_envs, n_steps, n_iters), {}),
+        "callax": (make_train(n_envs, n_steps, n_iters, logging=True), {}),
+        "callax-nowindow": (make_train(n_envs, n_steps, n_iters, logging=True),
+                            {"stats_window_size": None}),
+        "callax-iteration-only": (make_train(n_envs, n_steps, n_iters, logging=True,
+                                             step_tracking=False), {}),
+        "logwrapper": (make_train(n_envs, n_steps, n_iters, logwrap=True), {}),
+    }
+    key = jax.random.key(0)
+
+    def one(arm):
+        fn, options = arms[arm]
+        return timed(fn, key, callax.TensorBoardCallback(name=f"{name}_{arm}", log_dir=logdir,
+                                                         **options))
+
+    for arm in arms:  # compile, then one warm run each
+        one(arm), one(arm)
+    times = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            times[arm].append(one(arm))
+    med = {arm: statistics.median(t) for arm, t in times.items()}
+    print(f"{name:9s} none {med['none'] * 1e3:.1f} ms | "
+          + " | ".join(f"{arm}/none {med[arm] / med['none']:.3f}" for arm in list(arms)[1:])
+          + f" | callax/logwrapper {med['callax'] / med['logwrapper']:.3f}", flush=True)
+    for arm in list(arms)[1:]:
+        print(f"RESULT {name}:{arm} {med[arm] / med['none']:.4f}", flush=True)
+    return med
+
+
 def writer_cost(n_rows=2000, n_tags=10):
     from tensorboardX import SummaryWriter
 
@@ -221,5 +258,7 @@ def run(*, rounds: int, quick: bool, cores: str, cases: list[str]) -> None:
                             logdir=logdir)
         if "sweep" in cases:
             compare_sweep("sweep", 4, 128, max(int(20 * scale), 2), rounds, logdir=logdir)
+        if "ppo-parts" in cases:
+            compare_parts("ppo-parts", 4, 128, iters, rounds, logdir=logdir)
     if "writer" in cases:
         writer_cost()

@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from _logwrap import logwrap_init, logwrap_step
 
 import callax._host
 from callax import IterationContext, ResetContext, StepContext, TrainingContext
@@ -40,11 +41,17 @@ class Net(eqx.Module):
 
 
 def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
-               log_out=True, stop_read=False):
+               log_out=True, stop_read=False, step_tracking=True, logwrap=False):
     """A jitted ``train(key, callback)``; ``callback`` is ignored unless ``logging``.
 
     ``stop_read``: also read the Ctrl-C stop flag once per iteration, as callax's trainers
     and ``StopOnInterrupt`` do (its result is returned, so XLA keeps the read).
+
+    ``step_tracking=False``: the callback's ``on_step`` is left out (its step state stays as
+    ``step_reset`` made it), so what logging costs per iteration shows alone. ``logwrap``
+    (without ``logging``): PureJaxRL's ``LogWrapper`` state updated at every env step, its
+    ``info`` stacked over the rollout and the finished episodes' mean return added to the
+    training log, as PureJaxRL's PPO does.
 
     The callback is an argument, so a new one (a fresh run) does not recompile. ``train``
     returns the training log of every iteration (``log_out``) or only the losses.
@@ -61,6 +68,8 @@ def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
         opt_state = optimizer.init(params)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(key, n_envs))
         cb_state = step_state = None
+        if logwrap:
+            step_state = logwrap_init(n_envs)
         if callback is not None:
             cb_state = callback.reset(ResetContext(), key=key)
             step_state = jax.vmap(lambda k: callback.step_reset(ResetContext(), key=k))(
@@ -78,17 +87,20 @@ def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
             logp = jax.nn.log_softmax(logits)[jnp.arange(n_envs), action]
             next_obs, env_state, reward, done, _ = jax.vmap(env.step)(
                 jax.random.split(k_env, n_envs), env_state, action)
-            if callback is not None:
+            if callback is not None and step_tracking:
                 ctx = StepContext(step_state, env, None, done, reward)
                 step_state = jax.vmap(lambda c: callback.on_step(c, key=key))(ctx)
             out = (obs, action, logp, value, reward, done)
+            if logwrap:
+                step_state, info = logwrap_step(step_state, reward, done)
+                out = (*out, info)
             return (params, next_obs, env_state, step_state, key), out
 
         def iteration(carry, i):
             params, opt_state, obs, env_state, cb_state, step_state, key = carry
             (params, obs, env_state, step_state, key), traj = jax.lax.scan(
                 rollout_step, (params, obs, env_state, step_state, key), None, n_steps)
-            o, a, logp_old, v, r, d = traj
+            o, a, logp_old, v, r, d = traj[:6]
             _, last_v = jax.vmap(eqx.combine(params, static))(obs)
 
             def gae(carry, x):
@@ -137,6 +149,12 @@ def make_train(n_envs, n_steps, n_iters, epochs=4, minibatches=4, logging=False,
             log = {"loss": loss, "policy_loss": pg, "value_loss": vf, "entropy": ent,
                    "approx_kl": kl, "clip_fraction": clip, "value_mean": v.mean(),
                    "reward_mean": r.mean()}
+            if logwrap:  # PureJaxRL's metric: the mean return of the finished episodes
+                info = traj[6]
+                finished = info["returned_episode"]
+                log["episode_return"] = (
+                    jnp.sum(jnp.where(finished, info["returned_episode_returns"], 0.0))
+                    / jnp.maximum(jnp.sum(finished), 1))
             if callback is not None:
                 cb_state = callback.on_iteration(
                     IterationContext(cb_state, step_state, env, None, i + 1, opt_state, log),

@@ -3,7 +3,8 @@
     python benchmarks/bench_logging.py [--rounds 15] [--processes 3] [--quick]
                                        [--cores 1|all|both]
                                        [--cases ppo,ppo-nolog,ppo-stop,ffi,ffi-tiny,tiny,
-                                                vmap8,writer,writers,writers8,sweep]
+                                                vmap8,writer,writers,writers8,sweep,
+                                                ppo-parts]
 
 Prints env-steps/s with and without a TensorBoardCallback for:
 
@@ -27,6 +28,10 @@ Prints env-steps/s with and without a TensorBoardCallback for:
 - ``sweep``: the ``ppo`` loop as a ``callax.Sweep`` of 4 configurations x 4 seeds against
   16 plain vmapped seeds, both logging (target ≤ 1.05×: a sweep logs at the cost of its
   seeds). Not in the default set;
+- ``ppo-parts``: where the ``ppo`` case's cost goes, in interleaved rounds of one process:
+  the default callback, the same without SB3's episode window, the same without
+  ``on_step`` (``on_iteration`` and the flushes only), and PureJaxRL's ``LogWrapper`` state
+  instead of callax, each against no logging. Not in the default set;
 - the host writer's cost per scalar against tensorboardX's ``SummaryWriter.add_scalar``
   (target ≤ 3 µs).
 
@@ -55,7 +60,7 @@ import sys
 
 CASES = ("ppo", "ppo-nolog", "ppo-stop", "ffi", "ffi-tiny", "tiny", "vmap8", "writer")
 EXTRA_CASES = ("writers", "writers8",  # only when asked for (W&B: the callax[wandb] extra)
-               "sweep")
+               "sweep", "ppo-parts")
 
 
 def _cases(text: str) -> list[str]:

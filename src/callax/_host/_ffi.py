@@ -375,6 +375,8 @@ def decide() -> tuple[bool, str]:
 from . import _ffi_path  # noqa: E402 - decides with the functions above
 
 _DECIDING = threading.Lock()
+AVAILABLE: bool  # set by the first read (see __getattr__)
+REASON: str
 
 
 def __getattr__(name: str) -> object:
