@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     print(line, flush=True)
     print("\nSummary: ratio of medians (logging / no logging) per process; median of processes")
+    width = max((len(case) for _, case in results), default=9)
     for (cores, case), ratios in results.items():
         where = "1 core (pinned)" if cores == "1" else "all cores"
-        print(f"  {case:9s} {where:16s} median {statistics.median(ratios):.3f}"
+        print(f"  {case:{width}s} {where:16s} median {statistics.median(ratios):.3f}"
               f"  (processes: {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
