@@ -218,7 +218,12 @@ def in_python_start_up(code: int, out: str, err: str) -> bool:
     import callax
 
     package = os.path.dirname(os.path.abspath(callax.__file__))
-    failed = "Fatal Python error" in err or err.rstrip().endswith("KeyboardInterrupt")
+    # Python's own handler (before callax's was installed) raised KeyboardInterrupt: out of
+    # start-up, or into a callback that Python ignores ("Exception ignored in: <... _ModuleLock
+    # cb>", seen once at 0.1 s on 2 busy cores; the run then trained on). callax's handler
+    # never raises in `callax train`, and a frame of it would show below.
+    failed = ("Fatal Python error" in err or err.rstrip().endswith("KeyboardInterrupt")
+              or ("Exception ignored" in err and "KeyboardInterrupt" in err))
     # Frames in callax: none, or only `callax/__init__.py` at its first import, that of
     # `_entry` itself (the interpreter still reading that module when the signal came).
     lines = err.splitlines()
