@@ -80,6 +80,18 @@ def compare(name, n_envs, n_steps, n_iters, rounds, *, seeds=None, logdir, log_o
     return med_logged / med_base
 
 
+def interleaved(one, arms, rounds):
+    """``{arm: [one(arm) per round]}``: each arm compiled and run once warm first, then
+    ``rounds`` rounds, the arms' order reversed every other round."""
+    for arm in arms:  # compile, then one warm run each
+        one(arm), one(arm)
+    times = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            times[arm].append(one(arm))
+    return times
+
+
 def compare_writers(name, n_envs, n_steps, n_iters, rounds, *, logdir, seeds=None):
     """Median training time with no logging, TensorBoard alone, and TensorBoard + JSON lines
     + W&B (offline), in interleaved rounds of one process. The writers' own work happens on
@@ -103,15 +115,9 @@ def compare_writers(name, n_envs, n_steps, n_iters, rounds, *, logdir, seeds=Non
         callback.tb_writer.close()
         return took, time.perf_counter() - start
 
-    for arm in arms:  # compile, then one warm run each
-        one(arm), one(arm)
-    times = {arm: [] for arm in arms}
-    drains = {arm: [] for arm in arms}
-    for r in range(rounds):
-        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            took, drain = one(arm)
-            times[arm].append(took)
-            drains[arm].append(drain)
+    runs = interleaved(one, arms, rounds)  # (training time, close time) per round
+    times = {arm: [took for took, _ in r] for arm, r in runs.items()}
+    drains = {arm: [drain for _, drain in r] for arm, r in runs.items()}
     med = {arm: statistics.median(t) for arm, t in times.items()}
     steps = n_envs * n_steps * n_iters * (seeds or 1)
     print(f"{name:9s} " + " | ".join(
@@ -143,12 +149,7 @@ def compare_sweep(name, n_envs, n_steps, n_iters, rounds, *, logdir):
         callback = callax.TensorBoardCallback(name=f"{name}_{arm}", log_dir=logdir, **options)
         return timed(fn, keys, callback)
 
-    for arm in arms:  # compile, then one warm run each
-        one(arm), one(arm)
-    times = {arm: [] for arm in arms}
-    for r in range(rounds):
-        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            times[arm].append(one(arm))
+    times = interleaved(one, arms, rounds)
     callax.flush_all()
     ratios = sorted(b / a for a, b in zip(times["seeds16"], times["sweep4x4"], strict=True))
     med = {arm: statistics.median(t) for arm, t in times.items()}
@@ -184,12 +185,7 @@ def compare_parts(name, n_envs, n_steps, n_iters, rounds, *, logdir):
         return timed(fn, key, callax.TensorBoardCallback(name=f"{name}_{arm}", log_dir=logdir,
                                                          **options))
 
-    for arm in arms:  # compile, then one warm run each
-        one(arm), one(arm)
-    times = {arm: [] for arm in arms}
-    for r in range(rounds):
-        for arm in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
-            times[arm].append(one(arm))
+    times = interleaved(one, arms, rounds)
     med = {arm: statistics.median(t) for arm, t in times.items()}
     print(f"{name:9s} none {med['none'] * 1e3:.1f} ms | "
           + " | ".join(f"{arm}/none {med[arm] / med['none']:.3f}" for arm in list(arms)[1:])
