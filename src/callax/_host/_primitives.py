@@ -20,6 +20,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -315,21 +316,29 @@ def _make_host_call() -> tuple[Callable[..., None], bool]:
     return host_call, True
 
 
-_BUILT: list[tuple[Callable[..., None], bool]] = []
 _BUILDING = threading.Lock()
 
 
-def _host_call() -> tuple[Callable[..., None], bool]:
-    """:func:`_make_host_call`'s result, built at the first host call, not at ``import
-    callax``: its probe lowers a program, which starts JAX's backends, and
-    ``jax.distributed.initialize`` and backend options (``jax_platforms``,
-    ``jax_num_cpu_devices``) only work before any backend started."""
-    if not _BUILT:
-        with _BUILDING:
-            if not _BUILT:
-                with jax.ensure_compile_time_eval():  # the probe also from inside a trace
-                    _BUILT.append(_make_host_call())
-    return _BUILT[0]
+def _built_at_first_use(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make()``'s result, built once (thread-safe) at the first call, not at ``import
+    callax``: the host-call and read builders probe by lowering a program, which starts
+    JAX's backends, and ``jax.distributed.initialize`` and backend options
+    (``jax_platforms``, ``jax_num_cpu_devices``) only work before any backend started."""
+    built: list = []
+
+    def get():
+        if not built:
+            with _BUILDING:
+                if not built:
+                    with jax.ensure_compile_time_eval():  # the probe also inside a trace
+                        built.append(make())
+        return built[0]
+
+    return get
+
+
+_host_call: Callable[[], tuple[Callable[..., None], bool]] = _built_at_first_use(
+    _make_host_call)
 
 
 def callback(fn: Callable[..., None], *arrays) -> None:
@@ -413,18 +422,13 @@ def _make_read() -> Reader:
 
 _STOP = ShapedArray((), jnp.bool_)
 _CLOCK = ShapedArray((2,), jnp.int32)
-_READ: list[Reader] = []
+_reader: Callable[[], Reader] = _built_at_first_use(_make_read)
 
 
 def _read(on_host: Callable[[object], tuple[np.ndarray]], aval: ShapedArray,
           token: jax.Array) -> jax.Array:
-    """:func:`_make_read`'s reader, built at the first read (as :func:`_host_call`)."""
-    if not _READ:
-        with _BUILDING:
-            if not _READ:
-                with jax.ensure_compile_time_eval():
-                    _READ.append(_make_read())
-    return _READ[0](on_host, aval, token)
+    """:func:`_make_read`'s reader, built at the first read."""
+    return _reader()(on_host, aval, token)
 
 
 @custom_batching.custom_vmap
